@@ -1,0 +1,98 @@
+"""Frozen settings of a run. Validation raises ValueError with a message meant for the user.
+
+Stdlib only: this module is imported everywhere, including in Spark's Python workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "efficientnet-lite0"
+DEFAULT_VARIANCE = 0.95
+DEFAULT_MASTER = "local[*]"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Guards applied to every input before it is decoded (oversized files, decompression bombs)."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pixels <= 0:
+            raise ValueError("decode limits must be positive")
+
+
+@dataclass(frozen=True)
+class PcaSettings:
+    """Either a fixed number of components `k`, or the smallest k reaching `variance`."""
+
+    k: int | None = None
+    variance: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.k is not None and self.variance is not None:
+            raise ValueError("give either --k or --variance, not both")
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"--k must be a positive integer, got {self.k}")
+        if self.variance is not None and not 0.0 < self.variance <= 1.0:
+            raise ValueError(f"--variance must be in (0, 1], got {self.variance}")
+
+    @property
+    def variance_target(self) -> float | None:
+        """The variance target in force: the given one, the default when no k is fixed."""
+        if self.k is not None:
+            return None
+        return DEFAULT_VARIANCE if self.variance is None else self.variance
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """How executors batch their work; tuned in the benchmark, rarely set by users."""
+
+    batch_size: int = 64
+    read_threads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.read_threads < 1:
+            raise ValueError(f"read threads must be >= 1, got {self.read_threads}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `fruitpipe run` needs; built by the CLI or by library users."""
+
+    input: str
+    output: str
+    model: str = DEFAULT_MODEL
+    pca: PcaSettings = field(default_factory=PcaSettings)
+    master: str = DEFAULT_MASTER
+    overwrite: bool = False
+    csv: bool = False
+    spark_conf: tuple[tuple[str, str], ...] = ()
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            raise ValueError("an input location is required")
+        if not self.output:
+            raise ValueError("an output location is required (--output)")
+        if not self.model:
+            raise ValueError("a model name is required (--model)")
+        if not self.master:
+            raise ValueError("a Spark master is required (--master)")
+
+
+def parse_spark_conf(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """Turn `key=value` strings (from repeated --conf flags) into pairs, refusing malformed ones."""
+    parsed = []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--conf expects KEY=VALUE, got {pair!r}")
+        parsed.append((key.strip(), value))
+    return tuple(parsed)

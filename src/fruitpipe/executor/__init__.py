@@ -1,0 +1,1 @@
+"""Code that runs inside Spark's Python workers: no SparkSession here, heavy imports inside functions."""

@@ -1,0 +1,146 @@
+"""The Python-worker side of featurization: Arrow batches of paths in, features out.
+
+Per partition: a bounded thread pool reads and decodes the next chunk of images while ONNX
+Runtime embeds the current one; the model session is created once per worker process.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from fruitpipe import storage
+from fruitpipe.config import DecodeLimits
+from fruitpipe.executor.decode import DecodeError, decode_rgb, resize_square
+from fruitpipe.executor.embed import embed
+from fruitpipe.models import Preprocessing
+
+logger = logging.getLogger(__name__)
+
+ERROR_STAGE, ERROR_REASON = "error_stage", "error_reason"
+
+
+def output_fields(features_col: str) -> list[pa.Field]:
+    """Columns featurization appends to its input (the Spark schema is derived from these)."""
+    return [
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field(features_col, pa.list_(pa.float32())),
+        pa.field(ERROR_STAGE, pa.string()),
+        pa.field(ERROR_REASON, pa.string()),
+    ]
+
+
+@dataclass(frozen=True)
+class FeaturizeTask:
+    """What a worker needs; small and picklable, built on the driver."""
+
+    model_file: str  # absolute path, or a name registered with SparkContext.addFile
+    preprocessing: Preprocessing
+    feature_dim: int
+    limits: DecodeLimits
+    path_col: str
+    output_col: str
+    batch_size: int = 64
+    read_threads: int = 8
+    ort_threads: int = 1
+
+
+@dataclass
+class Loaded:
+    """One input after reading and decoding: pixels, or the stage and reason it failed."""
+
+    pixels: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    stage: str | None = None
+    reason: str | None = None
+
+
+def load_image(uri: str, task: FeaturizeTask) -> Loaded:
+    """Read and decode one image; never raises (failures become a stage and a reason)."""
+    try:
+        data = storage.read_bytes(uri, limit=task.limits.max_bytes)
+    except Exception as exc:
+        return Loaded(stage="read", reason=f"{type(exc).__name__}: {exc}")
+    try:
+        image = decode_rgb(data, task.limits)
+        pre = task.preprocessing
+        pixels = resize_square(image, pre.input_size, pre.resize)
+    except DecodeError as exc:
+        return Loaded(stage="decode", reason=str(exc))
+    return Loaded(pixels=pixels, width=image.width, height=image.height)
+
+
+def model_path(model_file: str) -> str:
+    if os.path.isabs(model_file):
+        return model_file
+    from pyspark import SparkFiles
+
+    return SparkFiles.get(model_file)
+
+
+def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: every input row comes out once, with features or with an error."""
+    onnx_path = model_path(task.model_file)
+    with ThreadPoolExecutor(max_workers=task.read_threads) as pool:
+        pending: tuple[pa.RecordBatch, list[Future[Loaded]]] | None = None
+        for chunk in _chunks(batches, task.batch_size):
+            submitted = (chunk, [pool.submit(load_image, uri, task) for uri in chunk.column(task.path_col).to_pylist()])
+            if pending is not None:
+                yield _finish(task, onnx_path, *pending)
+            pending = submitted
+        if pending is not None:
+            yield _finish(task, onnx_path, *pending)
+
+
+def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for start in range(0, batch.num_rows, size):
+            yield batch.slice(start, size)
+
+
+def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch, futures: list[Future[Loaded]]) -> pa.RecordBatch:
+    loaded = [future.result() for future in futures]
+    good = [i for i, item in enumerate(loaded) if item.pixels is not None]
+    features = np.zeros((0, task.feature_dim), dtype=np.float32)
+    if good:
+        started = time.perf_counter()
+        try:
+            features = embed(np.stack([loaded[i].pixels for i in good]), task.preprocessing, onnx_path, task.ort_threads)
+            _check_dim(features, task.feature_dim)
+        except Exception as exc:  # a model failure rejects this chunk's images, with the reason
+            for i in good:
+                loaded[i] = Loaded(stage="embed", reason=f"{type(exc).__name__}: {exc}")
+            good, features = [], np.zeros((0, task.feature_dim), dtype=np.float32)
+        logger.debug("embedded %d images in %.3fs", len(good), time.perf_counter() - started)
+    return _to_batch(chunk, loaded, good, features, task)
+
+
+def _check_dim(features: np.ndarray, expected: int) -> None:
+    if features.shape[1] != expected:
+        raise ValueError(f"model returned {features.shape[1]} features, spec declares {expected}")
+
+
+def _to_batch(chunk: pa.RecordBatch, loaded: list[Loaded], good: list[int], features: np.ndarray,
+              task: FeaturizeTask) -> pa.RecordBatch:
+    has_features = np.zeros(len(loaded), dtype=bool)
+    has_features[good] = True
+    lengths = np.where(has_features, task.feature_dim, 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    vectors = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(features.reshape(-1), type=pa.float32()), mask=pa.array(~has_features)
+    )
+    columns = [*chunk.columns,
+               pa.array([item.width for item in loaded], type=pa.int32()),
+               pa.array([item.height for item in loaded], type=pa.int32()),
+               vectors,
+               pa.array([item.stage for item in loaded], type=pa.string()),
+               pa.array([item.reason for item in loaded], type=pa.string())]
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema([*chunk.schema, *output_fields(task.output_col)]))

@@ -1,0 +1,70 @@
+"""ImageFeaturizer: a pyspark.ml Transformer from image paths to CNN features.
+
+The driver resolves the model and ships its ONNX file with SparkContext.addFile; executors
+read, decode and embed (fruitpipe.executor). Rows that fail keep their place with a null
+feature vector and an error stage and reason, so nothing is silently dropped.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+from pyspark import keyword_only
+from pyspark.ml import Transformer
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import from_arrow_type
+from pyspark.sql.types import StructField, StructType
+
+from fruitpipe import models
+from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings
+from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
+
+logger = logging.getLogger(__name__)
+
+
+class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """Adds width, height, features (array<float>), error_stage and error_reason columns."""
+
+    modelName = Param(Params._dummy(), "modelName", "registry name of the model", TypeConverters.toString)
+    batchSize = Param(Params._dummy(), "batchSize", "images per model call", TypeConverters.toInt)
+    readThreads = Param(Params._dummy(), "readThreads", "concurrent reads per task", TypeConverters.toInt)
+    maxBytes = Param(Params._dummy(), "maxBytes", "largest accepted file in bytes", TypeConverters.toInt)
+    maxPixels = Param(Params._dummy(), "maxPixels", "largest accepted image in pixels", TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(self, *, inputCol: str = "path", outputCol: str = "features", modelName: str = DEFAULT_MODEL,
+                 batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
+                 maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels) -> None:
+        super().__init__()
+        self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
+                         batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
+                         maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels)
+        self._set(**self._input_kwargs)
+
+    def spec(self) -> models.ModelSpec:
+        """The resolved model spec (raises ValueError for an unknown model)."""
+        return models.resolve(self.getOrDefault(self.modelName))
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        spec = self.spec()
+        onnx_path = models.onnx_file(spec)
+        spark = dataset.sparkSession
+        spark.sparkContext.addFile(str(onnx_path))
+        settings = ExecutorSettings(self.getOrDefault(self.batchSize), self.getOrDefault(self.readThreads))
+        task = FeaturizeTask(
+            model_file=onnx_path.name,
+            preprocessing=spec.preprocessing,
+            feature_dim=spec.feature_dim,
+            limits=DecodeLimits(self.getOrDefault(self.maxBytes), self.getOrDefault(self.maxPixels)),
+            path_col=self.getInputCol(),
+            output_col=self.getOutputCol(),
+            batch_size=settings.batch_size,
+            read_threads=settings.read_threads,
+            ort_threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
+        )
+        added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
+        schema = StructType(dataset.schema.fields + added)
+        return dataset.mapInArrow(functools.partial(featurize_partition, task), schema)

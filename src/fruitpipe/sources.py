@@ -1,0 +1,80 @@
+"""Images -> DataFrame of (path, label, split): listing on the driver, partitions sized for the cores.
+
+Two layouts: Fruits 360 (`<Split>/<Class>/img.jpg`, Split in Training/Test/...) and flat
+(`<Class>/img.jpg`, no split). Bytes are not read here: executors read them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StringType, StructField, StructType
+
+from fruitpipe import storage
+from fruitpipe.config import IMAGE_EXTENSIONS
+
+logger = logging.getLogger(__name__)
+
+SPLIT_FOLDERS = {"training", "train", "test", "validation", "val"}
+SCHEMA = StructType([
+    StructField("path", StringType(), False),
+    StructField("label", StringType(), True),
+    StructField("split", StringType(), True),
+])
+ROWS_PER_PARTITION = 256  # large enough to amortise task start, small enough to balance 2 cores
+TASKS_PER_CORE = 2
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """What the driver found: one (path, label, split) row per image, and the layout it saw."""
+
+    root: str
+    layout: str  # "fruits360" | "flat"
+    rows: list[tuple[str, str | None, str | None]]
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({label for _, label, _ in self.rows if label is not None})
+
+
+def list_images(uri: str) -> ImageListing:
+    """List jpg/jpeg/png files below `uri`; ValueError for a missing or image-less folder."""
+    files = storage.list_files(uri, IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {uri}")
+    layout = detect_layout([relative for _, relative in files])
+    rows = [(path, *label_and_split(relative, layout)) for path, relative in files]
+    logger.info("listed %d images in %s layout under %s", len(rows), layout, uri)
+    return ImageListing(uri, layout, rows)
+
+
+def detect_layout(relatives: list[str]) -> str:
+    """Fruits 360 when every image sits in <Split>/<Class>/, otherwise flat."""
+    def in_split(relative: str) -> bool:
+        parts = relative.split("/")
+        return len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS
+
+    return "fruits360" if all(in_split(relative) for relative in relatives) else "flat"
+
+
+def label_and_split(relative: str, layout: str) -> tuple[str | None, str | None]:
+    parts = relative.split("/")
+    if layout == "fruits360":
+        return parts[1], parts[0]
+    return (parts[0] if len(parts) >= 2 else None), None
+
+
+def partition_count(images: int, cores: int) -> int:
+    """At least TASKS_PER_CORE tasks per core for balance, more for big inputs; never above images."""
+    wanted = max(cores * TASKS_PER_CORE, math.ceil(images / ROWS_PER_PARTITION))
+    return max(1, min(images, wanted))
+
+
+def to_dataframe(spark: SparkSession, listing: ImageListing) -> DataFrame:
+    """Contiguous slices of the listing, one per partition (neighbouring files stay together)."""
+    partitions = partition_count(len(listing.rows), max(1, spark.sparkContext.defaultParallelism))
+    rdd = spark.sparkContext.parallelize(listing.rows, partitions)
+    return spark.createDataFrame(rdd, SCHEMA)
