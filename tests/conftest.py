@@ -1,0 +1,66 @@
+"""Shared fixtures: one local[2] SparkSession, a private ONNX cache, small image sets."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from fruitpipe.session import BASE_CONF
+
+TEST_CONF = {
+    **BASE_CONF,
+    "spark.sql.shuffle.partitions": "4",
+    "spark.ui.enabled": "false",
+    "spark.driver.memory": "2g",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exports go to a per-session cache, so tests never depend on ~/.cache state."""
+    cache = tmp_path_factory.mktemp("fruitpipe-cache")
+    os.environ["FRUITPIPE_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.master("local[2]").appName("fruitpipe-tests")
+    for key, value in TEST_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    from fruitpipe.sampledata import bundled_sample_dir
+
+    return Path(bundled_sample_dir())
+
+
+def copy_subset(source: Path, target: Path, classes: int, per_split: dict[str, int]) -> Path:
+    """A small Fruits 360-layout copy of the bundled sample: first `classes` classes, n per split."""
+    names = sorted(p.name for p in (source / "Training").iterdir() if p.is_dir())[:classes]
+    for split, count in per_split.items():
+        for name in names:
+            files = sorted((source / split / name).glob("*.jpg"))[:count]
+            (target / split / name).mkdir(parents=True, exist_ok=True)
+            for file in files:
+                shutil.copy(file, target / split / name / file.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_sample(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes x (6 Training + 2 Test) images: quick Spark runs."""
+    return copy_subset(sample_dir, tmp_path_factory.mktemp("small-sample"), 4, {"Training": 6, "Test": 2})
