@@ -44,6 +44,15 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels)
         self._set(**self._input_kwargs)
 
+    def setInputCol(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> ImageFeaturizer:  # noqa: N802
+        return self._set(outputCol=value)
+
+    def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802
+        return self._set(modelName=value)
+
     def spec(self) -> models.ModelSpec:
         """The resolved model spec (raises ValueError for an unknown model)."""
         return models.resolve(self.getOrDefault(self.modelName))

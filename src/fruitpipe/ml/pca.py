@@ -92,6 +92,18 @@ class _PcaParams(HasInputCol, HasOutputCol):
     varianceTarget = Param(Params._dummy(), "varianceTarget",
                            "smallest k reaching this share of variance, when k is not set", TypeConverters.toFloat)
 
+    def setInputCol(self, value: str) -> Any:  # noqa: N802 - pyspark.ml naming
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> Any:  # noqa: N802
+        return self._set(outputCol=value)
+
+    def setK(self, value: int) -> Any:  # noqa: N802
+        return self._set(k=value)
+
+    def setVarianceTarget(self, value: float) -> Any:  # noqa: N802
+        return self._set(varianceTarget=value)
+
 
 class CentredPCA(Estimator, _PcaParams, DefaultParamsReadable, DefaultParamsWritable):
     """Fits the mean, the full explained-variance spectrum, and the k-component projection."""
