@@ -189,6 +189,8 @@ def _onnx_spec(path: str) -> ModelSpec:
         )
     try:
         declared = json.loads(sidecar.read_text(encoding="utf-8"))
+        if not isinstance(declared, dict):
+            raise TypeError(f"expected a JSON object, got {type(declared).__name__}")
         feature_dim = declared.pop("feature_dim", None)
         declared.pop("description", None)
         preprocessing = Preprocessing(

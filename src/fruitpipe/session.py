@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -25,6 +26,7 @@ BASE_CONF = {
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
     "spark.sql.parquet.compression.codec": "zstd",
 }
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties").as_uri()
 JAVA_HINT = ("Java 17 or newer is required: install it (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) "
              "or set JAVA_HOME")
 
@@ -63,7 +65,8 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...] = (), app_name:
     check_java()
     _use_driver_python_locally(master)
     builder = SparkSession.builder.master(master).appName(app_name)
-    for key, value in {**BASE_CONF, "spark.driver.memory": "2g", **dict(conf)}.items():
+    defaults = {"spark.driver.memory": "2g", "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG}"}
+    for key, value in {**BASE_CONF, **defaults, **dict(conf)}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -65,11 +65,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        low, high = float(pixels.min()), float(pixels.max())
-        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        image = Image.fromarray(_to_8_bit(image), mode="L")
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _to_8_bit(image: Image.Image) -> np.ndarray:
+    """16/32-bit integer images are read as 16-bit (0..65535 -> 0..255); float images are clipped."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode != "F":
+        pixels = np.clip(pixels, 0, 65535) / 257.0
+    return np.clip(pixels, 0, 255).round().astype(np.uint8)
 
 
 def decode_rgb(data: bytes, limits: DecodeLimits) -> Image.Image:
