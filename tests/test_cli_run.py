@@ -146,3 +146,27 @@ def test_overwrite_refuses_foreign_folder(tmp_path: Path, small_sample: Path) ->
     result = fruitpipe("run", "--input", str(small_sample), "--output", str(foreign), "--overwrite")
     assert result.returncode != 0 and "not a fruitpipe output" in result.stderr
     assert (foreign / "thesis.txt").read_text() == "do not delete"
+
+
+def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_dir: Path, tmp_path: Path) -> None:
+    """Whole run (in process) over good photos plus every kind of bad file: nothing lost, nothing fatal."""
+    import shutil
+
+    from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, write_bad_images
+
+    from fruitpipe import pipeline
+    from fruitpipe.config import DecodeLimits
+
+    folder = tmp_path / "input" / "Mixed Bag"
+    folder.mkdir(parents=True)
+    for photo in sorted((sample_dir / "Training" / "Banana").glob("*.jpg"))[:5]:
+        shutil.copy(photo, folder / photo.name)
+    expected = write_bad_images(folder, BAD_MAX_BYTES)
+    output = tmp_path / "out"
+    manifest = pipeline.run(RunConfig(input=str(folder.parent), output=str(output), pca=PcaSettings(k=2),
+                                      limits=DecodeLimits(BAD_MAX_BYTES, BAD_MAX_PIXELS)))
+    errors = pq.read_table(output / "errors").to_pandas()
+    assert {Path(p).name: stage for p, stage in zip(errors["path"], errors["stage"])} == expected
+    assert errors["reason"].str.len().min() > 0
+    assert manifest["counts"] == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected)}
+    assert (output / "_SUCCESS").exists()
