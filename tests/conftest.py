@@ -27,6 +27,26 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_credentials() -> None:
+    """A dummy credential chain, set before Spark starts so executors inherit it too."""
+    from s3server import DUMMY_KEY_ID, DUMMY_SECRET
+
+    os.environ.update({"AWS_ACCESS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """A moto S3 server process on 127.0.0.1 for the whole session."""
+    from s3server import MotoServer
+
+    with MotoServer() as endpoint:
+        yield endpoint
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pyspark.sql import SparkSession

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from fruitpipe import __version__
-from fruitpipe.config import DEFAULT_MASTER, DEFAULT_MODEL, PcaSettings, RunConfig, parse_spark_conf
+from fruitpipe.config import DEFAULT_MASTER, DEFAULT_MODEL, PcaSettings, RunConfig, S3Options, parse_spark_conf
 
 logger = logging.getLogger("fruitpipe")
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
@@ -45,6 +45,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    parser.add_argument("--region", help="S3 region (default: the AWS chain's)")
+    parser.add_argument("--addressing-style", choices=("path", "virtual", "auto"),
+                        help="S3 addressing (default: path for a custom endpoint, else auto)")
+
+
+def _s3_options(args: argparse.Namespace) -> S3Options:
+    return S3Options(endpoint_url=args.endpoint_url, region=args.region, addressing_style=args.addressing_style)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="fruitpipe", description="Image features at scale with Spark.")
     parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
@@ -62,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--variance", type=_fraction, help="keep the smallest k reaching this variance (default 0.95)")
     run.add_argument("--master", default=DEFAULT_MASTER, help="Spark master URL (default: %(default)s)")
     run.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
+    _add_s3_arguments(run)
     run.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe output")
     run.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
     run.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
@@ -90,6 +102,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         csv=args.csv,
         spark_conf=parse_spark_conf(args.conf),
+        s3=_s3_options(args),
     )
     manifest = pipeline.run(config)
     print(json.dumps(manifest, indent=2, ensure_ascii=False) if args.json else summary(manifest))

@@ -62,6 +62,24 @@ class ExecutorSettings:
 
 
 @dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3-compatible store. Never credentials: those come from the AWS chain."""
+
+    endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
+    region: str | None = None  # default: AWS_REGION / AWS_DEFAULT_REGION / profile
+    addressing_style: str | None = None  # "path" | "virtual" | "auto"; default: path for custom endpoints
+    read_attempts: int = 6  # whole-object GET attempts (body cut mid-way, throttling, 5xx)
+
+    def __post_init__(self) -> None:
+        if self.addressing_style not in (None, "path", "virtual", "auto"):
+            raise ValueError(f"addressing style must be path, virtual or auto, got {self.addressing_style!r}")
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint URL must start with http:// or https://, got {self.endpoint_url!r}")
+        if self.read_attempts < 1:
+            raise ValueError("read attempts must be >= 1")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything `fruitpipe run` needs; built by the CLI or by library users."""
 
@@ -73,6 +91,7 @@ class RunConfig:
     overwrite: bool = False
     csv: bool = False
     spark_conf: tuple[tuple[str, str], ...] = ()
+    s3: S3Options = field(default_factory=S3Options)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 

@@ -49,6 +49,7 @@ class StageTimer:
 def run(config: RunConfig) -> dict[str, Any]:
     """Run the whole chain; returns the manifest (also written to the output)."""
     timer = StageTimer()
+    storage.configure(config.s3)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spec = models.resolve(config.model)
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
@@ -69,13 +70,14 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
     images = sources.to_dataframe(spark, listing)
     featurizer = ImageFeaturizer(modelName=config.model, batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
-                                 maxPixels=config.limits.max_pixels)
+                                 maxPixels=config.limits.max_pixels, s3EndpointUrl=config.s3.endpoint_url or "",
+                                 s3Region=config.s3.region or "", s3AddressingStyle=config.s3.addressing_style or "")
     featurized = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
     with timer.stage("featurize"):
         ok_count, rejected = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
-    sinks.write_errors(errors, config.output)
+    sinks.write_errors(errors, config.output, run_id, config.s3)
     if ok_count < 2:
         raise ValueError(f"only {ok_count} of {len(listing.rows)} images could be featurized "
                          f"(reasons in {storage.join(config.output, sinks.ERRORS)}); PCA needs at least 2")
@@ -84,7 +86,7 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
         pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
                          varianceTarget=config.pca.variance_target).fit(ok)
     with timer.stage("write"):
-        _write_outputs(pca.transform(ok), pca, config)
+        _write_outputs(pca.transform(ok), pca, config, run_id)
     featurized.unpersist()
     counts = {"listed": len(listing.rows), "ok": ok_count, "rejected": rejected}
     manifest = _manifest(spark, config, spec, listing, pca, counts, timer, run_id)
@@ -102,11 +104,11 @@ def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
     return int(row["ok"]), int(row["rejected"])
 
 
-def _write_outputs(projected: DataFrame, pca: CentredPCAModel, config: RunConfig) -> None:
-    sinks.write_features(projected, config.output)
+def _write_outputs(projected: DataFrame, pca: CentredPCAModel, config: RunConfig, run_id: str) -> None:
+    sinks.write_features(projected, config.output, run_id, config.s3)
     if config.csv:
-        sinks.write_csv(projected, config.output, pca.components)
-    pca.save(storage.join(config.output, sinks.PCA_MODEL))
+        sinks.write_csv(projected, config.output, pca.components, run_id, config.s3)
+    sinks.save_model(pca, storage.join(config.output, sinks.PCA_MODEL))
     scree = plots.scree_png(pca.spectrum, pca.components, config.pca.variance_target)
     storage.write_bytes(storage.join(config.output, sinks.SCREE), scree)
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.ml.util import MLWritable
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import storage
+from fruitpipe.committer import FORMAT_NAME, StagedDataSource
+from fruitpipe.config import S3Options
 
 logger = logging.getLogger(__name__)
 
@@ -34,24 +39,49 @@ def prepare_output(uri: str, overwrite: bool) -> None:
     storage.remove_tree(uri)
 
 
-def write_parquet(df: DataFrame, uri: str) -> None:
-    df.write.mode("error").parquet(storage.spark_path(uri))
+def write_dataset(df: DataFrame, uri: str, run_id: str, s3: S3Options, fmt: str = "parquet") -> None:
+    """Write through the staged committer (any storage; all-or-nothing per dataset)."""
+    _register(df.sparkSession)
+    writer = df.write.format(FORMAT_NAME).mode("append").option("run_id", run_id).option("format", fmt)
+    for key, value in (("endpoint_url", s3.endpoint_url), ("region", s3.region),
+                       ("addressing_style", s3.addressing_style)):
+        if value:
+            writer = writer.option(key, value)
+    writer.save(storage.canonical(uri))
 
 
-def write_features(df: DataFrame, output: str) -> None:
-    write_parquet(df.select(*FEATURE_COLUMNS), storage.join(output, FEATURES))
+_registered: set[str] = set()
 
 
-def write_errors(df: DataFrame, output: str) -> None:
+def _register(spark: SparkSession) -> None:
+    """Register the committer once per Spark application."""
+    application = spark.sparkContext.applicationId
+    if application not in _registered:
+        spark.dataSource.register(StagedDataSource)
+        _registered.add(application)
+
+
+def write_features(df: DataFrame, output: str, run_id: str, s3: S3Options) -> None:
+    write_dataset(df.select(*FEATURE_COLUMNS), storage.join(output, FEATURES), run_id, s3)
+
+
+def write_errors(df: DataFrame, output: str, run_id: str, s3: S3Options) -> None:
     """One row per rejected input; written even when empty so readers always find the dataset."""
-    write_parquet(df.select(*ERROR_COLUMNS), storage.join(output, ERRORS))
+    write_dataset(df.select(*ERROR_COLUMNS), storage.join(output, ERRORS), run_id, s3)
 
 
-def write_csv(df: DataFrame, output: str, k: int) -> None:
+def write_csv(df: DataFrame, output: str, k: int, run_id: str, s3: S3Options) -> None:
     """path, label, split and one column per PCA component (the seed's CSV)."""
     columns = [F.col("path"), F.col("label"), F.col("split")]
     columns += [F.col("pca")[i].alias(f"pc{i + 1}") for i in range(k)]
-    df.select(*columns).write.mode("error").option("header", True).csv(storage.spark_path(storage.join(output, CSV)))
+    write_dataset(df.select(*columns), storage.join(output, CSV), run_id, s3, fmt="csv")
+
+
+def save_model(model: MLWritable, uri: str) -> None:
+    """Spark ML writes through Hadoop, which has no S3 connector here: save locally, then copy."""
+    with tempfile.TemporaryDirectory(prefix="fruitpipe-model-") as folder:
+        model.save(os.path.join(folder, "model"))
+        storage.copy_tree_from_local(os.path.join(folder, "model"), uri)
 
 
 def write_json(uri: str, document: dict[str, Any]) -> None:
@@ -60,5 +90,5 @@ def write_json(uri: str, document: dict[str, Any]) -> None:
 
 def commit(output: str, counts: dict[str, int]) -> None:
     """Write _SUCCESS last: the run's files and counts."""
-    files = [path for path in storage.list_tree(output) if path != SUCCESS]
+    files = [path for path in storage.list_tree(output) if path != SUCCESS and "/_temporary/" not in f"/{path}"]
     write_json(storage.join(output, SUCCESS), {"files": files, "counts": counts})

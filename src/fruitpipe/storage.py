@@ -1,134 +1,358 @@
-"""One storage interface for every location (local paths today, s3:// through fsspec later).
+"""One storage interface for every location: local paths and s3:// (any S3-compatible store).
 
-Used by the driver to list and to write small files, and by executors to read image bytes.
-Credentials are never handled here: fsspec backends take them from the standard chain.
+Used by the driver to list and to write small files, and by executors to read image bytes and
+write part files. Credentials are never handled here: boto3 takes them from the standard AWS chain
+(environment, profile, instance or container role). Reads of whole objects are retried with
+backoff on throttling, 5xx and cut connections, never on 403/404.
 """
 from __future__ import annotations
 
 import logging
 import os
 import posixpath
+import random
+import shutil
+import threading
+import time
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
-import fsspec
+from fruitpipe.config import S3Options
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_options = S3Options()
+_clients: dict[tuple[Any, ...], Any] = {}
+_clients_lock = threading.Lock()
+RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                   "ServiceUnavailable", "500", "502", "503", "504"}
+DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
-@dataclass(frozen=True)
-class Location:
-    """A parsed URI: its filesystem and the path that filesystem understands."""
+def configure(options: S3Options) -> None:
+    """Set this process's S3 options (driver at run start, executors at task start)."""
+    global _options
+    _options = options
 
-    fs: fsspec.AbstractFileSystem
-    path: str
-    scheme: str
 
-    def uri(self, path: str | None = None) -> str:
-        """The user-facing URI of `path` (default: this location)."""
-        path = self.path if path is None else path
-        return path if self.scheme == "file" else f"{self.scheme}://{path}"
-
+# ---------------------------------------------------------------- URIs
 
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def locate(uri: str) -> Location:
-    """Parse a URI; bare paths are local and made absolute."""
-    if is_local(uri):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        return Location(fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path)), "file")
-    scheme = uri.split("://", 1)[0]
-    try:
-        fs, path = fsspec.core.url_to_fs(uri)
-    except (ImportError, ValueError) as exc:
-        raise ValueError(f"cannot open {uri}: {exc}") from exc
-    return Location(fs, path.rstrip("/"), scheme)
+def local_path(uri: str) -> str:
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return os.path.abspath(os.path.expanduser(path))
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str  # no leading slash; "" for the bucket root
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+    @property
+    def prefix(self) -> str:
+        """The key as a folder prefix ("" or ending in /)."""
+        return self.key.rstrip("/") + "/" if self.key else ""
+
+
+def parse_s3(uri: str) -> S3Location:
+    scheme, rest = uri.split("://", 1)
+    if scheme not in ("s3", "s3a"):
+        raise ValueError(f"unsupported location {redact(uri)}: use a local path or s3://bucket/prefix")
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {redact(uri)}")
+    return S3Location(bucket, key.strip("/"))
 
 
 def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI without touching its scheme."""
     if is_local(uri):
-        return os.path.join(locate(uri).path, *parts)
+        return os.path.join(local_path(uri), *parts)
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
-def spark_path(uri: str) -> str:
-    """The form Spark's own readers and writers take (absolute file: URI for local paths)."""
-    return f"file://{locate(uri).path}" if is_local(uri) else uri
+def canonical(uri: str) -> str:
+    """Absolute local path, or the s3:// URI without a trailing slash."""
+    return local_path(uri) if is_local(uri) else parse_s3(uri).uri
 
+
+def redact(uri: str) -> str:
+    """A URI safe to print: any user:password@ part removed."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        return urlunsplit(parts._replace(netloc=parts.hostname or ""))
+    return uri
+
+
+def spark_path(uri: str) -> str:
+    """The form Spark's own (Hadoop) readers take: local paths only."""
+    if not is_local(uri):
+        raise ValueError(f"Spark cannot read {redact(uri)} directly (no Hadoop S3 connector); use fruitpipe.storage")
+    return f"file://{local_path(uri)}"
+
+
+# ---------------------------------------------------------------- S3 client and retries
+
+def s3_client() -> Any:
+    """A thread-safe boto3 S3 client for this process and these options (built once)."""
+    options = _options
+    endpoint = options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    key = (endpoint, options.region, options.addressing_style, os.getpid())
+    with _clients_lock:
+        if key not in _clients:
+            import boto3
+            from botocore.config import Config
+
+            style = options.addressing_style or ("path" if endpoint else "auto")
+            config = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64,
+                            connect_timeout=10, read_timeout=60, s3={"addressing_style": style})
+            session = boto3.session.Session(region_name=options.region)
+            _clients[key] = session.client("s3", endpoint_url=endpoint, config=config)
+        return _clients[key]
+
+
+def error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(code or status) if (code or status) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, 5xx, timeouts and cut connections; never 403/404 or our own ValueErrors."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        return error_code(exc) in RETRYABLE_CODES
+    try:
+        from urllib3.exceptions import HTTPError
+    except ImportError:  # pragma: no cover - urllib3 ships with botocore
+        HTTPError = ()  # noqa: N806
+    return isinstance(exc, (BotoCoreError, HTTPError, ConnectionError, TimeoutError))
+
+
+def with_retries(action: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """Run `action`, retrying retryable failures with full-jitter exponential backoff."""
+    attempts = attempts or _options.read_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt == attempts or not is_retryable(exc):
+                raise _user_error(exc, what) from exc
+            delay = random.uniform(0, min(8.0, 0.1 * 2 ** attempt))
+            logger.debug("retrying %s after %s (attempt %d/%d, %.2fs)", what, type(exc).__name__, attempt,
+                         attempts, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _user_error(exc: Exception, what: str) -> Exception:
+    """Map S3 errors to the exceptions users see: PermissionError, FileNotFoundError, OSError."""
+    code = error_code(exc)
+    if code in DENIED_CODES:
+        return PermissionError(f"access denied to {what} ({code}): check the credentials or role")
+    if code in MISSING_CODES:
+        return FileNotFoundError(f"not found: {what}")
+    if code == "NoSuchBucket":
+        return FileNotFoundError(f"bucket not found: {what}")
+    if isinstance(exc, (ValueError, OSError)):
+        return exc
+    return OSError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _s3_objects(location: S3Location) -> Iterator[dict[str, Any]]:
+    """Every object under the prefix, paginated (1,000 keys a page)."""
+    paginator = s3_client().get_paginator("list_objects_v2")
+    pages = paginator.paginate(Bucket=location.bucket, Prefix=location.prefix)
+    iterator = iter(pages)
+    while True:
+        page = with_retries(lambda: next(iterator, None), f"listing {location.uri}")
+        if page is None:
+            return
+        yield from page.get("Contents", [])
+
+
+# ---------------------------------------------------------------- operations
 
 def list_files(uri: str, extensions: Iterable[str]) -> list[tuple[str, str]]:
     """All files below `uri` with one of `extensions` (case-insensitive), skipping hidden ones.
 
     Returns (full URI, path relative to `uri` in NFC) pairs, sorted by relative path.
     """
-    location = locate(uri)
-    if not location.fs.exists(location.path):
-        raise ValueError(f"input not found: {uri}")
-    if not location.fs.isdir(location.path):
-        raise ValueError(f"input is not a folder: {uri}")
     wanted = tuple(ext.lower() for ext in extensions)
-    found = []
-    root = location.path.rstrip("/") + "/"
-    for path in location.fs.find(location.path):
-        relative = path[len(root):] if path.startswith(root) else posixpath.basename(path)
-        if any(part.startswith(".") for part in relative.split("/")):
-            continue
-        if relative.lower().endswith(wanted):
-            found.append((location.uri(path), unicodedata.normalize("NFC", relative)))
+    found = [(full, unicodedata.normalize("NFC", relative)) for full, relative in _walk(uri)
+             if relative.lower().endswith(wanted)
+             and not any(part.startswith(".") for part in relative.split("/"))]
     found.sort(key=lambda item: item[1])
     return found
 
 
+def _walk(uri: str) -> Iterator[tuple[str, str]]:
+    """(full URI, relative path) of every file below `uri`; ValueError when there is no folder."""
+    if is_local(uri):
+        root = Path(local_path(uri))
+        if not root.exists():
+            raise ValueError(f"input not found: {uri}")
+        if not root.is_dir():
+            raise ValueError(f"input is not a folder: {uri}")
+        for directory, _, files in os.walk(root):
+            for name in files:
+                full = os.path.join(directory, name)
+                yield full, os.path.relpath(full, root).replace(os.sep, "/")
+        return
+    location = parse_s3(uri)
+    any_object = False
+    for item in _s3_objects(location):
+        any_object = True
+        relative = item["Key"][len(location.prefix):]
+        if relative and not relative.endswith("/"):
+            yield f"s3://{location.bucket}/{item['Key']}", relative
+    if not any_object:
+        raise ValueError(f"input not found or empty: {uri}")
+
+
 def read_bytes(uri: str, limit: int | None = None) -> bytes:
-    """Whole object; with `limit`, refuse objects larger than it without reading them."""
-    location = locate(uri)
-    if limit is not None:
-        size = location.fs.size(location.path)
-        if size is not None and size > limit:
+    """Whole object; with `limit`, refuse larger objects without reading their body."""
+    if is_local(uri):
+        path = local_path(uri)
+        if limit is not None and os.path.getsize(path) > limit:
+            raise ValueError(f"file too large: {os.path.getsize(path)} bytes > limit {limit}")
+        with open(path, "rb") as handle:
+            return handle.read()
+    location = parse_s3(uri)
+
+    def get() -> bytes:
+        response = s3_client().get_object(Bucket=location.bucket, Key=location.key)
+        size = int(response.get("ContentLength", -1))
+        if limit is not None and size > limit:
+            response["Body"].close()
             raise ValueError(f"file too large: {size} bytes > limit {limit}")
-    return location.fs.cat_file(location.path)
+        data = response["Body"].read()
+        if size >= 0 and len(data) != size:
+            from botocore.exceptions import IncompleteReadError
 
+            raise IncompleteReadError(actual_bytes=len(data), expected_bytes=size)
+        return data
 
-def exists(uri: str) -> bool:
-    location = locate(uri)
-    return location.fs.exists(location.path)
-
-
-def is_empty_dir(uri: str) -> bool:
-    location = locate(uri)
-    return location.fs.isdir(location.path) and not location.fs.ls(location.path)
-
-
-def remove_tree(uri: str) -> None:
-    location = locate(uri)
-    if location.fs.exists(location.path):
-        location.fs.rm(location.path, recursive=True)
-
-
-def make_dirs(uri: str) -> None:
-    location = locate(uri)
-    location.fs.makedirs(location.path, exist_ok=True)
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write a small file whole (manifest, plots, markers)."""
-    location = locate(uri)
-    parent = posixpath.dirname(location.path)
-    if parent:
-        location.fs.makedirs(parent, exist_ok=True)
-    location.fs.pipe_file(location.path, data)
+    return with_retries(get, uri)
 
 
 def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file (manifest, plots, part files); parents are created as needed."""
+    if is_local(uri):
+        path = Path(local_path(uri))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return
+    location = parse_s3(uri)
+    with_retries(lambda: s3_client().put_object(Bucket=location.bucket, Key=location.key, Body=data), uri)
+
+
+def exists(uri: str) -> bool:
+    """A file, or a folder/prefix holding anything."""
+    if is_local(uri):
+        return os.path.exists(local_path(uri))
+    location = parse_s3(uri)
+    response = with_retries(lambda: s3_client().list_objects_v2(Bucket=location.bucket, Prefix=location.key,
+                                                                 MaxKeys=2), uri)
+    keys = [item["Key"] for item in response.get("Contents", [])]
+    return any(key == location.key or key.startswith(location.prefix) for key in keys)
+
+
+def is_empty_dir(uri: str) -> bool:
+    if is_local(uri):
+        path = local_path(uri)
+        return os.path.isdir(path) and not os.listdir(path)
+    return not exists(uri)
+
+
 def list_tree(uri: str) -> list[str]:
     """Every file below `uri`, as paths relative to it, sorted."""
-    location = locate(uri)
-    root = location.path.rstrip("/") + "/"
-    return sorted(path[len(root):] for path in location.fs.find(location.path) if path.startswith(root))
+    if is_local(uri) and not os.path.isdir(local_path(uri)):
+        return []
+    try:
+        return sorted(relative for _, relative in _walk(uri))
+    except ValueError:
+        return []
+
+
+def remove_tree(uri: str) -> None:
+    """Delete a folder/prefix and everything below it."""
+    if is_local(uri):
+        path = local_path(uri)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        return
+    location = parse_s3(uri)
+    keys = [item["Key"] for item in _s3_objects(location)]
+    for start in range(0, len(keys), 1000):
+        batch = {"Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True}
+        with_retries(lambda b=batch: s3_client().delete_objects(Bucket=location.bucket, Delete=b), uri)
+
+
+def remove(uri: str) -> None:
+    """Delete one file; a missing file is not an error."""
+    if is_local(uri):
+        Path(local_path(uri)).unlink(missing_ok=True)
+        return
+    location = parse_s3(uri)
+    with_retries(lambda: s3_client().delete_object(Bucket=location.bucket, Key=location.key), uri)
+
+
+def move(source: str, target: str) -> None:
+    """Publish a staged file: rename locally, server-side copy + delete on S3."""
+    if is_local(source) and is_local(target):
+        Path(local_path(target)).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local_path(source), local_path(target))
+        return
+    if is_local(source) or is_local(target):
+        write_bytes(target, read_bytes(source))
+    else:
+        src, dst = parse_s3(source), parse_s3(target)
+        with_retries(lambda: s3_client().copy_object(Bucket=dst.bucket, Key=dst.key,
+                                                     CopySource={"Bucket": src.bucket, "Key": src.key}), target)
+    remove(source)
+
+
+def copy_tree_from_local(folder: str | Path, uri: str) -> None:
+    """Copy a local folder (e.g. a Spark ML model saved locally) to any location."""
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".crc"):  # Hadoop's local checksums: not part of the model
+                continue
+            full = os.path.join(directory, name)
+            relative = os.path.relpath(full, folder).replace(os.sep, "/")
+            with open(full, "rb") as handle:
+                write_bytes(join(uri, *relative.split("/")), handle.read())
+
+
+def copy_tree_to_local(uri: str, folder: str | Path) -> None:
+    """Copy a folder/prefix from any location into a local folder (to load a Spark ML model)."""
+    for relative in list_tree(uri):
+        target = Path(folder, *relative.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(join(uri, *relative.split("/"))))

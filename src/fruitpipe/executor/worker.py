@@ -10,13 +10,13 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from fruitpipe import storage
-from fruitpipe.config import DecodeLimits
+from fruitpipe.config import DecodeLimits, S3Options
 from fruitpipe.executor.decode import DecodeError, decode_rgb, resize_square
 from fruitpipe.executor.embed import embed
 from fruitpipe.models import Preprocessing
@@ -50,6 +50,7 @@ class FeaturizeTask:
     batch_size: int = 64
     read_threads: int = 8
     ort_threads: int = 1
+    s3: S3Options = field(default_factory=S3Options)
 
 
 @dataclass
@@ -88,6 +89,7 @@ def model_path(model_file: str) -> str:
 
 def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: every input row comes out once, with features or with an error."""
+    storage.configure(task.s3)
     onnx_path = model_path(task.model_file)
     with ThreadPoolExecutor(max_workers=task.read_threads) as pool:
         pending: tuple[pa.RecordBatch, list[Future[Loaded]]] | None = None

@@ -19,7 +19,7 @@ from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
 from fruitpipe import models
-from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings
+from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 
 logger = logging.getLogger(__name__)
@@ -33,15 +33,22 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
     readThreads = Param(Params._dummy(), "readThreads", "concurrent reads per task", TypeConverters.toInt)
     maxBytes = Param(Params._dummy(), "maxBytes", "largest accepted file in bytes", TypeConverters.toInt)
     maxPixels = Param(Params._dummy(), "maxPixels", "largest accepted image in pixels", TypeConverters.toInt)
+    s3EndpointUrl = Param(Params._dummy(), "s3EndpointUrl", "S3-compatible endpoint ('' = AWS chain default)",
+                          TypeConverters.toString)
+    s3Region = Param(Params._dummy(), "s3Region", "S3 region ('' = AWS chain default)", TypeConverters.toString)
+    s3AddressingStyle = Param(Params._dummy(), "s3AddressingStyle", "path, virtual or auto ('' = default)",
+                              TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, inputCol: str = "path", outputCol: str = "features", modelName: str = DEFAULT_MODEL,
                  batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
-                 maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels) -> None:
+                 maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels,
+                 s3EndpointUrl: str = "", s3Region: str = "", s3AddressingStyle: str = "") -> None:
         super().__init__()
         self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
                          batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
-                         maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels)
+                         maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
+                         s3EndpointUrl="", s3Region="", s3AddressingStyle="")
         self._set(**self._input_kwargs)
 
     def setInputCol(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
@@ -52,6 +59,11 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
 
     def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802
         return self._set(modelName=value)
+
+    def s3_options(self) -> S3Options:
+        return S3Options(endpoint_url=self.getOrDefault(self.s3EndpointUrl) or None,
+                         region=self.getOrDefault(self.s3Region) or None,
+                         addressing_style=self.getOrDefault(self.s3AddressingStyle) or None)
 
     def spec(self) -> models.ModelSpec:
         """The resolved model spec (raises ValueError for an unknown model)."""
@@ -73,6 +85,7 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
             batch_size=settings.batch_size,
             read_threads=settings.read_threads,
             ort_threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
+            s3=self.s3_options(),
         )
         added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
         schema = StructType(dataset.schema.fields + added)
