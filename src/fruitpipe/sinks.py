@@ -23,12 +23,22 @@ logger = logging.getLogger(__name__)
 
 FEATURES, ERRORS, PCA_MODEL, CSV = "features", "errors", "pca_model", "csv"
 SCREE, MANIFEST, SUCCESS = "scree.png", "manifest.json", "_SUCCESS"
+WRITE_CHECK = ".fruitpipe-write-check"
 FEATURE_COLUMNS = ("path", "label", "split", "width", "height", "features", "pca")
 ERROR_COLUMNS = ("path", "stage", "reason")
 
 
 def prepare_output(uri: str, overwrite: bool) -> None:
-    """Refuse an existing output unless overwrite; never delete something fruitpipe did not write."""
+    """Refuse an existing output unless overwrite; never delete something fruitpipe did not write.
+
+    Ends with a write check, so a missing bucket or permission fails now, not after featurizing."""
+    _clear_output(uri, overwrite)
+    probe = storage.join(uri, WRITE_CHECK)
+    storage.write_bytes(probe, b"fruitpipe write check\n")
+    storage.remove(probe)
+
+
+def _clear_output(uri: str, overwrite: bool) -> None:
     if not storage.exists(uri) or storage.is_empty_dir(uri):
         return
     if not overwrite:
