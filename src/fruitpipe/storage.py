@@ -134,16 +134,18 @@ def error_code(exc: BaseException) -> str | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Throttling, 5xx, timeouts and cut connections; never 403/404 or our own ValueErrors."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    """Throttling, 5xx, timeouts and cut connections; never 403/404, missing credentials or our ValueErrors."""
+    from botocore import exceptions as boto
 
-    if isinstance(exc, ClientError):
+    if isinstance(exc, boto.ClientError):
         return error_code(exc) in RETRYABLE_CODES
     try:
         from urllib3.exceptions import HTTPError
     except ImportError:  # pragma: no cover - urllib3 ships with botocore
         HTTPError = ()  # noqa: N806
-    return isinstance(exc, (BotoCoreError, HTTPError, ConnectionError, TimeoutError))
+    transient = (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError,
+                 boto.ResponseStreamingError, HTTPError, ConnectionError, TimeoutError)
+    return isinstance(exc, transient)
 
 
 def with_retries(action: Callable[[], T], what: str, attempts: int | None = None) -> T:
@@ -164,6 +166,11 @@ def with_retries(action: Callable[[], T], what: str, attempts: int | None = None
 
 def _user_error(exc: Exception, what: str) -> Exception:
     """Map S3 errors to the exceptions users see: PermissionError, FileNotFoundError, OSError."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return PermissionError(f"no AWS credentials found for {what}: set them in the environment, "
+                               "a profile, or use an instance/container role")
     code = error_code(exc)
     if code in DENIED_CODES:
         return PermissionError(f"access denied to {what} ({code}): check the credentials or role")
@@ -271,14 +278,19 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def exists(uri: str) -> bool:
-    """A file, or a folder/prefix holding anything."""
+    """A file, or a folder/prefix holding anything (`prefix` never matches `prefix2/...`)."""
     if is_local(uri):
         return os.path.exists(local_path(uri))
     location = parse_s3(uri)
-    response = with_retries(lambda: s3_client().list_objects_v2(Bucket=location.bucket, Prefix=location.key,
-                                                                 MaxKeys=2), uri)
-    keys = [item["Key"] for item in response.get("Contents", [])]
-    return any(key == location.key or key.startswith(location.prefix) for key in keys)
+    if location.key:
+        try:
+            with_retries(lambda: s3_client().head_object(Bucket=location.bucket, Key=location.key), uri)
+            return True
+        except FileNotFoundError:
+            pass
+    response = with_retries(lambda: s3_client().list_objects_v2(Bucket=location.bucket, Prefix=location.prefix,
+                                                                 MaxKeys=1), uri)
+    return bool(response.get("KeyCount", len(response.get("Contents", []))))
 
 
 def is_empty_dir(uri: str) -> bool:
