@@ -87,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("models", help="list the model registry")
     listing.set_defaults(handler=_cmd_models)
+
+    upload = commands.add_parser("upload", help="upload a local folder of images to s3://bucket/prefix (idempotent)")
+    upload.add_argument("local_dir", metavar="LOCAL_DIR", help="folder to upload (hidden files are skipped)")
+    upload.add_argument("target", metavar="S3_URI", help="s3://bucket/prefix; keys are prefix/relative/path")
+    _add_s3_arguments(upload)
+    upload.add_argument("--workers", type=_positive_int, default=16, help="parallel uploads (default: %(default)s)")
+    upload.set_defaults(handler=_cmd_upload)
+
+    iam_policy = commands.add_parser("iam-policy", help="print a least-privilege IAM policy for an input and output")
+    iam_policy.add_argument("--input", required=True, help="s3://bucket/prefix read by the run (read-only)")
+    iam_policy.add_argument("--output", required=True, help="s3://bucket/prefix written by the run")
+    iam_policy.set_defaults(handler=_cmd_iam_policy)
     return parser
 
 
@@ -150,11 +162,30 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from fruitpipe import upload
+
+    result = upload.upload_folder(args.local_dir, args.target, workers=args.workers, s3=_s3_options(args))
+    print(result.describe())
+    if not result.ok:
+        print(f"fruitpipe upload: error: {len(result.failed)} of {result.files} files failed (listed above)",
+              file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_iam_policy(args: argparse.Namespace) -> int:
+    from fruitpipe import iam
+
+    print(iam.policy_json(args.input, args.output))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "fsspec", "matplotlib", "PIL"):
+    for noisy in ("py4j", "matplotlib", "PIL", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

@@ -11,6 +11,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import shutil
 import threading
 import time
@@ -33,6 +34,7 @@ RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTime
                    "ServiceUnavailable", "500", "502", "503", "504"}
 DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")  # what botocore accepts (S3 itself is stricter)
 
 
 def configure(options: S3Options) -> None:
@@ -72,8 +74,8 @@ def parse_s3(uri: str) -> S3Location:
     if scheme not in ("s3", "s3a"):
         raise ValueError(f"unsupported location {redact(uri)}: use a local path or s3://bucket/prefix")
     bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in {redact(uri)}")
+    if not BUCKET_NAME.fullmatch(bucket):
+        raise ValueError(f"invalid or missing bucket name {bucket!r} in {redact(uri)}")
     return S3Location(bucket, key.strip("/"))
 
 
@@ -183,7 +185,7 @@ def _user_error(exc: Exception, what: str) -> Exception:
     return OSError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _s3_objects(location: S3Location) -> Iterator[dict[str, Any]]:
+def list_objects(location: S3Location) -> Iterator[dict[str, Any]]:
     """Every object under the prefix, paginated (1,000 keys a page)."""
     paginator = s3_client().get_paginator("list_objects_v2")
     pages = paginator.paginate(Bucket=location.bucket, Prefix=location.prefix)
@@ -225,7 +227,7 @@ def _walk(uri: str) -> Iterator[tuple[str, str]]:
         return
     location = parse_s3(uri)
     any_object = False
-    for item in _s3_objects(location):
+    for item in list_objects(location):
         any_object = True
         relative = item["Key"][len(location.prefix):]
         if relative and not relative.endswith("/"):
@@ -286,7 +288,8 @@ def exists(uri: str) -> bool:
         try:
             with_retries(lambda: s3_client().head_object(Bucket=location.bucket, Key=location.key), uri)
             return True
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
+            # a missing key answers 403 when the role may only list `prefix/`: fall through to that listing
             pass
     response = with_retries(lambda: s3_client().list_objects_v2(Bucket=location.bucket, Prefix=location.prefix,
                                                                  MaxKeys=1), uri)
@@ -320,7 +323,7 @@ def remove_tree(uri: str) -> None:
             os.remove(path)
         return
     location = parse_s3(uri)
-    keys = [item["Key"] for item in _s3_objects(location)]
+    keys = [item["Key"] for item in list_objects(location)]
     for start in range(0, len(keys), 1000):
         batch = {"Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True}
         with_retries(lambda b=batch: s3_client().delete_objects(Bucket=location.bucket, Delete=b), uri)
