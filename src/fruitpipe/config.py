@@ -52,7 +52,7 @@ class ExecutorSettings:
     """How executors batch their work; tuned in the benchmark, rarely set by users."""
 
     batch_size: int = 64
-    read_threads: int = 8
+    read_threads: int = 16  # concurrent GETs per task: hides per-object latency on object stores
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -68,7 +68,7 @@ class S3Options:
     endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS
     region: str | None = None  # default: AWS_REGION / AWS_DEFAULT_REGION / profile
     addressing_style: str | None = None  # "path" | "virtual" | "auto"; default: path for custom endpoints
-    read_attempts: int = 6  # whole-object GET attempts (body cut mid-way, throttling, 5xx)
+    read_attempts: int = 4  # whole-object GET attempts (body cut mid-way, throttling, 5xx), each up to 3 requests
 
     def __post_init__(self) -> None:
         if self.addressing_style not in (None, "path", "virtual", "auto"):

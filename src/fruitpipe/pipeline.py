@@ -54,9 +54,10 @@ def run(config: RunConfig) -> dict[str, Any]:
     spec = models.resolve(config.model)
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
-    sinks.prepare_output(config.output, config.overwrite)
+    sinks.check_output(config.output, config.overwrite)
     with timer.stage("list"):
         listing = sources.list_images(config.input)
+    sinks.prepare_output(config.output, config.overwrite)
     with timer.stage("model"):
         models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
     with ExitStack() as stack:

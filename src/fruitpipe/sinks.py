@@ -28,25 +28,28 @@ FEATURE_COLUMNS = ("path", "label", "split", "width", "height", "features", "pca
 ERROR_COLUMNS = ("path", "stage", "reason")
 
 
-def prepare_output(uri: str, overwrite: bool) -> None:
-    """Refuse an existing output unless overwrite; never delete something fruitpipe did not write.
+def check_output(uri: str, overwrite: bool) -> bool:
+    """Refuse an existing output unless overwrite, and never one fruitpipe did not write.
 
-    Ends with a write check, so a missing bucket or permission fails now, not after featurizing."""
-    _clear_output(uri, overwrite)
-    probe = storage.join(uri, WRITE_CHECK)
-    storage.write_bytes(probe, b"fruitpipe write check\n")
-    storage.remove(probe)
-
-
-def _clear_output(uri: str, overwrite: bool) -> None:
+    Returns whether an old output must be removed; changes nothing (cheap, before listing)."""
     if not storage.exists(uri) or storage.is_empty_dir(uri):
-        return
+        return False
     if not overwrite:
         raise ValueError(f"output {uri} already exists; pass --overwrite to replace it")
     if not any(storage.exists(storage.join(uri, marker)) for marker in (MANIFEST, SUCCESS)):
         raise ValueError(f"output {uri} is not empty and is not a fruitpipe output; refusing to overwrite it")
-    logger.info("removing previous output %s", uri)
-    storage.remove_tree(uri)
+    return True
+
+
+def prepare_output(uri: str, overwrite: bool) -> None:
+    """Clear an old output (when allowed), then check that we can write, so a missing bucket or a
+    permission problem fails now rather than after featurizing."""
+    if check_output(uri, overwrite):
+        logger.info("removing previous output %s", uri)
+        storage.remove_tree(uri)
+    probe = storage.join(uri, WRITE_CHECK)
+    storage.write_bytes(probe, b"fruitpipe write check\n")
+    storage.remove(probe)
 
 
 def write_dataset(df: DataFrame, uri: str, run_id: str, s3: S3Options, fmt: str = "parquet") -> None:

@@ -119,7 +119,8 @@ def s3_client() -> Any:
             from botocore.config import Config
 
             style = options.addressing_style or ("path" if endpoint else "auto")
-            config = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64,
+            # 3 attempts per request here; whole-object reads add their own attempts around them
+            config = Config(retries={"mode": "standard", "total_max_attempts": 3}, max_pool_connections=64,
                             connect_timeout=10, read_timeout=60, s3={"addressing_style": style})
             session = boto3.session.Session(region_name=options.region)
             _clients[key] = session.client("s3", endpoint_url=endpoint, config=config)
