@@ -93,16 +93,21 @@ class StagedWriter(DataSourceArrowWriter):
             storage.move(part.staged, self.final_name(part.partition))
         if not parts:  # no partitions at all: still leave a readable, empty dataset
             storage.write_bytes(self.final_name(0), encode(self.empty_table(), self.format))
-        storage.remove_tree(self.staging)
-        if not storage.list_tree(storage.join(self.target, "_temporary")):
-            storage.remove_tree(storage.join(self.target, "_temporary"))
+        self._remove_staging()
         logger.info("published %d parts, %d rows to %s", max(1, len(published)),
                     sum(p.rows for p in parts.values()), storage.redact(self.target))
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         storage.configure(self.s3)
         logger.warning("write to %s aborted; removing staged parts", storage.redact(self.target))
+        self._remove_staging()
+
+    def _remove_staging(self) -> None:
+        """This run's staging area, and the `_temporary` folder once no other run uses it."""
         storage.remove_tree(self.staging)
+        parent = storage.join(self.target, "_temporary")
+        if not storage.list_tree(parent):
+            storage.remove_tree(parent)
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:

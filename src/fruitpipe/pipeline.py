@@ -119,8 +119,8 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, li
     total = timer.total()
     return {
         "run_id": run_id,
-        "input": listing.root,
-        "output": config.output,
+        "input": storage.redact(listing.root),
+        "output": storage.redact(config.output),
         "layout": listing.layout,
         "classes": listing.labels,
         "model": spec.manifest_entry(),

@@ -44,10 +44,10 @@ def list_images(uri: str) -> ImageListing:
     """List jpg/jpeg/png files below `uri`; ValueError for a missing or image-less folder."""
     files = storage.list_files(uri, IMAGE_EXTENSIONS)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {uri}")
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
     layout = detect_layout([relative for _, relative in files])
     rows = [(path, *label_and_split(relative, layout)) for path, relative in files]
-    logger.info("listed %d images in %s layout under %s", len(rows), layout, uri)
+    logger.info("listed %d images in %s layout under %s", len(rows), layout, storage.redact(uri))
     return ImageListing(uri, layout, rows)
 
 

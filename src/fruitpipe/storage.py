@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from fruitpipe.config import S3Options
 
@@ -70,6 +69,8 @@ class S3Location:
 
 
 def parse_s3(uri: str) -> S3Location:
+    if USERINFO.match(uri):
+        raise ValueError(f"credentials in a URI are not accepted ({redact(uri)}): use the standard AWS chain")
     scheme, rest = uri.split("://", 1)
     if scheme not in ("s3", "s3a"):
         raise ValueError(f"unsupported location {redact(uri)}: use a local path or s3://bucket/prefix")
@@ -91,12 +92,12 @@ def canonical(uri: str) -> str:
     return local_path(uri) if is_local(uri) else parse_s3(uri).uri
 
 
+USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^@/:]*(?::[^@]*?)?@")
+
+
 def redact(uri: str) -> str:
-    """A URI safe to print: any user:password@ part removed."""
-    parts = urlsplit(uri)
-    if parts.username or parts.password:
-        return urlunsplit(parts._replace(netloc=parts.hostname or ""))
-    return uri
+    """A URI safe to print: a user[:password]@ part removed (even when the secret holds a '/')."""
+    return USERINFO.sub(r"\1", uri)
 
 
 def spark_path(uri: str) -> str:
@@ -218,9 +219,9 @@ def _walk(uri: str) -> Iterator[tuple[str, str]]:
     if is_local(uri):
         root = Path(local_path(uri))
         if not root.exists():
-            raise ValueError(f"input not found: {uri}")
+            raise ValueError(f"input not found: {redact(uri)}")
         if not root.is_dir():
-            raise ValueError(f"input is not a folder: {uri}")
+            raise ValueError(f"input is not a folder: {redact(uri)}")
         for directory, _, files in os.walk(root):
             for name in files:
                 full = os.path.join(directory, name)
@@ -234,7 +235,7 @@ def _walk(uri: str) -> Iterator[tuple[str, str]]:
         if relative and not relative.endswith("/"):
             yield f"s3://{location.bucket}/{item['Key']}", relative
     if not any_object:
-        raise ValueError(f"input not found or empty: {uri}")
+        raise ValueError(f"input not found or empty: {redact(uri)}")
 
 
 def read_bytes(uri: str, limit: int | None = None) -> bytes:
