@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from background import background_python
 from s3server import client, download_prefix
 
 from fruitpipe import sinks, storage
@@ -132,18 +131,8 @@ def retry_process(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str, bu
     evidence.mkdir()
     args = {"evidence": str(evidence), "n": N, "p": P, "empty": EMPTY_PARTITION, "endpoint": s3_endpoint,
             "local": str(folder / "local-out"), "s3": f"s3://{bucket}/retry-out"}
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    with open(folder / "stdout", "wb") as stdout, open(folder / "stderr", "wb") as stderr:
-        process = subprocess.Popen([sys.executable, str(script), json.dumps(args)], stdout=stdout, stderr=stderr,
-                                   env=env)
-    yield process, folder
-    if process.poll() is None:  # only when the module was cut short
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with background_python([str(script), json.dumps(args)], folder) as process:
+        yield process, folder
 
 
 @pytest.fixture(scope="module")

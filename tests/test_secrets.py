@@ -9,12 +9,12 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from conftest import copy_subset
+from background import background_python
 from s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
 
 from fruitpipe import pipeline, storage
@@ -92,21 +92,11 @@ class Records(logging.Handler):
 def cli_process(s3_endpoint: str, s3_input: str, tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
     """`fruitpipe -v run` S3 -> S3 in a subprocess (its own Spark), started early to overlap the library run."""
     folder = tmp_path_factory.mktemp("cli-process")
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    with open(folder / "stdout", "wb") as stdout, open(folder / "stderr", "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fruitpipe.cli", "-v", "run", "--input", s3_input,
-             "--output", f"s3://{OUT_BUCKET}/cli-run", "--endpoint-url", s3_endpoint, "--model", tiny_model,
-             "--k", "2", "--csv", "--master", "local[2]", "--conf", "spark.ui.enabled=false", "--json"],
-            stdout=stdout, stderr=stderr, env=env)
-    yield process, folder
-    if process.poll() is None:  # only when the module was cut short
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    command = ["-m", "fruitpipe.cli", "-v", "run", "--input", s3_input,
+               "--output", f"s3://{OUT_BUCKET}/cli-run", "--endpoint-url", s3_endpoint, "--model", tiny_model,
+               "--k", "2", "--csv", "--master", "local[2]", "--conf", "spark.ui.enabled=false", "--json"]
+    with background_python(command, folder) as process:
+        yield process, folder
 
 
 @pytest.fixture(scope="module")
