@@ -7,6 +7,7 @@ backoff on throttling, 5xx and cut connections, never on 403/404.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import posixpath
@@ -353,6 +354,15 @@ def move(source: str, target: str) -> None:
         with_retries(lambda: s3_client().copy_object(Bucket=dst.bucket, Key=dst.key,
                                                      CopySource={"Bucket": src.bucket, "Key": src.key}), target)
     remove(source)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Content checksum of a local file, read in 1 MiB blocks (weights pinning, upload idempotence)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def copy_tree_from_local(folder: str | Path, uri: str) -> None:

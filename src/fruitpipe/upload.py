@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 16
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # larger files go through boto3's managed multipart upload
-CHUNK = 1024 * 1024
 PUT_ATTEMPTS = 3  # on top of botocore's own standard retries
 UPLOADED, SKIPPED = "uploaded", "skipped"
 
@@ -203,14 +202,6 @@ def _relative(root: Path, full: str) -> str:
     return unicodedata.normalize("NFC", os.path.relpath(full, root).replace(os.sep, "/"))
 
 
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- remote side
 
 def _target(uri: str) -> storage.S3Location:
@@ -246,7 +237,7 @@ def _upload_one(client: Any, bucket: str, key: str, item: _LocalFile, remote_siz
         digest = hashlib.sha256(data).hexdigest()
         size = len(data)
     else:
-        digest, size = _sha256_file(item.path), os.path.getsize(item.path)
+        digest, size = storage.file_sha256(item.path), os.path.getsize(item.path)
     if remote_size == size and _remote_sha256(client, bucket, key, uri) == digest:
         return SKIPPED, size
     extra = {"Metadata": {"sha256": digest}}
