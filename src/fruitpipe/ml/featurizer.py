@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from pyspark import keyword_only
+from pyspark import SparkContext, keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
@@ -23,6 +23,17 @@ from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Op
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 
 logger = logging.getLogger(__name__)
+
+
+_shipped: set[tuple[str, str]] = set()
+
+
+def _ship_once(sc: SparkContext, path: str) -> None:
+    """addFile once per application: Spark refuses to re-add a path (and warns)."""
+    key = (sc.applicationId, path)
+    if key not in _shipped:
+        sc.addFile(path)
+        _shipped.add(key)
 
 
 class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
@@ -73,7 +84,7 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
         spec = self.spec()
         onnx_path = models.onnx_file(spec)
         spark = dataset.sparkSession
-        spark.sparkContext.addFile(str(onnx_path))
+        _ship_once(spark.sparkContext, str(onnx_path))
         settings = ExecutorSettings(self.getOrDefault(self.batchSize), self.getOrDefault(self.readThreads))
         task = FeaturizeTask(
             model_file=onnx_path.name,
