@@ -88,7 +88,3 @@ def executor_hosts(spark: SparkSession) -> list[str]:
     """host:port of every executor the run had (the driver alone in local mode)."""
     infos = spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
     return sorted(f"{info.host()}:{info.port()}" for info in infos)
-
-
-def total_cores(spark: SparkSession) -> int:
-    return max(1, spark.sparkContext.defaultParallelism)
