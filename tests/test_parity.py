@@ -182,3 +182,23 @@ def test_model_loaded_once_per_worker_not_per_batch(spark, small_sample, tmp_pat
         mine = [r for r in records if r["pid"] == pid]
         assert [r["created"] for r in mine] == [1] * len(mine), (pid, mine)
         assert all(r["cached"] == 1 for r in mine)
+
+
+
+def test_executors_run_onnx_runtime_and_never_import_torch(spark, small_sample: Path) -> None:
+    def worker_modules(batches):  # defined here so cloudpickle ships it by value
+        import sys
+
+        import pyarrow as pa
+
+        for _ in batches:
+            pass
+        yield pa.RecordBatch.from_pylist([{"pid": os.getpid(), "has_torch": "torch" in sys.modules,
+                                           "has_ort": "onnxruntime" in sys.modules}])
+
+    images = sources.to_dataframe(spark, sources.list_images(str(small_sample)))
+    stages = [row.error_stage for row in ImageFeaturizer().transform(images).select("error_stage").collect()]
+    assert stages and not any(stages)
+    reports = images.mapInArrow(worker_modules, "pid long, has_torch boolean, has_ort boolean").collect()
+    assert any(row.has_ort for row in reports), "the reporting workers should be the ones that featurized"
+    assert not any(row.has_torch for row in reports), reports
