@@ -12,7 +12,6 @@ import logging
 from pyspark import SparkContext, keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import from_arrow_type
@@ -21,6 +20,7 @@ from pyspark.sql.types import StructField, StructType
 from fruitpipe import models
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
+from fruitpipe.ml.columns import HasColumns
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _ship_once(sc: SparkContext, path: str) -> None:
         _shipped.add(key)
 
 
-class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultParamsWritable):
     """Adds width, height, features (array<float>), error_stage and error_reason columns."""
 
     modelName = Param(Params._dummy(), "modelName", "registry name of the model", TypeConverters.toString)
@@ -62,13 +62,7 @@ class ImageFeaturizer(Transformer, HasInputCol, HasOutputCol, DefaultParamsReada
                          s3EndpointUrl="", s3Region="", s3AddressingStyle="")
         self._set(**self._input_kwargs)
 
-    def setInputCol(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
-        return self._set(inputCol=value)
-
-    def setOutputCol(self, value: str) -> ImageFeaturizer:  # noqa: N802
-        return self._set(outputCol=value)
-
-    def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802
+    def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
         return self._set(modelName=value)
 
     def s3_options(self) -> S3Options:

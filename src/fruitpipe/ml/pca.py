@@ -21,7 +21,6 @@ from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import (
     DefaultParamsReadable,
     DefaultParamsReader,
@@ -37,6 +36,7 @@ from pyspark.ml.stat import Correlation
 from pyspark.sql import DataFrame, SparkSession
 
 from fruitpipe.config import DEFAULT_VARIANCE
+from fruitpipe.ml.columns import HasColumns
 
 logger = logging.getLogger(__name__)
 _VECTOR, _CENTRED, _PROJECTED = "__fp_vector", "__fp_centred", "__fp_projected"
@@ -86,19 +86,13 @@ def _pca_model(spark: SparkSession, components: np.ndarray, ratios: list[float])
     return model
 
 
-class _PcaParams(HasInputCol, HasOutputCol):
+class _PcaParams(HasColumns):
     k = Param(Params._dummy(), "k", "number of components (unset: chosen by varianceTarget)",
               TypeConverters.toInt)
     varianceTarget = Param(Params._dummy(), "varianceTarget",
                            "smallest k reaching this share of variance, when k is not set", TypeConverters.toFloat)
 
-    def setInputCol(self, value: str) -> Any:  # noqa: N802 - pyspark.ml naming
-        return self._set(inputCol=value)
-
-    def setOutputCol(self, value: str) -> Any:  # noqa: N802
-        return self._set(outputCol=value)
-
-    def setK(self, value: int) -> Any:  # noqa: N802
+    def setK(self, value: int) -> Any:  # noqa: N802 - pyspark.ml naming
         return self._set(k=value)
 
     def setVarianceTarget(self, value: float) -> Any:  # noqa: N802

@@ -1,0 +1,14 @@
+"""Shared input/output column params with pyspark.ml-style setters, for fruitpipe's stages."""
+from __future__ import annotations
+
+from typing import Any
+
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+
+
+class HasColumns(HasInputCol, HasOutputCol):
+    def setInputCol(self, value: str) -> Any:  # noqa: N802 - pyspark.ml naming
+        return self._set(inputCol=value)
+
+    def setOutputCol(self, value: str) -> Any:  # noqa: N802
+        return self._set(outputCol=value)
