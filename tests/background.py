@@ -1,27 +1,4 @@
-"""Start a Python subprocess alongside the tests, its output kept in files, stopped if left running."""
-from __future__ import annotations
+"""Start a Python subprocess alongside the tests: the helper lives in fruitpipe.devtools (the benchmark uses it too)."""
+from fruitpipe.devtools.processes import background_python
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-
-
-@contextmanager
-def background_python(args: list[str], folder: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`python args...` with stdout/stderr in folder/stdout and folder/stderr; workers use this Python."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    with open(folder / "stdout", "wb") as stdout, open(folder / "stderr", "wb") as stderr:
-        process = subprocess.Popen([sys.executable, *args], stdout=stdout, stderr=stderr, env=env)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:  # only when the tests were cut short
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+__all__ = ["background_python"]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from background import background_python
-from s3server import client, download_prefix
+from fruitpipe.devtools.s3server import client, download_prefix
 
 from fruitpipe import sinks, storage
 from fruitpipe.committer import StagedPart, StagedWriter, encode

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from faultproxy import GET_OBJECT, LIST, FaultProxy
-from s3server import upload_folder
+from fruitpipe.devtools.faultproxy import GET_OBJECT, LIST, FaultProxy
+from fruitpipe.devtools.s3server import upload_folder
 
 from fruitpipe import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options

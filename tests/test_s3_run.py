@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from s3server import download_prefix, upload_folder
+from fruitpipe.devtools.s3server import download_prefix, upload_folder
 
 from fruitpipe import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
@@ -65,7 +65,7 @@ def test_local_in_s3_out_and_back(spark, s3_endpoint: str, small_sample: Path, t
 
 
 def _bucket(endpoint: str, name: str) -> None:
-    from s3server import client
+    from fruitpipe.devtools.s3server import client
 
     s3 = client(endpoint)
     if name not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:

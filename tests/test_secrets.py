@@ -1,6 +1,6 @@
 """Credentials never leak: not into output files, logs, CLI output, the Spark conf or printable URIs.
 
-The dummy credential chain (conftest: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY = s3server.DUMMY_*) is
+The dummy credential chain (conftest: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY = devtools.s3server.DUMMY_*) is
 what boto3 signs every request with, in the driver and in the executors."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 from conftest import copy_subset
 from background import background_python
-from s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
+from fruitpipe.devtools.s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
 
 from fruitpipe import pipeline, storage
 from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig, S3Options

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from s3server import DUMMY_SECRET, client
+from fruitpipe.devtools.s3server import DUMMY_SECRET, client
 
 from fruitpipe import storage, upload
 from fruitpipe.config import S3Options

@@ -1,4 +1,4 @@
-"""An S3 fault-injecting reverse proxy for tests and benchmarks (stdlib only).
+"""An S3 fault-injecting reverse proxy for tests and benchmarks (stdlib only; `python -m fruitpipe.devtools.faultproxy`).
 
     proxy = FaultProxy(upstream, slowdown_share=0.2, cut_share=0.1, fail_keys={"Banana/3_100.jpg"})
     with proxy as endpoint:          # http://127.0.0.1:PORT, give it to S3Options(endpoint_url=...)
@@ -24,12 +24,15 @@ draws the same faults whatever the thread scheduling.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -298,13 +301,33 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
 
 
+@contextlib.contextmanager
+def proxy_process(upstream: str, latency_ms: float, cache: bool = False) -> Iterator[str]:
+    """The proxy as its own process (no GIL shared with the client under test); yields its endpoint."""
+    command = [sys.executable, "-m", "fruitpipe.devtools.faultproxy", "--upstream", upstream,
+               "--latency-ms", str(latency_ms), *(["--cache-objects"] if cache else [])]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        endpoint = process.stdout.readline().strip() if process.stdout else ""
+        if not endpoint.startswith("http://"):
+            raise RuntimeError(f"proxy did not start: {endpoint!r}")
+        yield endpoint
+    finally:
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a proxy as its own process (benchmarks: no GIL shared with the client under test).
 
     Prints the endpoint on the first stdout line, serves until stdin closes, then prints the counts as JSON."""
     import argparse
     import json
-    import sys
 
     parser = argparse.ArgumentParser(description="S3 fault-injecting reverse proxy")
     parser.add_argument("--upstream", required=True)

@@ -1,6 +1,7 @@
-"""A real S3-protocol server for tests: moto in server mode, as its own process on 127.0.0.1."""
+"""A real S3-protocol server for tests and the benchmark: moto in server mode, as its own process on 127.0.0.1."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -11,6 +12,14 @@ from typing import Any
 
 DUMMY_KEY_ID = "FRUITPIPETESTKEYID"
 DUMMY_SECRET = "fruitpipe-dummy-secret-Zq81vX0-never-print-me"
+
+
+def use_dummy_credentials() -> None:
+    """moto accepts any key: set a dummy chain (inherited by Spark's executors) and drop real ones and endpoints."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)
 
 
 def free_port() -> int:
