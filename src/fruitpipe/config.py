@@ -94,8 +94,11 @@ class RunConfig:
     s3: S3Options = field(default_factory=S3Options)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
+    image_size: int | None = None  # square model input side; None = the model's own (speed vs accuracy)
 
     def __post_init__(self) -> None:
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"--image-size must be a positive integer, got {self.image_size}")
         if not self.input:
             raise ValueError("an input location is required")
         if not self.output:
@@ -104,6 +107,28 @@ class RunConfig:
             raise ValueError("a model name is required (--model)")
         if not self.master:
             raise ValueError("a Spark master is required (--master)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `fruitpipe train` needs: a run output's features in, a model folder out."""
+
+    features: str  # a fruitpipe run output (features/ + manifest.json)
+    output: str  # MODEL_DIR
+    overwrite: bool = False
+    master: str = DEFAULT_MASTER
+    spark_conf: tuple[tuple[str, str], ...] = ()
+    s3: S3Options = field(default_factory=S3Options)
+    validation_fraction: float = 0.2  # of Training, per class, to choose the classifier (Test is never used)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.features:
+            raise ValueError("a run output is required (--features)")
+        if not self.output:
+            raise ValueError("a model folder is required (--output)")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
 
 
 def parse_spark_conf(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:

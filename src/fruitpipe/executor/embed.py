@@ -41,9 +41,16 @@ def normalise(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
+def model_input(pixels: np.ndarray, preprocessing: Preprocessing, input_type: str) -> np.ndarray:
+    """What the graph takes: fruitpipe's exports normalise inside (uint8 NHWC in); other ONNX files get floats."""
+    if input_type == "tensor(uint8)":
+        return np.ascontiguousarray(pixels, dtype=np.uint8)
+    return normalise(pixels, preprocessing)
+
+
 def embed(pixels: np.ndarray, preprocessing: Preprocessing, onnx_path: str, threads: int) -> np.ndarray:
     """uint8 [N, H, W, 3] -> float32 [N, feature_dim]."""
     session = session_for(onnx_path, threads)
-    name = session.get_inputs()[0].name
-    features = session.run(None, {name: normalise(pixels, preprocessing)})[0]
+    graph_input = session.get_inputs()[0]
+    features = session.run(None, {graph_input.name: model_input(pixels, preprocessing, graph_input.type)})[0]
     return np.asarray(features, dtype=np.float32).reshape(len(pixels), -1)

@@ -5,6 +5,7 @@ Runtime embeds the current one; the model session is created once per worker pro
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from fruitpipe.models import Preprocessing
 logger = logging.getLogger(__name__)
 
 ERROR_STAGE, ERROR_REASON = "error_stage", "error_reason"
+BATCH_LOG_ENV = "FRUITPIPE_BATCH_LOG"  # file to append one JSON line per featurized batch to (the benchmark's probe)
 
 
 def output_fields(features_col: str) -> list[pa.Field]:
@@ -91,15 +93,36 @@ def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) 
     """mapInArrow body: every input row comes out once, with features or with an error."""
     storage.configure(task.s3)
     onnx_path = model_path(task.model_file)
+    log = BatchLog.from_environment()
     with ThreadPoolExecutor(max_workers=task.read_threads) as pool:
         pending: tuple[pa.RecordBatch, list[Future[Loaded]]] | None = None
         for chunk in _chunks(batches, task.batch_size):
             submitted = (chunk, [pool.submit(load_image, uri, task) for uri in chunk.column(task.path_col).to_pylist()])
             if pending is not None:
-                yield _finish(task, onnx_path, *pending)
+                yield log.record(_finish(task, onnx_path, *pending))
             pending = submitted
         if pending is not None:
-            yield _finish(task, onnx_path, *pending)
+            yield log.record(_finish(task, onnx_path, *pending))
+
+
+class BatchLog:
+    """When $FRUITPIPE_BATCH_LOG names a file, one JSON line per batch: wall time, pid, rows.
+
+    The benchmark reads it for the time to the first featurized batch; otherwise it costs nothing."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    @classmethod
+    def from_environment(cls) -> BatchLog:
+        return cls(os.environ.get(BATCH_LOG_ENV) or None)
+
+    def record(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self.path:
+            line = json.dumps({"time": time.time(), "pid": os.getpid(), "rows": batch.num_rows})
+            with open(self.path, "a", encoding="utf-8") as handle:  # one short append: whole lines
+                handle.write(line + "\n")
+        return batch
 
 
 def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:

@@ -44,6 +44,8 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
     readThreads = Param(Params._dummy(), "readThreads", "concurrent reads per task", TypeConverters.toInt)
     maxBytes = Param(Params._dummy(), "maxBytes", "largest accepted file in bytes", TypeConverters.toInt)
     maxPixels = Param(Params._dummy(), "maxPixels", "largest accepted image in pixels", TypeConverters.toInt)
+    imageSize = Param(Params._dummy(), "imageSize", "square input side in pixels (0 = the model's own)",
+                      TypeConverters.toInt)
     s3EndpointUrl = Param(Params._dummy(), "s3EndpointUrl", "S3-compatible endpoint ('' = AWS chain default)",
                           TypeConverters.toString)
     s3Region = Param(Params._dummy(), "s3Region", "S3 region ('' = AWS chain default)", TypeConverters.toString)
@@ -54,12 +56,12 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
     def __init__(self, *, inputCol: str = "path", outputCol: str = "features", modelName: str = DEFAULT_MODEL,
                  batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
                  maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels,
-                 s3EndpointUrl: str = "", s3Region: str = "", s3AddressingStyle: str = "") -> None:
+                 imageSize: int = 0, s3EndpointUrl: str = "", s3Region: str = "", s3AddressingStyle: str = "") -> None:
         super().__init__()
         self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
                          batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
-                         s3EndpointUrl="", s3Region="", s3AddressingStyle="")
+                         imageSize=0, s3EndpointUrl="", s3Region="", s3AddressingStyle="")
         self._set(**self._input_kwargs)
 
     def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
@@ -72,7 +74,8 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
 
     def spec(self) -> models.ModelSpec:
         """The resolved model spec (raises ValueError for an unknown model)."""
-        return models.resolve(self.getOrDefault(self.modelName))
+        return models.with_input_size(models.resolve(self.getOrDefault(self.modelName)),
+                                      self.getOrDefault(self.imageSize) or None)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         spec = self.spec()
