@@ -1,0 +1,113 @@
+"""The benchmark harness itself, at a tiny size: results.json has every key with sane values (never timings)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fruitpipe.benchmark import dataset, harness, report
+from fruitpipe.cli import main
+
+TINY = {"images": 60, "scaling": (30, 60), "subset": 30, "s3_images": 30, "limit_images": 64, "batch_size": 16}
+
+
+def test_plan_runs_the_main_size_once_and_adds_the_s3_local_reference() -> None:
+    steps = harness.plan(harness.BenchOptions(**{**TINY, "s3_images": 40}))
+    keys = [step.key for step in steps]
+    assert keys == ["limit", "fruitpipe", "seed_torch_eager", "seed_onnxruntime", "spark_pandas_udf",
+                    "spark_predict_batch_udf", "ray_data", "fruitpipe_30", "fruitpipe_40", "fruitpipe_s3_40"]
+    assert [step.s3 for step in steps].count(True) == 1
+    assert {step.key: step.size for step in steps}["fruitpipe_40"] == 40
+
+
+def test_plan_adds_the_s3_reference_when_scaling_is_not_asked_for() -> None:
+    steps = harness.plan(harness.BenchOptions(**TINY, only=("s3",)))
+    assert [(step.key, step.size, step.s3) for step in steps] == [("fruitpipe_30", 30, False),
+                                                                  ("fruitpipe_s3_30", 30, True)]
+    assert [step.key for step in harness.plan(harness.BenchOptions(**{**TINY, "s3_images": 60}, only=("s3",)))] == [
+        "fruitpipe", "fruitpipe_s3_60"]
+
+
+def test_unknown_measurement_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown measurement"):
+        harness.BenchOptions(only=("limit", "tensorflow"))
+
+
+def test_cli_refuses_bad_scaling_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--scaling", "2k,10k"]) == 1
+    assert capsys.readouterr().err.strip() == "fruitpipe bench: error: --scaling expects comma-separated integers, got '2k,10k'"
+
+
+def test_subsets_are_balanced_hard_links_of_one_set(tmp_path: Path) -> None:
+    folders = dataset.prepare(tmp_path, [40, 72])
+    small = sorted(p.relative_to(folders[40]).as_posix() for p in folders[40].rglob("*.jpg"))
+    large = sorted(p.relative_to(folders[72]).as_posix() for p in folders[72].rglob("*.jpg"))
+    assert len(small) == 40 and len(large) == 72 and set(small) <= set(large)
+    per_class = {}
+    for relative in large:
+        label = relative.split("/")[1]
+        per_class[label] = per_class.get(label, 0) + 1
+    assert len(per_class) == 18 and max(per_class.values()) - min(per_class.values()) <= 1
+    assert os.stat(folders[40] / small[0]).st_nlink >= 3  # the full set + both subsets share the file
+    before = {p: p.stat().st_mtime_ns for p in folders[72].rglob("*.jpg")}
+    assert dataset.prepare(tmp_path, [72])[72] == folders[72]  # reused, not rebuilt
+    assert {p: p.stat().st_mtime_ns for p in folders[72].rglob("*.jpg")} == before
+
+
+def test_update_doc_keeps_the_hand_written_text(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# Perf\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\n## Levers\nnotes\n", encoding="utf-8")
+    results = {"command": "fruitpipe bench", "started": "t0", "finished": "t1", "options": {**TINY, "latency_ms": 20},
+               "machine": {"cpus": 2, "cpu": "x", "memory_gb": 1, "os": "Linux", "python": "3.11", "java": "17",
+                           "versions": {"pyspark": "4"}, "load_average_at_start": [0.0]},
+               "measurements": {"limit": {"images": 64, "images_s": 80.0, "peak_rss_mb": {"total": 900.0}}},
+               "targets": {}}
+    report.update_doc(doc, results)
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("# Perf\nintro\n") and text.endswith("## Levers\nnotes\n")
+    assert "old table" not in text and text.count(report.BEGIN) == 1
+    assert "| 1. Limit" in text and "**80.0**" in text
+
+
+@pytest.mark.slow
+def test_harness_at_a_tiny_size_writes_every_key(tmp_path: Path) -> None:
+    options = harness.BenchOptions(**TINY, only=("limit", "fruitpipe", "s3"), results=tmp_path / "results.json",
+                                   doc=tmp_path / "performance.md", data_dir=tmp_path / "data")
+    harness.run(options)
+    results = json.loads(options.results.read_text(encoding="utf-8"))
+    measured = results["measurements"]
+    assert set(measured) == {"limit", "fruitpipe", "fruitpipe_30", "fruitpipe_s3_30"}  # 30: S3's local reference
+    assert not [key for key, result in measured.items() if "error" in result]
+    for key, result in measured.items():
+        assert result["images_s"] > 0 and result["wall_s"] > 0, key
+        assert result["images_s"] == pytest.approx(result["images"] / result["seconds"], rel=0.01, abs=0.006), key
+        assert result["peak_rss_mb"]["driver"] > 20, key  # a Python interpreter at least
+    assert measured["limit"]["images"] >= 64 and measured["limit"]["ort_threads"] == os.cpu_count()
+    run = measured["fruitpipe"]
+    assert run["images"] == 60 and run["rejected"] == 0
+    assert 0 < run["time_to_first_batch_s"] < run["seconds"]
+    assert run["worker_processes"] >= 1 and run["peak_rss_mb"]["workers"] > 0 and run["peak_rss_mb"]["jvm"] > 0
+    assert measured["fruitpipe_s3_30"]["images"] == 30 and measured["fruitpipe_s3_30"]["upload_s"] >= 0
+    targets = results["targets"]
+    assert targets["fruitpipe_over_limit"]["measured"] == pytest.approx(
+        run["images_s"] / measured["limit"]["images_s"], rel=0.01, abs=0.001)
+    assert targets["s3_over_local"]["measured"] == pytest.approx(
+        measured["fruitpipe_s3_30"]["images_s"] / measured["fruitpipe_30"]["images_s"], rel=0.01, abs=0.001)
+    assert targets["rss_growth_total_incl_jvm"]["measured"] == pytest.approx(
+        measured["fruitpipe"]["peak_rss_mb"]["total"] / measured["fruitpipe_30"]["peak_rss_mb"]["total"] - 1, abs=0.01)
+    assert targets["fruitpipe_over_seed_torch_eager"]["measured"] is None  # not measured: no ratio invented
+    assert report.BEGIN in options.doc.read_text(encoding="utf-8")
+
+    again = harness.run(options.__class__(**{**options.__dict__, "resume": True, "only": ("limit",)}))
+    assert again["measurements"]["limit"] == measured["limit"]  # finished work is kept, not redone
+
+
+def test_a_measurement_past_its_timeout_is_killed_and_reported(tmp_path: Path) -> None:
+    with pytest.raises(TimeoutError, match="limit took longer than 0 s"):
+        harness._child("limit", {"folder": str(tmp_path), "batch_size": 4, "images": 8}, timeout_s=0.3)
+    import psutil
+
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert left == []
