@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 
 def scree_png(ratios: list[float], k: int, variance_target: float | None) -> bytes:
@@ -30,6 +31,41 @@ def scree_png(ratios: list[float], k: int, variance_target: float | None) -> byt
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     twin.legend(handles, [h.get_label() for h in handles], loc="center right")
     ax.set_title(f"Scree plot: {len(ratios)} components, first {shown} shown")
+    return _png(fig)
+
+
+def confusion_matrix_png(matrix: list[list[int]], classes: list[str]) -> bytes:
+    """Rows: true class, columns: predicted class; counts in the cells, darker = more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    side = max(5.0, 0.42 * len(classes) + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), dpi=100)
+    image = ax.imshow(counts, cmap="Blues")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90, fontsize=8)
+    ax.set_yticks(ticks, classes, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if len(classes) <= 40:  # beyond that the numbers are unreadable; the colours still show the pattern
+        threshold = counts.max() / 2 if counts.size else 0
+        for (row, column), value in np.ndenumerate(counts):
+            if value:
+                ax.text(column, row, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > threshold else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"Confusion matrix on Test: {int(np.trace(counts))} of {int(counts.sum())} correct")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    """A finished figure -> PNG bytes; the figure is closed (pyplot keeps figures alive otherwise)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -371,3 +371,11 @@ def copy_tree_from_local(folder: str | Path, uri: str) -> None:
             relative = os.path.relpath(full, folder).replace(os.sep, "/")
             with open(full, "rb") as handle:
                 write_bytes(join(uri, *relative.split("/")), handle.read())
+
+
+def copy_tree_to_local(uri: str, folder: str | Path) -> None:
+    """Copy a folder/prefix from any location into a local folder (to load a Spark ML model)."""
+    for relative in list_tree(uri):
+        target = Path(folder, *relative.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(join(uri, *relative.split("/"))))

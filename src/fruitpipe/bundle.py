@@ -1,0 +1,250 @@
+"""The portable recogniser: photo bytes -> class probabilities with numpy and ONNX Runtime, no Spark.
+
+A bundle is a folder written by `fruitpipe train` (MODEL_DIR/bundle/): the CNN as ONNX, its
+preprocessing and decode limits, the PCA centring mean and components, the multinomial logistic
+regression coefficients, the class list and fingerprints of the run it came from. Every file's
+sha256 is recorded and checked on load, so a half-copied or edited bundle is refused rather than
+silently predicting something else. Inference reuses the pipeline's own decode/resize/embed
+functions, so a photo goes through exactly what the training images went through.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fruitpipe.config import DecodeLimits
+from fruitpipe.executor.decode import decode_rgb, resize_square
+from fruitpipe.executor.embed import embed
+from fruitpipe.models import Preprocessing
+from fruitpipe.storage import file_sha256, read_bytes
+
+logger = logging.getLogger(__name__)
+
+FORMAT, FORMAT_VERSION = "fruitpipe-bundle", 1
+BUNDLE_DIR, DESCRIPTION = "bundle", "bundle.json"
+ONNX_FILE, ARRAYS_FILE, CLASSES_FILE = "model.onnx", "arrays.npz", "classes.json"
+ARRAY_NAMES = ("mean", "components", "coefficients", "intercepts")
+BATCH_SIZE = 32  # images per ONNX Runtime call: bounds memory for long lists
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """The numeric part of a bundle: centring, projection and classifier."""
+
+    mean: np.ndarray  # (d,)
+    components: np.ndarray  # (d, k)
+    coefficients: np.ndarray  # (n_classes, k)
+    intercepts: np.ndarray  # (n_classes,)
+
+    def check(self, feature_dim: int, classes: int) -> None:
+        k = self.components.shape[-1] if self.components.ndim == 2 else 0
+        expected = {"mean": (feature_dim,), "components": (feature_dim, k), "coefficients": (classes, k),
+                    "intercepts": (classes,)}
+        for name, shape in expected.items():
+            actual = getattr(self, name).shape
+            if k < 1 or actual != shape:
+                raise ValueError(f"bundle array {name} has shape {actual}, expected {shape}")
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"bundle array {name} holds non-finite values")
+
+
+def write(folder: str | Path, onnx_file: str | Path, description: dict[str, Any], arrays: Arrays,
+          classes: list[str]) -> None:
+    """Write a bundle into a local folder; `description` gets the format, classes and file checksums added."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(onnx_file, folder / ONNX_FILE)
+    np.savez(folder / ARRAYS_FILE, **{name: np.asarray(getattr(arrays, name), dtype=np.float64)
+                                      for name in ARRAY_NAMES})
+    (folder / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    files = {name: file_sha256(folder / name) for name in (ONNX_FILE, ARRAYS_FILE, CLASSES_FILE)}
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, **description, "classes": classes,
+                "files": files}
+    (folder / DESCRIPTION).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class Bundle:
+    """A loaded bundle; thread-safe for prediction (ONNX Runtime sessions are)."""
+
+    def __init__(self, folder: Path, document: dict[str, Any], arrays: Arrays, threads: int) -> None:
+        self.folder = folder
+        self.document = document
+        self.arrays = arrays
+        self.classes: list[str] = list(document["classes"])
+        model = document["model"]
+        self.preprocessing = Preprocessing(
+            input_size=int(model["preprocessing"]["input_size"]), resize=model["preprocessing"]["resize"],
+            mean=tuple(model["preprocessing"]["mean"]), std=tuple(model["preprocessing"]["std"]),
+            layout=model["preprocessing"].get("layout", "NCHW"))
+        self.limits = DecodeLimits(**document["limits"])
+        self.threads = threads
+        self.onnx_path = str(folder / ONNX_FILE)
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> Bundle:
+        """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256."""
+        folder = _bundle_folder(Path(path))
+        document = _read_description(folder)
+        for name, expected in document["files"].items():
+            file = folder / name
+            if not file.is_file():
+                raise FileNotFoundError(f"bundle {folder} is incomplete: {name} is missing")
+            if file_sha256(file) != expected:
+                raise ValueError(f"bundle {folder} is damaged: {name} does not match its recorded sha256")
+        classes = json.loads((folder / CLASSES_FILE).read_text(encoding="utf-8"))
+        if classes != document["classes"]:
+            raise ValueError(f"bundle {folder} is inconsistent: {CLASSES_FILE} differs from {DESCRIPTION}")
+        arrays = _read_arrays(folder / ARRAYS_FILE)
+        try:
+            arrays.check(int(document["model"]["feature_dim"]), len(classes))
+            bundle = cls(folder, document, arrays, threads or os.cpu_count() or 1)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bundle {folder} is invalid ({type(exc).__name__}: {exc})") from exc
+        logger.debug("loaded bundle %s: %d classes, k=%d", folder, len(classes), arrays.components.shape[1])
+        return bundle
+
+    def pixels(self, data: bytes) -> np.ndarray:
+        """Photo bytes -> the model's square uint8 input, or DecodeError with the reason."""
+        image = decode_rgb(data, self.limits)
+        return resize_square(image, self.preprocessing.input_size, self.preprocessing.resize)
+
+    def probabilities(self, images: Sequence[bytes]) -> np.ndarray:
+        """(n, n_classes) class probabilities; DecodeError on the first photo that cannot be decoded."""
+        return self.probabilities_of_pixels([self.pixels(data) for data in images])
+
+    def probabilities_of_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """Already decoded inputs (from `pixels`) -> probabilities, in batches of BATCH_SIZE."""
+        if not len(pixels):
+            return np.zeros((0, len(self.classes)))
+        features = [embed(np.stack(pixels[start:start + BATCH_SIZE]), self.preprocessing, self.onnx_path,
+                          self.threads) for start in range(0, len(pixels), BATCH_SIZE)]
+        return self.classify(np.concatenate(features))
+
+    def classify(self, features: np.ndarray) -> np.ndarray:
+        """CNN features (n, d) -> probabilities, computed as the Spark batch path does.
+
+        Centring and projection in float64, the projection rounded to float32 (the precision the
+        pipeline stores `pca` in), then softmax of the logistic regression margins in float64."""
+        centred = np.asarray(features, dtype=np.float64) - self.arrays.mean
+        projected = (centred @ self.arrays.components).astype(np.float32).astype(np.float64)
+        margins = projected @ self.arrays.coefficients.T + self.arrays.intercepts
+        margins -= margins.max(axis=1, keepdims=True)
+        exponentials = np.exp(margins)
+        return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+    def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[Prediction]:
+        """One row of probabilities -> the top_k classes, most probable first."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        return [Prediction(self.classes[i], float(probabilities[i])) for i in order]
+
+    def predict_bytes(self, data: bytes, top_k: int = 5) -> list[Prediction]:
+        """Photo bytes -> top_k predictions; DecodeError (a ValueError) for a bad photo."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        return self.top(self.probabilities([data])[0], top_k)
+
+    def describe(self) -> dict[str, Any]:
+        """What the bundle is: model, fingerprints of its source run, classes, when it was made."""
+        document = self.document
+        return {
+            "path": str(self.folder),
+            "model": document["model"]["name"],
+            "weights_sha256": document["model"]["weights_sha256"],
+            "onnx_sha256": document["files"][ONNX_FILE],
+            "feature_dim": document["model"]["feature_dim"],
+            "input_size": self.preprocessing.input_size,
+            "k": int(self.arrays.components.shape[1]),
+            "classifier": document["classifier"],
+            "classes": self.classes,
+            "source": document["source"],
+            "created": document["created"],
+            "metrics": document.get("metrics", {}),
+        }
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """One photo's outcome: its top predictions, or why it could not be read or decoded."""
+
+    photo: str
+    predictions: tuple[Prediction, ...] = ()
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"photo": self.photo, "error": self.error}
+        return {"photo": self.photo, "predictions": [asdict(p) for p in self.predictions]}
+
+
+def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5) -> list[PhotoResult]:
+    """Photos (local paths or s3:// URIs) -> one result each, in order; a bad photo never stops the others.
+
+    Photos are read and decoded one by one and embedded BATCH_SIZE at a time, so memory stays bounded."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    results: list[PhotoResult] = []
+    for start in range(0, len(photos), BATCH_SIZE):
+        chunk = photos[start:start + BATCH_SIZE]
+        decoded: dict[int, np.ndarray] = {}
+        errors: dict[int, str] = {}
+        for index, photo in enumerate(chunk):
+            try:
+                decoded[index] = model.pixels(read_bytes(photo, limit=model.limits.max_bytes))
+            except (OSError, ValueError) as exc:  # DecodeError is a ValueError; missing files are OSErrors
+                errors[index] = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
+        probabilities = dict(zip(decoded, model.probabilities_of_pixels(list(decoded.values()))))
+        results += [PhotoResult(photo, error=errors[i]) if i in errors
+                    else PhotoResult(photo, tuple(model.top(probabilities[i], top_k))) for i, photo in enumerate(chunk)]
+    return results
+
+
+def _bundle_folder(path: Path) -> Path:
+    for folder in (path / BUNDLE_DIR, path):
+        if (folder / DESCRIPTION).is_file():
+            return folder
+    if not path.exists():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    raise FileNotFoundError(f"no fruitpipe bundle in {path} (expected {BUNDLE_DIR}/{DESCRIPTION}; "
+                            "make one with 'fruitpipe train')")
+
+
+def _read_description(folder: Path) -> dict[str, Any]:
+    try:
+        document = json.loads((folder / DESCRIPTION).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"bundle {folder}: {DESCRIPTION} is not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f"bundle {folder}: {DESCRIPTION} is not a fruitpipe bundle description")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"bundle {folder}: format version {document.get('format_version')} is not supported "
+                         f"(this fruitpipe reads version {FORMAT_VERSION})")
+    missing = {"model", "limits", "classes", "files", "classifier", "source", "created"} - document.keys()
+    if missing or not isinstance(document["files"], dict) or set(document["files"]) != {
+            ONNX_FILE, ARRAYS_FILE, CLASSES_FILE}:
+        raise ValueError(f"bundle {folder}: {DESCRIPTION} is incomplete (missing {sorted(missing) or 'files'})")
+    return document
+
+
+def _read_arrays(path: Path) -> Arrays:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return Arrays(**{name: np.asarray(stored[name], dtype=np.float64) for name in ARRAY_NAMES})
+    except (KeyError, ValueError, OSError) as exc:
+        raise ValueError(f"bundle {path.parent}: {path.name} is unreadable ({exc})") from None

@@ -1,0 +1,309 @@
+"""fruitpipe train: a run's PCA features -> Spark MLlib classifier, Test metrics, portable bundle.
+
+The classifier is chosen on a validation part of Training (per class, deterministic), refitted on
+all of Training and evaluated once on Test; Test never influences a choice. Metrics come from the
+confusion matrix, computed distributed (only n_classes^2 counts reach the driver).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel
+from pyspark.ml.feature import StringIndexerModel
+from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from fruitpipe import bundle, models, plots, sinks, storage
+from fruitpipe.config import DecodeLimits, TrainConfig
+from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
+from fruitpipe.ml import CentredPCAModel
+from fruitpipe.pipeline import StageTimer
+from fruitpipe.session import spark_session
+
+logger = logging.getLogger(__name__)
+
+TRAINING, TEST = "Training", "Test"
+CLASSIFIER, METRICS, PER_CLASS, CONFUSION = "classifier", "metrics.json", "per_class.csv", "confusion_matrix.png"
+LABEL_INDEX, VECTOR = "label_index", "pca_vector"
+FEATURE_SCHEMA = "path string, label string, split string, pca array<float>"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One classifier configuration; the first in CANDIDATES is the default and wins ties."""
+
+    name: str
+    reg_param: float
+    standardization: bool = True
+
+    def estimator(self) -> LogisticRegression:
+        return LogisticRegression(featuresCol=VECTOR, labelCol=LABEL_INDEX, family="multinomial",
+                                  regParam=self.reg_param, elasticNetParam=0.0,
+                                  standardization=self.standardization, maxIter=300, tol=1e-7)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "multinomial logistic regression (Spark MLlib)", "name": self.name,
+                "regParam": self.reg_param, "elasticNetParam": 0.0, "standardization": self.standardization}
+
+
+CANDIDATES = (
+    Candidate("lr-l2-0.01-standardised", 0.01),
+    Candidate("lr-l2-0.001-standardised", 0.001),
+    Candidate("lr-l2-0.1-standardised", 0.1),
+    Candidate("lr-l2-0.01-raw", 0.01, standardization=False),
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The run output trained on, and its fingerprints."""
+
+    uri: str
+    manifest: dict[str, Any]
+    manifest_sha256: str
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"run_id": self.manifest["run_id"], "manifest_sha256": self.manifest_sha256,
+                "run_output": storage.redact(self.uri), "input": self.manifest.get("input")}
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Fit, choose, evaluate, write MODEL_DIR; returns its manifest (metrics included)."""
+    timer = StageTimer()
+    storage.configure(config.s3)
+    _refuse_overlap(config.features, config.output)
+    source = read_source(config.features)
+    spec = _model_spec(source.manifest)
+    sinks.check_output(config.output, config.overwrite)
+    onnx = models.onnx_file(spec)
+    _check_onnx(source.manifest, onnx)
+    sinks.prepare_output(config.output, config.overwrite)
+    with spark_session(config.master, config.spark_conf) as spark:
+        return _train_in_session(spark, config, source, spec, str(onnx), timer)
+
+
+def read_source(run_output: str) -> Source:
+    """The run's manifest; only a complete fruitpipe run (with _SUCCESS) is accepted."""
+    try:
+        raw = storage.read_bytes(storage.join(run_output, sinks.MANIFEST))
+    except FileNotFoundError:
+        raise ValueError(f"{storage.redact(run_output)} is not a fruitpipe run output (no {sinks.MANIFEST})") from None
+    if not storage.exists(storage.join(run_output, sinks.SUCCESS)):
+        raise ValueError(f"{storage.redact(run_output)} is an incomplete run (no {sinks.SUCCESS}); run it again")
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{storage.redact(run_output)}/{sinks.MANIFEST} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or "run_id" not in manifest or "name" not in manifest.get("model", {}):
+        raise ValueError(f"{storage.redact(run_output)}/{sinks.MANIFEST} is not a run manifest (no run_id or model)")
+    return Source(run_output, manifest, hashlib.sha256(raw).hexdigest())
+
+
+def _refuse_overlap(features: str, output: str) -> None:
+    """--overwrite must never delete the run being trained on."""
+    source, target = storage.canonical(features).rstrip("/"), storage.canonical(output).rstrip("/")
+    if source == target or source.startswith(target + "/") or target.startswith(source + "/"):
+        raise ValueError(f"--output {output} overlaps the run output {features}; choose a separate model folder")
+
+
+def _model_spec(manifest: dict[str, Any]) -> models.ModelSpec:
+    """The CNN the run used (same weights, same input size), from the registry."""
+    entry = manifest["model"]
+    spec = models.with_input_size(models.resolve(entry["name"]), entry.get("input_size"))
+    recorded = entry.get("weights_sha256")
+    if recorded and recorded != spec.weights_sha256:
+        raise ValueError(f"the run used {spec.name} weights {recorded[:16]}…, the registry now has "
+                         f"{spec.weights_sha256[:16]}…; the bundle would not reproduce the run's features")
+    return spec
+
+
+def _check_onnx(manifest: dict[str, Any], onnx: Path) -> None:
+    """The bundle must carry the very ONNX graph the run's executors ran (exports change across versions)."""
+    recorded = manifest["model"].get("onnx_sha256")
+    if recorded and recorded != storage.file_sha256(onnx):
+        raise ValueError(f"the run's ONNX file ({recorded[:16]}…) differs from this fruitpipe's export of "
+                         f"{manifest['model']['name']}; run the pipeline again with this version before training")
+
+
+def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataFrame:
+    """features/ of a run (path, label, split, pca), read in executors through storage."""
+    folder = storage.join(run_output, sinks.FEATURES)
+    parts = [storage.join(folder, *relative.split("/")) for relative in storage.list_tree(folder)
+             if relative.rsplit("/", 1)[-1].startswith("part-") and relative.endswith(".parquet")]
+    if not parts:
+        raise ValueError(f"{storage.redact(folder)} holds no Parquet part files")
+    uris = spark.createDataFrame([(part,) for part in parts], f"{URI_COLUMN} string")
+    uris = uris.repartition(min(len(parts), spark.sparkContext.defaultParallelism))
+    return uris.mapInArrow(functools.partial(read_parts, task), FEATURE_SCHEMA)
+
+
+def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, spec: models.ModelSpec,
+                      onnx: str, timer: StageTimer) -> dict[str, Any]:
+    with timer.stage("read"):
+        data = read_features(spark, config.features, ReadTask(("path", "label", "split", "pca"), config.s3))
+        classes = _classes(data)
+        indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
+        prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
+                                     .withColumn(VECTOR, array_to_vector("pca"))).persist()
+        training, test = prepared.where(F.col("split") == TRAINING), prepared.where(F.col("split") == TEST)
+        fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
+        counts = {"training": training.count(), "validation": validation.count(), "test": test.count()}
+    with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
+        chosen, scores = _choose(fit_part, validation, len(classes)) if counts["validation"] else (CANDIDATES[0], {})
+    with timer.stage("fit"):
+        classifier = chosen.estimator().fit(training)
+    with timer.stage("evaluate"):
+        metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
+    prepared.unpersist()
+    with timer.stage("write"):
+        _write_evaluation(config.output, metrics, classes)
+        sinks.save_model(classifier, storage.join(config.output, CLASSIFIER))
+        _write_bundle(config, source, spec, onnx, classifier, chosen, classes, metrics)
+    manifest = {
+        "kind": "fruitpipe-train",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": source.fingerprint(),
+        "model": spec.manifest_entry(),
+        "classifier": {**chosen.describe(), "spark_model": CLASSIFIER, "features_col": VECTOR,
+                       "note": f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"},
+        "selection": {"metric": "validation accuracy, then macro-F1, then log-loss", "validation_fraction": config.validation_fraction,
+                      "seed": config.seed, "candidates": scores, "chosen": chosen.name},
+        "classes": classes,
+        "counts": counts,
+        "metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
+        "timings_s": {**timer.seconds, "total": timer.total()},
+    }
+    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
+    sinks.commit(config.output, counts)
+    return manifest
+
+
+def _classes(data: DataFrame) -> list[str]:
+    """Sorted Training labels; Test may only hold those (a class never trained on cannot be scored)."""
+    labels = data.groupBy("split").agg(F.collect_set("label").alias("labels")).collect()
+    by_split = {row["split"]: set(row["labels"]) for row in labels}
+    if not by_split.get(TRAINING) or not by_split.get(TEST):
+        raise ValueError(f"training needs a {TRAINING} and a {TEST} split (the Fruits 360 layout); "
+                         f"this run has {sorted(str(s) for s in by_split) or 'no images'}")
+    unknown = by_split[TEST] - by_split[TRAINING]
+    if unknown:
+        raise ValueError(f"{TEST} has classes with no {TRAINING} images: {', '.join(sorted(unknown))}")
+    if len(by_split[TRAINING]) < 2:
+        raise ValueError("training needs at least 2 classes")
+    return sorted(by_split[TRAINING])
+
+
+def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """Per class, a deterministic `fraction` (at least one image when a class has two or more) is held out."""
+    by_class = Window.partitionBy("label")
+    size = F.count(F.lit(1)).over(by_class)
+    rank = F.row_number().over(by_class.orderBy(F.xxhash64("path", F.lit(seed))))
+    quota = F.when(size >= 2, F.greatest(F.lit(1), F.floor(size * fraction))).otherwise(0)
+    ranked = training.withColumn("__held", rank <= quota)
+    return (ranked.where(~F.col("__held")).drop("__held"), ranked.where(F.col("__held")).drop("__held"))
+
+
+def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple[Candidate, dict[str, Any]]:
+    scores: dict[str, Any] = {}
+    best: tuple[float, float] | None = None
+    chosen = CANDIDATES[0]
+    for candidate in CANDIDATES:
+        model = candidate.estimator().fit(fit_part)
+        metrics = metrics_from_confusion(confusion_matrix(model, validation, n_classes))
+        loss = log_loss(model, validation)
+        scores[candidate.name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "log_loss": loss}
+        key = (metrics["accuracy"], metrics["macro_f1"], -round(loss, 6))
+        if best is None or key > best:  # strictly better only: ties keep the earlier (default) candidate
+            best, chosen = key, candidate
+        logger.info("candidate %s: validation accuracy %.4f, macro-F1 %.4f, log-loss %.4f", candidate.name,
+                    metrics["accuracy"], metrics["macro_f1"], loss)
+    return chosen, scores
+
+
+def log_loss(model: LogisticRegressionModel, data: DataFrame) -> float:
+    """Mean -log p(true class): separates candidates that classify equally well by how sure they are."""
+    true_probability = vector_to_array("probability")[F.col(LABEL_INDEX).cast("int")]
+    row = model.transform(data).select(F.mean(-F.log(F.greatest(true_probability, F.lit(1e-15))))).first()
+    return float(row[0])
+
+
+def confusion_matrix(model: LogisticRegressionModel, data: DataFrame, n_classes: int) -> np.ndarray:
+    """Counts[true, predicted], aggregated in Spark."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    rows = model.transform(data).groupBy(LABEL_INDEX, "prediction").count().collect()
+    for row in rows:
+        counts[int(row[LABEL_INDEX]), int(row["prediction"])] += int(row["count"])
+    return counts
+
+
+def metrics_from_confusion(counts: np.ndarray, classes: list[str] | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support (0 where undefined, as sklearn's
+    zero_division=0); the macro average runs over the classes present in the truth or the predictions."""
+    correct = np.diag(counts).astype(float)
+    support, predicted = counts.sum(axis=1), counts.sum(axis=0)
+    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(correct),
+                   where=precision + recall > 0)
+    present = (support > 0) | (predicted > 0)
+    total = int(counts.sum())
+    metrics: dict[str, Any] = {
+        "accuracy": float(correct.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "count": total,
+    }
+    if classes is not None:
+        metrics["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                       "f1": float(f1[i]), "support": int(support[i])}
+                                for i, name in enumerate(classes)}
+        metrics["confusion_matrix"] = {"classes": classes, "counts": counts.tolist()}
+    return metrics
+
+
+def _write_evaluation(output: str, metrics: dict[str, Any], classes: list[str]) -> None:
+    sinks.write_json(storage.join(output, METRICS), metrics)
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for name, row in metrics["per_class"].items():
+        writer.writerow([name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", row["support"]])
+    storage.write_bytes(storage.join(output, PER_CLASS), table.getvalue().encode("utf-8"))
+    storage.write_bytes(storage.join(output, CONFUSION),
+                        plots.confusion_matrix_png(metrics["confusion_matrix"]["counts"], classes))
+
+
+def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
+                  classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
+                  metrics: dict[str, Any]) -> None:
+    """numpy arrays out of the Spark models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
+    with tempfile.TemporaryDirectory(prefix="fruitpipe-pca-") as folder:
+        storage.copy_tree_to_local(storage.join(config.features, sinks.PCA_MODEL), folder)
+        pca = CentredPCAModel.load(folder)
+    arrays = bundle.Arrays(mean=pca.scaler.mean.toArray(), components=pca.pca.pc.toArray(),
+                           coefficients=classifier.coefficientMatrix.toArray(),
+                           intercepts=classifier.interceptVector.toArray())
+    limits = DecodeLimits()
+    description = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {key: value for key, value in spec.manifest_entry().items() if key != "runtime"},
+        "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
+        "pca": {"k": pca.components, "variance_kept": round(pca.variance_kept, 6)},
+        "classifier": chosen.describe(),
+        "source": source.fingerprint(),
+        "metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
+    }
+    with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
+        bundle.write(folder, onnx, description, arrays, classes)
+        storage.copy_tree_from_local(folder, storage.join(config.output, bundle.BUNDLE_DIR))
