@@ -1,0 +1,138 @@
+"""The upload page in Debian's headless chromium (Selenium 4), against a real `fruitpipe serve` process.
+
+The browser and its driver are the Debian packages (`make test` installs them through
+scripts/ensure_chromium.sh); Selenium Manager is never asked for anything, so nothing is downloaded.
+"""
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fruitpipe.bundle import Bundle
+from fruitpipe.devtools.serveprocess import running_server
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--window-size=1200,900")
+WAIT_GUARD_S = 120  # a guard against a hung page, not a measurement
+DROP_FILE = """
+const [encoded, name, type] = arguments;
+const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], name, { type }));
+document.getElementById("drop-zone").dispatchEvent(
+  new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+"""
+
+
+@pytest.fixture(scope="module")
+def page_server(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with running_server(trained_bundle, tmp_path_factory.mktemp("page-server")) as server_process:
+        yield server_process.base_url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
+    if missing:
+        pytest.fail(f"the page test needs {' and '.join(missing)}: run 'make test' (as root it installs the Debian "
+                    "packages chromium and chromium-driver) or 'apt-get install chromium chromium-driver'")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.selenium_manager import SeleniumManager
+
+    def no_selenium_manager(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Selenium Manager was called: it would try to download a browser or driver")
+
+    folder = tmp_path_factory.mktemp("chromium")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={folder / 'profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(folder / "chromedriver.log"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SeleniumManager, "binary_paths", no_selenium_manager)
+        driver = webdriver.Chrome(service=service, options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, condition):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_GUARD_S).until(condition)
+
+
+def open_page(driver, base_url: str) -> None:
+    driver.get(f"{base_url}/")
+    wait_for(driver, lambda d: d.find_element("id", "model").text.startswith("Model "))
+
+
+def shown_predictions(driver) -> list[tuple[str, float]]:
+    """(label, probability) of each list item once the result is on screen."""
+    items = wait_for(driver, lambda d: d.find_elements("css selector", "#predictions li") or False)
+    return [(item.get_attribute("data-label"), float(item.get_attribute("data-probability"))) for item in items]
+
+
+def csp_violations(driver) -> list[str]:
+    return [entry["message"] for entry in driver.get_log("browser") if "Content Security Policy" in entry["message"]]
+
+
+def test_page_is_accessible_and_self_contained(browser, page_server: str) -> None:
+    open_page(browser, page_server)
+    file_input = browser.find_element("id", "file")
+    label = browser.find_element("css selector", "label[for=file]")
+    assert label.text == "Choose a photo" and file_input.get_attribute("accept").startswith("image/")
+    assert browser.find_element("id", "error").get_attribute("role") == "alert"
+    assert browser.find_element("id", "preview").get_attribute("alt")
+    # every resource came from this server: nothing fetched from the internet
+    urls = browser.execute_script("return performance.getEntriesByType('resource').map((r) => r.name)")
+    assert urls and all(url.startswith(page_server) for url in urls), urls
+    assert csp_violations(browser) == []
+
+
+def test_chosen_photo_is_classified(browser, page_server: str, trained_bundle: Path, sample_dir: Path) -> None:
+    photo = sorted((sample_dir / "Test" / "Banana").glob("*.jpg"))[0]
+    expected = Bundle.load(trained_bundle).predict_bytes(photo.read_bytes(), top_k=5)
+    open_page(browser, page_server)
+    browser.find_element("id", "file").send_keys(str(photo))
+    shown = shown_predictions(browser)
+    assert [label for label, _ in shown] == [p.label for p in expected]
+    assert all(abs(value - p.probability) <= 1e-5 for (_, value), p in zip(shown, expected))
+    assert expected[0].label == "Banana"
+    assert browser.find_element("id", "status").text.startswith("Most likely: Banana")
+    assert browser.find_element("id", "preview").get_attribute("src").startswith("blob:")
+    assert browser.find_element("id", "error").is_displayed() is False
+    bars = browser.find_elements("css selector", "#predictions .bar")
+    assert bars[0].get_attribute("aria-label").startswith("Banana: ")
+    assert csp_violations(browser) == []
+
+
+def test_dropped_photo_is_classified(browser, page_server: str, trained_bundle: Path, sample_dir: Path) -> None:
+    photo = sorted((sample_dir / "Test" / "Cherry").glob("*.jpg"))[0]
+    expected = Bundle.load(trained_bundle).predict_bytes(photo.read_bytes(), top_k=5)
+    open_page(browser, page_server)
+    browser.execute_script(DROP_FILE, base64.b64encode(photo.read_bytes()).decode(), photo.name, "image/jpeg")
+    assert [label for label, _ in shown_predictions(browser)] == [p.label for p in expected]
+    assert browser.find_element("id", "filename").text == photo.name
+
+
+def test_invalid_file_shows_the_server_error(browser, page_server: str, tmp_path: Path) -> None:
+    not_a_photo = tmp_path / "shopping list.jpg"
+    not_a_photo.write_text("apples, pears, cherries\n")
+    open_page(browser, page_server)
+    browser.find_element("id", "file").send_keys(str(not_a_photo))
+    error = wait_for(browser, lambda d: d.find_element("id", "error") if d.find_element("id", "error").is_displayed()
+                     else False)
+    assert "shopping list.jpg" in error.text and "422" in error.text and "not an image" in error.text, error.text
+    assert browser.find_elements("css selector", "#predictions li") == []
