@@ -6,8 +6,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUTPUT ?= fruitpipe-output
 PYTEST_ARGS ?=
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
+PACKAGE_ARGS ?=  # e.g. --python-prefix /usr (see docs/cluster.md)
 
-.PHONY: install java run test clean
+.PHONY: install java chromium run test bench clean package
 
 install: $(STAMP)
 
@@ -20,11 +23,26 @@ $(STAMP): pyproject.toml constraints.txt
 java:
 	@bash scripts/ensure_java.sh
 
+chromium:  # Debian chromium + chromium-driver for the page test (tests/test_page.py)
+	@bash scripts/ensure_chromium.sh
+
 run: install java
 	$(VENV)/bin/fruitpipe run --output $(OUTPUT) --overwrite
 
-test: install java
+test: install java chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the full benchmark (~25 min on 2 cores): bench/results.json + the table in docs/performance.md;
+# BENCH_ARGS="--resume" keeps the measurements of an interrupted run
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) java
+	$(VENV)/bin/fruitpipe bench $(BENCH_ARGS)
+
+package: install
+	$(VENV)/bin/fruitpipe package --output dist/fruitpipe_env.tar.gz --overwrite $(PACKAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OUTPUT) .pytest_cache

@@ -30,18 +30,15 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def aws_test_credentials() -> None:
     """A dummy credential chain, set before Spark starts so executors inherit it too."""
-    from s3server import DUMMY_KEY_ID, DUMMY_SECRET
+    from fruitpipe.devtools.s3server import use_dummy_credentials
 
-    os.environ.update({"AWS_ACCESS_KEY_ID": DUMMY_KEY_ID, "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
-                       "AWS_DEFAULT_REGION": "us-east-1"})
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        os.environ.pop(name, None)
+    use_dummy_credentials()
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> str:
     """A moto S3 server process on 127.0.0.1 for the whole session."""
-    from s3server import MotoServer
+    from fruitpipe.devtools.s3server import MotoServer
 
     with MotoServer() as endpoint:
         yield endpoint
@@ -84,3 +81,11 @@ def copy_subset(source: Path, target: Path, classes: int, per_split: dict[str, i
 def small_sample(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 classes x (6 Training + 2 Test) images: quick Spark runs."""
     return copy_subset(sample_dir, tmp_path_factory.mktemp("small-sample"), 4, {"Training": 6, "Test": 2})
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(spark, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder trained on the bundled sample, once per session (tests/trained.py); Bundle.load takes it."""
+    from trained import train_sample_bundle
+
+    return train_sample_bundle(tmp_path_factory.mktemp("trained"))

@@ -170,3 +170,18 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
     assert errors["reason"].str.len().min() > 0
     assert manifest["counts"] == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected)}
     assert (output / "_SUCCESS").exists()
+
+
+def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A failed Spark job surfaces as an exception the CLI did not plan for: still one line, exit 1."""
+    from fruitpipe import cli
+
+    def failing_job(args: object) -> int:
+        raise RuntimeError("Job aborted due to stage failure: Task 3 failed 4 times\n\tat org.apache.spark...")
+
+    monkeypatch.setattr(cli, "_cmd_models", failing_job)
+    assert cli.main(["models"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["fruitpipe models: failed: RuntimeError: Job aborted due to stage failure: Task 3 failed 4 "
+                     "times (run with -v for the traceback)"]

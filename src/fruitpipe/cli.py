@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from fruitpipe import __version__
+from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS
 from fruitpipe.config import DEFAULT_MASTER, DEFAULT_MODEL, PcaSettings, RunConfig, S3Options, parse_spark_conf
 
 logger = logging.getLogger("fruitpipe")
@@ -32,6 +33,22 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 0-65535, got {text!r}")
+    return int(text)
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -71,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     choice = run.add_mutually_exclusive_group()
     choice.add_argument("--k", type=_positive_int, help="number of PCA components")
     choice.add_argument("--variance", type=_fraction, help="keep the smallest k reaching this variance (default 0.95)")
+    run.add_argument("--image-size", type=_positive_int, metavar="PIXELS",
+                     help="square model input side (default: the model's, 224); smaller is faster, less accurate")
     run.add_argument("--master", default=DEFAULT_MASTER, help="Spark master URL (default: %(default)s)")
     run.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
+    run.add_argument("--env-archive", metavar="PATH", help="environment archive from 'fruitpipe package' for "
+                     "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
     _add_s3_arguments(run)
     run.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe output")
     run.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
@@ -99,6 +120,66 @@ def build_parser() -> argparse.ArgumentParser:
     iam_policy.add_argument("--input", required=True, help="s3://bucket/prefix read by the run (read-only)")
     iam_policy.add_argument("--output", required=True, help="s3://bucket/prefix written by the run")
     iam_policy.set_defaults(handler=_cmd_iam_policy)
+
+    train = commands.add_parser("train", help="fit a classifier on a run's PCA features; metrics + portable bundle")
+    train.add_argument("--features", required=True, metavar="RUN_OUTPUT", help="output folder of 'fruitpipe run'")
+    train.add_argument("--output", required=True, metavar="MODEL_DIR", help="model folder to write")
+    train.add_argument("--master", default=DEFAULT_MASTER, help="Spark master URL (default: %(default)s)")
+    train.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
+    _add_s3_arguments(train)
+    train.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe model folder")
+    train.add_argument("--json", action="store_true", help="print the model manifest as JSON instead of a summary")
+    train.set_defaults(handler=_cmd_train)
+
+    predict = commands.add_parser("predict", help="classify photos with a trained bundle (in process, no Spark)")
+    predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by 'fruitpipe train'")
+    predict.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (.jpg, .png, ...; any size)")
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="classes shown per photo (default: %(default)s)")
+    predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
+    predict.set_defaults(handler=_cmd_predict)
+
+    bench = commands.add_parser("bench", help="benchmark fruitpipe against the limit and the alternatives "
+                                "(bench/results.json + docs/performance.md)")
+    bench.add_argument("--images", type=_positive_int, default=10_000, help="main data set size (default: %(default)s)")
+    bench.add_argument("--scaling", default="2000,10000,20000", help="fruitpipe run sizes (default: %(default)s)")
+    bench.add_argument("--subset", type=_positive_int, default=1_000,
+                       help="images for baselines slower than 50 img/s (default: %(default)s)")
+    bench.add_argument("--s3-images", type=_positive_int, default=2_000, help="images read from S3 (default: %(default)s)")
+    bench.add_argument("--latency-ms", type=float, default=20.0, help="added per S3 request (default: %(default)g)")
+    bench.add_argument("--limit-images", type=_positive_int, default=1_280,
+                       help="images pushed through the raw model (default: %(default)s)")
+    bench.add_argument("--only", help="comma-separated subset of: " + ", ".join(MEASUREMENTS)
+                       + " (default: all but levers, the A/B runs of docs/performance.md)")
+    bench.add_argument("--resume", action="store_true", help="keep finished measurements of an interrupted run")
+    bench.add_argument("--results", default="bench/results.json", help="results file (default: %(default)s)")
+    bench.add_argument("--doc", default="docs/performance.md", help="markdown to update ('' for none; default: %(default)s)")
+    bench.add_argument("--data-dir", help="where the synthetic images are kept (default: $FRUITPIPE_CACHE/bench-data)")
+    bench.set_defaults(handler=_cmd_bench)
+
+    serve = commands.add_parser("serve", help="serve a trained model over HTTP: POST /predict, the upload page at /")
+    serve.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by 'fruitpipe train'")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port, 0 for any free one (default: %(default)s)")
+    serve.add_argument("--max-upload-mb", type=_positive_number, default=10.0,
+                       help="largest photo accepted, in MiB (default: %(default)g)")
+    serve.add_argument("--threads", type=_positive_int, default=1,
+                       help="ONNX Runtime threads per inference (default: %(default)s)")
+    serve.add_argument("--concurrency", type=_positive_int,
+                       help="photos classified at the same time; others queue (default: one per core)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    package = commands.add_parser("package", help="build the relocatable environment archive for cluster executors")
+    package.add_argument("--output", default="dist/fruitpipe_env.tar.gz",
+                         help="archive to write, .tar.gz or .zip (default: %(default)s)")
+    package.add_argument("--model", action="append", metavar="NAME",
+                         help="model whose ONNX file goes inside, repeatable (default: efficientnet-lite0)")
+    package.add_argument("--exclude", action="append", metavar="DIST", default=[],
+                         help="leave out this distribution and what only it needs, repeatable")
+    package.add_argument("--python-prefix", metavar="DIR",
+                         help="prefix of the Python 3.x the target has, e.g. /usr (default: this one's base prefix)")
+    package.add_argument("--compress-level", type=int, default=4, help="gzip level 0-9 (default: %(default)s)")
+    package.add_argument("--overwrite", action="store_true", help="replace an existing archive")
+    package.set_defaults(handler=_cmd_package)
     return parser
 
 
@@ -113,11 +194,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         master=args.master,
         overwrite=args.overwrite,
         csv=args.csv,
-        spark_conf=parse_spark_conf(args.conf),
+        spark_conf=_run_spark_conf(args),
         s3=_s3_options(args),
+        image_size=args.image_size,
     )
     manifest = pipeline.run(config)
     print(json.dumps(manifest, indent=2, ensure_ascii=False) if args.json else summary(manifest))
+    return 0
+
+
+def _run_spark_conf(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    conf = parse_spark_conf(args.conf)
+    if not args.env_archive:
+        return conf
+    from fruitpipe import package
+
+    return package.with_env_archive(conf, args.env_archive, args.master)
+
+
+def _cmd_package(args: argparse.Namespace) -> int:
+    from fruitpipe import package
+
+    result = package.build(args.output, model_names=args.model or [DEFAULT_MODEL], python_prefix=args.python_prefix,
+                           compress_level=args.compress_level, overwrite=args.overwrite, exclude=args.exclude)
+    print(result.describe())
     return 0
 
 
@@ -181,6 +281,84 @@ def _cmd_iam_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fruitpipe import train
+    from fruitpipe.config import TrainConfig
+
+    manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
+                                       master=args.master, spark_conf=parse_spark_conf(args.conf),
+                                       s3=_s3_options(args)))
+    print(json.dumps(manifest, indent=2, ensure_ascii=False) if args.json else train_summary(manifest, args.output))
+    return 0
+
+
+def train_summary(manifest: dict[str, Any], output: str) -> str:
+    metrics, counts = manifest["metrics"], manifest["counts"]
+    return "\n".join([
+        f"fruitpipe train done: {output}",
+        f"  source      run {manifest['source']['run_id']} ({len(manifest['classes'])} classes)",
+        f"  classifier  {manifest['classifier']['name']} (chosen on {counts['validation']} validation images)",
+        f"  Test        accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.4f} "
+        f"on {counts['test']} images (per class: per_class.csv, confusion_matrix.png)",
+        f"  bundle      {output}/bundle (fruitpipe predict --model {output} PHOTO...)",
+    ])
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from fruitpipe.bundle import Bundle, predict_photos
+
+    results = predict_photos(Bundle.load(args.model), args.photos, args.top_k)
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False))
+    for result in results:
+        if result.error is not None:
+            print(f"fruitpipe predict: error: {result.photo}: {result.error}", file=sys.stderr)
+        elif not args.json:
+            print(result.photo)
+            print("\n".join(f"  {p.probability:8.2%}  {p.label}" for p in result.predictions))
+    failed = sum(result.error is not None for result in results)
+    if failed:
+        print(f"fruitpipe predict: error: {failed} of {len(results)} photos could not be classified", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _integers(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} expects comma-separated integers, got {text!r}") from None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fruitpipe.benchmark import harness, report
+
+    options = harness.BenchOptions(
+        images=args.images, scaling=_integers(args.scaling, "--scaling"), subset=args.subset,
+        s3_images=args.s3_images, latency_ms=args.latency_ms, limit_images=args.limit_images,
+        only=tuple(args.only.split(",")) if args.only else DEFAULT_MEASUREMENTS, resume=args.resume,
+        results=Path(args.results), doc=Path(args.doc) if args.doc else None,
+        **({"data_dir": Path(args.data_dir)} if args.data_dir else {}), command=" ".join(["fruitpipe", *sys.argv[1:]]),
+    )
+    results = harness.run(options)
+    print(report.table(results))
+    failed = [key for key, result in results["measurements"].items() if "error" in result]
+    if failed:
+        print(f"fruitpipe bench: error: {len(failed)} measurement(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fruitpipe import serve
+
+    serve.serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                threads=args.threads, concurrency=args.concurrency)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -196,6 +374,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fruitpipe: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a failed Spark job (Py4JJavaError...) or a bug: one line, -v for the traceback
+        logger.debug("%s failed", args.command, exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"fruitpipe {args.command}: failed: {type(exc).__name__}: {first_line} "
+              "(run with -v for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

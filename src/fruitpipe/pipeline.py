@@ -22,7 +22,7 @@ from fruitpipe import __version__, models, plots, sinks, sources, storage
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
-from fruitpipe.session import executor_hosts, java_version, spark_session
+from fruitpipe.session import executors, java_version, spark_session
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     timer = StageTimer()
     storage.configure(config.s3)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    spec = models.resolve(config.model)
+    spec = models.with_input_size(models.resolve(config.model), config.image_size)
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
     sinks.check_output(config.output, config.overwrite)
@@ -69,7 +69,8 @@ def run(config: RunConfig) -> dict[str, Any]:
 def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec,
                     listing: sources.ImageListing, timer: StageTimer, run_id: str) -> dict[str, Any]:
     images = sources.to_dataframe(spark, listing)
-    featurizer = ImageFeaturizer(modelName=config.model, batchSize=config.executor.batch_size,
+    featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
+                                 batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
                                  maxPixels=config.limits.max_pixels, s3EndpointUrl=config.s3.endpoint_url or "",
                                  s3Region=config.s3.region or "", s3AddressingStyle=config.s3.addressing_style or "")
@@ -124,7 +125,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, li
         "output": storage.redact(config.output),
         "layout": listing.layout,
         "classes": listing.labels,
-        "model": spec.manifest_entry(),
+        "model": {**spec.manifest_entry(), "onnx_sha256": storage.file_sha256(models.onnx_file(spec))},
         "feature_dim": spec.feature_dim,
         "pca": {
             "k": pca.components,
@@ -139,7 +140,8 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, li
         "versions": _versions(),
         "spark": {
             "master": spark.sparkContext.master,
-            "executors": executor_hosts(spark),
+            "application_id": spark.sparkContext.applicationId,
+            "executors": executors(spark),
             "default_parallelism": spark.sparkContext.defaultParallelism,
             "partitions": sources.partition_count(counts["listed"], spark.sparkContext.defaultParallelism),
         },
