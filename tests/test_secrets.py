@@ -104,7 +104,8 @@ def library_run(cli_process, spark, s3_endpoint: str, s3_input: str, tiny_model:
                 tmp_path_factory: pytest.TempPathFactory):
     """pipeline.run S3 in -> S3 out in this process, every logger at DEBUG (like caplog, module-wide)."""
     handler = Records()
-    loggers = [logging.getLogger(), logging.getLogger("fruitpipe")]
+    # the noisy libraries too: an in-process `cli.main` (other tests) turns them to WARNING for good
+    loggers = [logging.getLogger(name) for name in (None, "fruitpipe", "botocore", "boto3", "urllib3")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.DEBUG)
