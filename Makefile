@@ -45,4 +45,4 @@ package: install
 	$(VENV)/bin/fruitpipe package --output dist/fruitpipe_env.tar.gz --overwrite $(PACKAGE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(OUTPUT) .pytest_cache
+	rm -rf $(VENV) $(OUTPUT) .pytest_cache dist
