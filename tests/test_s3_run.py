@@ -11,6 +11,7 @@ from fruitpipe.devtools.s3server import download_prefix, upload_folder
 
 from fruitpipe import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
+from fruitpipe.ml import CentredPCAModel
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
     keys = download_prefix(s3_endpoint, "fruit-out", "runs/r1", tmp_path)
     for name in ("manifest.json", "_SUCCESS", "scree.png", "errors/part-00000.parquet"):
         assert name in keys
-    assert any(key.startswith("pca_model/pca/") for key in keys)
+    assert {"pca_model/arrays.npz", "pca_model/metadata/part-00000"} <= set(keys)
     assert not any("_temporary" in key for key in keys)
     assert json.loads((tmp_path / "_SUCCESS").read_text())["files"] == [k for k in keys if k != "_SUCCESS"]
     local_out, local_manifest = local_reference
@@ -47,6 +48,10 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
         np.testing.assert_allclose(features, local[key][0], atol=1e-5)
         np.testing.assert_allclose(projection, local[key][1], atol=1e-4)
     assert manifest["pca"]["explained_variance_ratio"] == pytest.approx(local_manifest["pca"]["explained_variance_ratio"], abs=1e-6)
+
+    model = CentredPCAModel.load("s3://fruit-out/runs/r1/pca_model")  # straight from S3, no local copy
+    again = model.setOutputCol("again").transform(spark.read.parquet(str(tmp_path / "features"))).toPandas()
+    np.testing.assert_allclose(np.stack(again["again"]), np.stack(again["pca"]), atol=1e-5)
 
 
 def test_local_in_s3_out_and_back(spark, s3_endpoint: str, small_sample: Path, tmp_path: Path) -> None:

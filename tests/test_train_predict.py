@@ -49,10 +49,11 @@ def stored(trained_bundle: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def spark_scored(spark, trained_bundle: Path, stored: pd.DataFrame) -> pd.DataFrame:
     """The batch path: the saved Spark LogisticRegressionModel on the pipeline's pca vectors."""
-    from pyspark.ml.classification import LogisticRegressionModel
     from pyspark.ml.functions import array_to_vector, vector_to_array
 
-    model = LogisticRegressionModel.load(str(trained_bundle / "classifier"))
+    from fruitpipe.ml import load_logistic_regression
+
+    model = load_logistic_regression(str(trained_bundle / "classifier"))
     frame = spark.createDataFrame(stored[["path", "pca"]]).withColumn("pca_vector", array_to_vector("pca"))
     scored = model.transform(frame).select("path", "prediction", vector_to_array("probability").alias("probability"))
     return scored.toPandas().set_index("path").loc[stored["path"]].reset_index()

@@ -111,7 +111,7 @@ def _write_outputs(projected: DataFrame, pca: CentredPCAModel, config: RunConfig
     sinks.write_features(projected, config.output, run_id, config.s3)
     if config.csv:
         sinks.write_csv(projected, config.output, pca.components, run_id, config.s3)
-    sinks.save_model(pca, storage.join(config.output, sinks.PCA_MODEL))
+    pca.save(storage.join(config.output, sinks.PCA_MODEL))  # by the driver, see ml.persist
     scree = plots.scree_png(pca.spectrum, pca.components, config.pca.variance_target)
     storage.write_bytes(storage.join(config.output, sinks.SCREE), scree)
 

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from typing import Any
 
-from pyspark.ml.util import MLWritable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -88,13 +85,6 @@ def write_csv(df: DataFrame, output: str, k: int, run_id: str, s3: S3Options) ->
     columns = [F.col("path"), F.col("label"), F.col("split")]
     columns += [F.col("pca")[i].alias(f"pc{i + 1}") for i in range(k)]
     write_dataset(df.select(*columns), storage.join(output, CSV), run_id, s3, fmt="csv")
-
-
-def save_model(model: MLWritable, uri: str) -> None:
-    """Spark ML writes through Hadoop, which has no S3 connector here: save locally, then copy."""
-    with tempfile.TemporaryDirectory(prefix="fruitpipe-model-") as folder:
-        model.save(os.path.join(folder, "model"))
-        storage.copy_tree_from_local(os.path.join(folder, "model"), uri)
 
 
 def write_json(uri: str, document: dict[str, Any]) -> None:

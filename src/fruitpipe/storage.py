@@ -362,20 +362,10 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def copy_tree_from_local(folder: str | Path, uri: str) -> None:
-    """Copy a local folder (e.g. a Spark ML model saved locally) to any location."""
+    """Copy a local folder (a bundle written locally) to any location."""
     for directory, _, files in os.walk(folder):
         for name in files:
-            if name.endswith(".crc"):  # Hadoop's local checksums: not part of the model
-                continue
             full = os.path.join(directory, name)
             relative = os.path.relpath(full, folder).replace(os.sep, "/")
             with open(full, "rb") as handle:
                 write_bytes(join(uri, *relative.split("/")), handle.read())
-
-
-def copy_tree_to_local(uri: str, folder: str | Path) -> None:
-    """Copy a folder/prefix from any location into a local folder (to load a Spark ML model)."""
-    for relative in list_tree(uri):
-        target = Path(folder, *relative.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(join(uri, *relative.split("/"))))

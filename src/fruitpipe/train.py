@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from fruitpipe import bundle, models, plots, sinks, storage
 from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
-from fruitpipe.ml import CentredPCAModel
+from fruitpipe.ml import CentredPCAModel, save_logistic_regression
 from fruitpipe.pipeline import StageTimer
 from fruitpipe.session import spark_session
 
@@ -169,7 +169,7 @@ def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, 
     prepared.unpersist()
     with timer.stage("write"):
         _write_evaluation(config.output, metrics, classes)
-        sinks.save_model(classifier, storage.join(config.output, CLASSIFIER))
+        save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER))
         _write_bundle(config, source, spec, onnx, classifier, chosen, classes, metrics)
     manifest = {
         "kind": "fruitpipe-train",
@@ -287,10 +287,8 @@ def _write_evaluation(output: str, metrics: dict[str, Any], classes: list[str]) 
 def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
                   metrics: dict[str, Any]) -> None:
-    """numpy arrays out of the Spark models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
-    with tempfile.TemporaryDirectory(prefix="fruitpipe-pca-") as folder:
-        storage.copy_tree_to_local(storage.join(config.features, sinks.PCA_MODEL), folder)
-        pca = CentredPCAModel.load(folder)
+    """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
+    pca = CentredPCAModel.load(storage.join(config.features, sinks.PCA_MODEL))
     arrays = bundle.Arrays(mean=pca.scaler.mean.toArray(), components=pca.pca.pc.toArray(),
                            coefficients=classifier.coefficientMatrix.toArray(),
                            intercepts=classifier.interceptVector.toArray())

@@ -4,11 +4,12 @@ Spark's PCAModel projects raw vectors (it does not subtract the mean), so the mo
 StandardScaler (withMean, withStd=False) followed by a Spark PCAModel. Fitting takes two
 distributed MLlib passes (mean/std, then the correlation matrix) and one driver-side
 eigendecomposition that yields the full explained-variance spectrum and any k at once. Input and output are array<float>
-columns, the form fruitpipe stores; conversion to ML vectors stays inside.
+columns, the form fruitpipe stores; conversion to ML vectors stays inside. The fitted model is saved
+by the driver alone (`ml.persist`: mean, components, spectrum), so it is complete on any cluster and
+on s3://; loading rebuilds the two Spark models from those arrays.
 """
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
@@ -21,21 +22,13 @@ from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScaler, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import (
-    DefaultParamsReadable,
-    DefaultParamsReader,
-    DefaultParamsWritable,
-    DefaultParamsWriter,
-    MLReadable,
-    MLReader,
-    MLWritable,
-    MLWriter,
-)
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.ml.stat import Correlation
 from pyspark.sql import DataFrame, SparkSession
 
 from fruitpipe.config import DEFAULT_VARIANCE
+from fruitpipe.ml import persist
 from fruitpipe.ml.columns import HasColumns
 
 logger = logging.getLogger(__name__)
@@ -71,6 +64,16 @@ def _covariance(vectors: DataFrame, std: np.ndarray) -> np.ndarray:
     correlation = Correlation.corr(vectors, _VECTOR).head()[0].toArray()
     correlation = np.nan_to_num(correlation, nan=0.0)  # constant features: zero covariance
     return correlation * np.outer(std, std)
+
+
+def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
+    """The centring step as a genuine Spark StandardScalerModel (withMean, withStd=False)."""
+    sc = spark.sparkContext
+    java_model = sc._jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        f"StandardScaler_{uuid.uuid4().hex[:12]}", _py2java(sc, DenseVector(std)), _py2java(sc, DenseVector(mean)))
+    model = StandardScalerModel(java_model)
+    model._set(withMean=True, withStd=False, inputCol=_VECTOR, outputCol=_CENTRED)
+    return model
 
 
 def _pca_model(spark: SparkSession, components: np.ndarray, ratios: list[float]) -> PCAModel:
@@ -157,23 +160,16 @@ class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
         )
 
     def write(self) -> MLWriter:
-        return _CentredPCAModelWriter(self)
+        return persist.DriverWriter(self._save)
 
     @classmethod
     def read(cls) -> MLReader:
         return _CentredPCAModelReader(cls)
 
-
-class _CentredPCAModelWriter(MLWriter):
-    def __init__(self, instance: CentredPCAModel) -> None:
-        super().__init__()
-        self.instance = instance
-
-    def saveImpl(self, path: str) -> None:
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession,
-                                         extraMetadata={"spectrum": json.dumps(self.instance.spectrum)})
-        self.instance.scaler.save(f"{path}/scaler")
-        self.instance.pca.save(f"{path}/pca")
+    def _save(self, path: str, overwrite: bool) -> None:
+        arrays = {"mean": self.scaler.mean.toArray(), "std": self.scaler.std.toArray(),
+                  "components": self.pca.pc.toArray(), "explained_variance": self.pca.explainedVariance.toArray()}
+        persist.save(self, path, arrays, extra={"spectrum": self.spectrum}, overwrite=overwrite)
 
 
 class _CentredPCAModelReader(MLReader):
@@ -182,9 +178,10 @@ class _CentredPCAModelReader(MLReader):
         self.cls = cls
 
     def load(self, path: str) -> Any:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        model = self.cls(scaler=StandardScalerModel.load(f"{path}/scaler"), pca=PCAModel.load(f"{path}/pca"),
-                         spectrum=json.loads(metadata["spectrum"]))
-        DefaultParamsReader.getAndSetParams(model, metadata)
-        model._resetUid(metadata["uid"])
+        metadata, arrays = persist.load(path, f"{self.cls.__module__}.{self.cls.__name__}")
+        spark = self.sparkSession
+        model = self.cls(scaler=_scaler_model(spark, arrays["mean"], arrays["std"]),
+                         pca=_pca_model(spark, arrays["components"], arrays["explained_variance"].tolist()),
+                         spectrum=metadata["fruitpipe"]["spectrum"])
+        persist.apply_params(model, metadata)
         return model

@@ -1,0 +1,39 @@
+"""Spark's LogisticRegressionModel saved and loaded by the driver (`ml.persist`), for `fruitpipe train`.
+
+Spark's own writer would save the coefficients from an executor task (see `ml.persist`); here the
+driver writes them and loading rebuilds a genuine LogisticRegressionModel (JVM transform) from them.
+"""
+from __future__ import annotations
+
+import uuid
+
+from pyspark.ml.classification import LogisticRegressionModel
+from pyspark.ml.common import _py2java
+from pyspark.ml.linalg import DenseMatrix, DenseVector
+from pyspark.sql import SparkSession
+
+from fruitpipe.ml import persist
+
+CLASS_NAME = "pyspark.ml.classification.LogisticRegressionModel"
+
+
+def save_logistic_regression(model: LogisticRegressionModel, uri: str, overwrite: bool = False) -> None:
+    arrays = {"coefficients": model.coefficientMatrix.toArray(), "intercepts": model.interceptVector.toArray()}
+    persist.save(model, uri, arrays, extra={"num_classes": model.numClasses}, class_name=CLASS_NAME,
+                 overwrite=overwrite)
+
+
+def load_logistic_regression(uri: str) -> LogisticRegressionModel:
+    """A model saved by `save_logistic_regression` (local or s3://), in the active SparkSession."""
+    metadata, arrays = persist.load(uri, CLASS_NAME)
+    coefficients, intercepts = arrays["coefficients"], arrays["intercepts"]
+    sc = SparkSession.active().sparkContext
+    # row major, as Spark's binomial models require (one row; one per class when multinomial)
+    matrix = DenseMatrix(*coefficients.shape, coefficients.flatten(order="C").tolist(), isTransposed=True)
+    java_model = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
+        metadata.get("uid") or f"LogisticRegressionModel_{uuid.uuid4().hex[:12]}", _py2java(sc, matrix),
+        _py2java(sc, DenseVector(intercepts)), int(metadata["fruitpipe"]["num_classes"]),
+        coefficients.shape[0] > 1)
+    model = LogisticRegressionModel(java_model)
+    persist.apply_params(model, metadata)
+    return model
