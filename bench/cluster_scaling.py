@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cluster_scaling.py [--per-class 100] [--runs 1]
 
-Uses the test helper tests/cluster.py (master + workers on 127.0.0.1 from pip's pyspark), runs
+Uses fruitpipe.devtools.standalone (master + workers on 127.0.0.1 from pip's pyspark), runs
 `fruitpipe run --master spark://...` on a synthesised Fruits 360-like set, and writes
 bench/out/cluster_scaling.json: per-core featurize throughput (feeds the sizing table in
 deploy/emr/README.md) and the scaling efficiency = rate(2 workers) / (2 x rate(1 worker)).
@@ -18,12 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fruitpipe import sampledata
+from fruitpipe.devtools.standalone import StandaloneCluster
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from cluster import StandaloneCluster  # noqa: E402
-
-from fruitpipe import sampledata  # noqa: E402
 
 CONF = ["spark.executor.memory=1g", "spark.scheduler.minRegisteredResourcesRatio=1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime=120s", "spark.ui.enabled=false"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,9 +84,25 @@ def small_sample(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return copy_subset(sample_dir, tmp_path_factory.mktemp("small-sample"), 4, {"Training": 6, "Test": 2})
 
 
-@pytest.fixture(scope="session")
-def trained_bundle(spark, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model folder trained on the bundled sample, once per session (tests/trained.py); Bundle.load takes it."""
-    from trained import train_sample_bundle
+def fruitpipe_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`python -m fruitpipe.cli ARGS` as a user runs it (its own Spark when it runs one)."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    return subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
 
-    return train_sample_bundle(tmp_path_factory.mktemp("trained"))
+
+@pytest.fixture(scope="session")
+def bundled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`fruitpipe run --csv` on the whole bundled sample, once per session; tests only read it."""
+    output = tmp_path_factory.mktemp("e2e") / "out"
+    result = fruitpipe_cli("run", "--output", str(output), "--csv", "--master", "local[2]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(spark, bundled_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder trained on the session's bundled-sample run (tests/trained.py); Bundle.load takes it."""
+    from trained import train_on
+
+    return train_on(bundled_run[0], tmp_path_factory.mktemp("trained") / "model")

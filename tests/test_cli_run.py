@@ -2,32 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import fruitpipe_cli
 
 from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig
 
 pytestmark = pytest.mark.slow
 
 
-def fruitpipe(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    return subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=900, check=False)
-
-
-@pytest.fixture(scope="module")
-def bundled_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    output = tmp_path_factory.mktemp("e2e") / "out"
-    result = fruitpipe("run", "--output", str(output), "--csv", "--master", "local[2]")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return output, result
+fruitpipe = fruitpipe_cli
 
 
 def image_files(root: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""The same run on a real multi-process Spark standalone cluster (tests/cluster.py) as on local[2].
+"""The same run on a real multi-process Spark standalone cluster (fruitpipe.devtools.standalone) as on local[2].
 
 Drivers run as `python -m fruitpipe run ...` subprocesses (the test process already holds a local
 SparkSession). The cluster's default Python is a bare venv without fruitpipe or numpy: executors work
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cluster import StandaloneCluster, free_port, get_json
 from conftest import copy_subset
 
 from fruitpipe import package
+from fruitpipe.devtools.standalone import StandaloneCluster, free_port, get_json
 
 pytestmark = pytest.mark.slow
 

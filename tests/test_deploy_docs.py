@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from cluster import SPARK_HOME
 
 from fruitpipe import cli
+from fruitpipe.devtools.standalone import SPARK_HOME
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = [ROOT / "docs" / "cluster.md", *sorted((ROOT / "deploy").rglob("*.md")),

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +20,7 @@ import uvicorn
 from PIL import Image
 
 from badimages import corrupt_idat_png, encode, header_bomb_png, jpeg_bytes
+from conftest import fruitpipe_cli
 from fruitpipe.bundle import Bundle, Prediction
 from fruitpipe.devtools.serveprocess import running_server
 from fruitpipe.serve import bind_socket, create_app
@@ -299,9 +297,7 @@ def test_health_answers_while_an_inference_is_running() -> None:
         thread.join(timeout=60)
 
 
-def fruitpipe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=300, check=False)
+fruitpipe = fruitpipe_cli
 
 
 def test_serve_missing_model_dir_is_one_line(tmp_path: Path) -> None:

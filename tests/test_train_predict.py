@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, EXIF_ORIENTATION, bad_image_bytes, encode
+from conftest import fruitpipe_cli
 from PIL import Image
 from trained import run_output_of
 
@@ -28,9 +28,7 @@ from fruitpipe.train import metrics_from_confusion
 pytestmark = pytest.mark.slow
 
 
-def fruitpipe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=600, check=False)
+fruitpipe = fruitpipe_cli
 
 
 @pytest.fixture(scope="module")
