@@ -84,6 +84,19 @@ def small_sample(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return copy_subset(sample_dir, tmp_path_factory.mktemp("small-sample"), 4, {"Training": 6, "Test": 2})
 
 
+def jobs_started_by(spark, action) -> list[int]:
+    """Spark jobs started while `action` ran (tracked through a job group on this thread): an empty
+    list shows the driver did the work alone, with no task that could run on another host."""
+    sc = spark.sparkContext
+    group = f"probe-{id(action)}"
+    sc.setJobGroup(group, "driver-only probe")
+    try:
+        action()
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return list(sc.statusTracker().getJobIdsForGroup(group))
+
+
 def fruitpipe_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """`python -m fruitpipe.cli ARGS` as a user runs it (its own Spark when it runs one)."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}

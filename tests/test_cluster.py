@@ -67,10 +67,14 @@ def env_archive(tmp_path_factory: pytest.TempPathFactory) -> package.PackResult:
 
 
 @pytest.fixture(scope="module")
-def local_output(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def local_output(spark, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: the same run in this process, on the test session's local[2]."""
+    from fruitpipe import pipeline
+    from fruitpipe.config import RunConfig
+
+    assert spark.sparkContext.master == "local[2]"
     output = tmp_path_factory.mktemp("local-run") / "out"
-    run_cli(["--master", "local[2]", "--input", str(images), "--output", str(output)],
-            {"PYSPARK_PYTHON": sys.executable})
+    pipeline.run(RunConfig(input=str(images), output=str(output), master="local[2]"))
     return output
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from background import background_python
+from conftest import jobs_started_by
 from fruitpipe.devtools.s3server import client, download_prefix
 
 from fruitpipe import sinks, storage
@@ -211,13 +212,12 @@ def test_abort_locally_leaves_no_temporary_folder(aborted_writes) -> None:
 
 # ---------------------------------------------------------------- (c) commit, driven directly
 
-SCHEMA_DDL = "id long, payload string"
-
-
 def staged_writer(target: str, run_id: str = "run-unit", fmt: str = "parquet") -> StagedWriter:
-    from pyspark.sql.types import _parse_datatype_string
+    """A writer as a task gets it; the schema is built directly (parsing DDL would need a SparkContext)."""
+    from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-    return StagedWriter({"path": target, "run_id": run_id, "format": fmt}, _parse_datatype_string(SCHEMA_DDL))
+    schema = StructType([StructField("id", LongType()), StructField("payload", StringType())])
+    return StagedWriter({"path": target, "run_id": run_id, "format": fmt}, schema)
 
 
 def stage(writer: StagedWriter, partition: int, attempt: int, ids: list[int]) -> StagedPart:
@@ -296,6 +296,25 @@ def test_empty_dataframe_gives_readable_empty_dataset(spark, tmp_path: Path, kin
     check_empty_dataset(tmp_path / "empty")
     back = spark.read.parquet(storage.spark_path(str(tmp_path / "empty")))
     assert back.count() == 0 and back.columns == ["path", "label", "width", "features"]
+
+
+def test_nothing_rejected_gives_the_same_empty_errors_dataset_without_a_spark_job(spark, tmp_path: Path) -> None:
+    storage.configure(S3Options())
+    errors = spark.createDataFrame([], "path string, stage string, reason string, extra int")
+    through_spark, by_driver = tmp_path / "spark" / "errors", tmp_path / "driver" / "errors"
+    sinks.write_dataset(errors.select(*sinks.ERROR_COLUMNS), str(through_spark), "run-spark", S3Options())
+    assert jobs_started_by(spark, lambda: sinks.write_errors(errors, str(by_driver.parent), "run-driver",
+                                                             S3Options(), rejected=0)) == []
+    assert files_below(by_driver) == files_below(through_spark) == ["part-00000.parquet"]
+    assert pq.read_table(by_driver).schema == pq.read_table(through_spark).schema
+    back = spark.read.parquet(storage.spark_path(str(by_driver)))
+    assert back.count() == 0 and back.columns == list(sinks.ERROR_COLUMNS)
+    # the control: with rejected rows the same call writes through Spark
+    rows = spark.createDataFrame([("a.jpg", "decode", "broken", 1)], errors.schema)
+    assert jobs_started_by(spark, lambda: sinks.write_errors(rows, str(tmp_path / "rows"), "run-rows",
+                                                             S3Options(), rejected=1))
+    assert pq.read_table(tmp_path / "rows" / "errors").to_pylist() == [
+        {"path": "a.jpg", "stage": "decode", "reason": "broken"}]
 
 
 def test_empty_dataframe_on_s3(spark, s3_endpoint: str, bucket: str, tmp_path: Path) -> None:

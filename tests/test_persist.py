@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import jobs_started_by
 from test_pca import make_features
 
 from fruitpipe.ml import CentredPCA, CentredPCAModel, load_logistic_regression, save_logistic_regression
@@ -23,18 +24,6 @@ def frame(spark):
 @pytest.fixture(scope="module")
 def pca(frame) -> CentredPCAModel:
     return CentredPCA(k=4, outputCol="projected").fit(frame)
-
-
-def jobs_started_by(spark, action) -> list[int]:
-    """Spark jobs started while `action` ran (tracked through a job group on this thread)."""
-    sc = spark.sparkContext
-    group = f"probe-{id(action)}"
-    sc.setJobGroup(group, "persistence probe")
-    try:
-        action()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    return list(sc.statusTracker().getJobIdsForGroup(group))
 
 
 def fit_logistic_regression(frame, family: str):

@@ -62,7 +62,7 @@ class StagedWriter(DataSourceArrowWriter):
         return storage.join(self.target, "_temporary", self.run_id)
 
     def final_name(self, partition: int) -> str:
-        return storage.join(self.target, f"part-{partition:05d}.{EXTENSIONS[self.format]}")
+        return part_name(self.target, partition, self.format)
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> StagedPart:
         from pyspark import TaskContext
@@ -71,15 +71,10 @@ class StagedWriter(DataSourceArrowWriter):
         context = TaskContext.get()
         partition, attempt = context.partitionId(), context.taskAttemptId()
         batches = list(iterator)
-        table = pa.Table.from_batches(batches) if batches else self.empty_table()
+        table = pa.Table.from_batches(batches) if batches else empty_table(self.schema)
         staged = storage.join(self.staging, f"part-{partition:05d}-attempt-{attempt}.{EXTENSIONS[self.format]}")
         storage.write_bytes(staged, encode(table, self.format))
         return StagedPart(partition, staged, table.num_rows)
-
-    def empty_table(self) -> pa.Table:
-        from pyspark.sql.pandas.types import to_arrow_schema
-
-        return to_arrow_schema(self.schema).empty_table()
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         """Publish one staged part per partition (empty ones skipped unless all are), then clean up."""
@@ -92,7 +87,7 @@ class StagedWriter(DataSourceArrowWriter):
         for part in sorted(published, key=lambda p: p.partition):
             storage.move(part.staged, self.final_name(part.partition))
         if not parts:  # no partitions at all: still leave a readable, empty dataset
-            storage.write_bytes(self.final_name(0), encode(self.empty_table(), self.format))
+            write_empty(self.target, self.schema, self.format)
         self._remove_staging()
         logger.info("published %d parts, %d rows to %s", max(1, len(published)),
                     sum(p.rows for p in parts.values()), storage.redact(self.target))
@@ -108,6 +103,21 @@ class StagedWriter(DataSourceArrowWriter):
         parent = storage.join(self.target, "_temporary")
         if not storage.list_tree(parent):
             storage.remove_tree(parent)
+
+
+def part_name(target: str, partition: int, fmt: str) -> str:
+    return storage.join(target, f"part-{partition:05d}.{EXTENSIONS[fmt]}")
+
+
+def empty_table(schema: StructType) -> pa.Table:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema).empty_table()
+
+
+def write_empty(target: str, schema: StructType, fmt: str = "parquet") -> None:
+    """A readable dataset with no rows (one empty part), written by the driver: no Spark job needed."""
+    storage.write_bytes(part_name(target, 0, fmt), encode(empty_table(schema), fmt))
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:

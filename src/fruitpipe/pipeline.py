@@ -80,7 +80,7 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
     with timer.stage("write_errors"):
-        sinks.write_errors(errors, config.output, run_id, config.s3)
+        sinks.write_errors(errors, config.output, run_id, config.s3, rejected)
     if ok_count < 2:
         raise ValueError(f"only {ok_count} of {len(listing.rows)} images could be featurized "
                          f"(reasons in {storage.join(config.output, sinks.ERRORS)}); PCA needs at least 2")

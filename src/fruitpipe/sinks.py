@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import storage
-from fruitpipe.committer import FORMAT_NAME, StagedDataSource
+from fruitpipe.committer import FORMAT_NAME, StagedDataSource, write_empty
 from fruitpipe.config import S3Options
 
 logger = logging.getLogger(__name__)
@@ -75,9 +75,14 @@ def write_features(df: DataFrame, output: str, run_id: str, s3: S3Options) -> No
     write_dataset(df.select(*FEATURE_COLUMNS), storage.join(output, FEATURES), run_id, s3)
 
 
-def write_errors(df: DataFrame, output: str, run_id: str, s3: S3Options) -> None:
-    """One row per rejected input; written even when empty so readers always find the dataset."""
-    write_dataset(df.select(*ERROR_COLUMNS), storage.join(output, ERRORS), run_id, s3)
+def write_errors(df: DataFrame, output: str, run_id: str, s3: S3Options, rejected: int) -> None:
+    """One row per rejected input; written even when empty so readers always find the dataset.
+    With nothing rejected the driver writes the empty dataset itself: no Spark job for no rows."""
+    errors = df.select(*ERROR_COLUMNS)
+    if rejected == 0:
+        write_empty(storage.join(output, ERRORS), errors.schema)
+    else:
+        write_dataset(errors, storage.join(output, ERRORS), run_id, s3)
 
 
 def write_csv(df: DataFrame, output: str, k: int, run_id: str, s3: S3Options) -> None:
