@@ -15,7 +15,7 @@ from conftest import jobs_started_by
 from fruitpipe.devtools.s3server import client, download_prefix
 
 from fruitpipe import sinks, storage
-from fruitpipe.committer import StagedPart, StagedWriter, encode
+from fruitpipe.committer import FORMAT_NAME, StagedPart, StagedWriter, encode
 from fruitpipe.config import S3Options
 
 BUCKET = "commit-tests"
@@ -315,6 +315,13 @@ def test_nothing_rejected_gives_the_same_empty_errors_dataset_without_a_spark_jo
                                                              S3Options(), rejected=1))
     assert pq.read_table(tmp_path / "rows" / "errors").to_pylist() == [
         {"path": "a.jpg", "stage": "decode", "reason": "broken"}]
+
+
+def test_overwrite_mode_is_refused(spark, tmp_path: Path) -> None:
+    """Appending only: an overwrite would leave old parts next to new ones."""
+    sinks._register(spark)
+    with pytest.raises(Exception, match="appends only"):
+        spark.range(3).write.format(FORMAT_NAME).mode("overwrite").option("run_id", "r").save(str(tmp_path / "d"))
 
 
 def test_empty_dataframe_on_s3(spark, s3_endpoint: str, bucket: str, tmp_path: Path) -> None:

@@ -79,6 +79,27 @@ def test_logistic_regression_round_trip_gives_the_same_probabilities(spark, fram
     np.testing.assert_allclose(probabilities(loaded, data), expected, atol=1e-12)
 
 
+def test_list_params_are_kept_and_unsaveable_ones_refused(spark, frame, tmp_path: Path) -> None:
+    """Per-class thresholds change predictions, so they must survive the round trip."""
+    from pyspark.ml.linalg import DenseMatrix
+
+    def predictions(model, data) -> list[float]:
+        return [row.prediction for row in model.transform(data).orderBy("id").collect()]
+
+    model, data = fit_logistic_regression(frame, "multinomial")
+    plain = predictions(model, data)
+    model.setThresholds([0.2, 0.5, 0.9])
+    assert predictions(model, data) != plain  # the thresholds matter on this data
+    save_logistic_regression(model, str(tmp_path / "lr"))
+    loaded = load_logistic_regression(str(tmp_path / "lr"))
+    assert loaded.getThresholds() == [0.2, 0.5, 0.9]
+    assert predictions(loaded, data) == predictions(model, data)
+
+    model._set(lowerBoundsOnCoefficients=DenseMatrix(3, 12, [-1.0] * 36))  # a value JSON cannot hold
+    with pytest.raises(ValueError, match="lowerBoundsOnCoefficients"):
+        save_logistic_regression(model, str(tmp_path / "bounded"))
+
+
 def test_existing_folder_is_kept_unless_overwrite(pca, frame, tmp_path: Path) -> None:
     target = tmp_path / "pca"
     pca.save(str(target))

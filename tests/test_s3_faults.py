@@ -125,6 +125,12 @@ def test_fault_decisions_are_reproducible() -> None:
     assert 0.12 < share < 0.28
 
 
+def test_listings_outside_a_denied_prefix_still_get_faults() -> None:
+    proxy = FaultProxy("http://127.0.0.1:9", slowdown_share=1.0, fault_kinds={LIST}, deny_listing=("b/secret/",))
+    assert proxy.decide("GET", "/b/", {"list-type": ["2"], "prefix": ["secret/x"]}) == (LIST, "denied")
+    assert proxy.decide("GET", "/b/", {"list-type": ["2"], "prefix": ["public/"]}) == (LIST, "slowdown")
+
+
 def _files(folder: Path) -> list[str]:
     """Every file below `folder` (an empty folder, or none, means nothing was written)."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []

@@ -1,9 +1,11 @@
-"""Atomic dataset writes to any storage: a Spark Python Data Source with a driver-side commit.
+"""Dataset writes to any storage: a Spark Python Data Source with a driver-side commit.
 
 Each task attempt stages one part file under `<dataset>/_temporary/<run_id>/`, named by its task
 attempt id. Only the driver publishes, and only the files that successful attempts reported, one
 per partition, so a retried or speculative attempt never duplicates rows; abort removes the
-staging area. Readers (pyarrow, Spark, pandas) ignore `_`-prefixed folders meanwhile.
+staging area. Readers (pyarrow, Spark, pandas) ignore `_`-prefixed folders meanwhile. Publishing is
+one move per part, not one atomic step: a driver that dies mid-commit leaves a run without
+`_SUCCESS`, which is how readers tell a complete output (see sinks.commit).
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ class StagedDataSource(DataSource):
         return FORMAT_NAME
 
     def writer(self, schema: StructType, overwrite: bool) -> StagedWriter:
+        if overwrite:  # old parts would survive next to new ones: fruitpipe clears an output before writing
+            raise ValueError(f"{FORMAT_NAME} appends only; remove the old dataset first")
         return StagedWriter(dict(self.options), schema)
 
 

@@ -20,6 +20,7 @@ version at the same prefix (the build machine's `sys.base_prefix`, or `python_pr
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import re
@@ -162,8 +163,11 @@ def _stage_distribution(dist: importlib.metadata.Distribution, site: Path) -> No
     if _is_editable(dist):
         _stage_editable(dist, site)
         return
+    if dist.files is None:
+        raise ValueError(f"{dist.metadata['Name']} {dist.version} has no installed-files record (RECORD); "
+                         "reinstall it with pip so it can be packed")
     root = Path(dist.locate_file(""))
-    for entry in dist.files or []:
+    for entry in dist.files:
         relative = Path(entry)
         if relative.parts[0] == ".." or "__pycache__" in relative.parts:
             continue  # console scripts in bin/ carry the build venv's path; bytecode is rebuilt
@@ -173,13 +177,16 @@ def _stage_distribution(dist: importlib.metadata.Distribution, site: Path) -> No
 
 
 def _is_editable(dist: importlib.metadata.Distribution) -> bool:
-    direct_url = dist.read_text("direct_url.json") or ""
-    return '"editable": true' in direct_url.replace("'", '"')
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    return bool(direct_url.get("dir_info", {}).get("editable"))
 
 
 def _stage_editable(dist: importlib.metadata.Distribution, site: Path) -> None:
     """An editable (pip -e) install points outside the venv: copy its import packages and metadata."""
-    for name in (dist.read_text("top_level.txt") or "").split():
+    names = (dist.read_text("top_level.txt") or "").split()
+    if not names:
+        raise ValueError(f"editable install of {dist.metadata['Name']} has no top_level.txt; reinstall it")
+    for name in names:
         module = __import__(name)
         package_dir = Path(module.__file__).parent
         shutil.copytree(package_dir, site / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -50,7 +50,8 @@ def prepare_output(uri: str, overwrite: bool) -> None:
 
 
 def write_dataset(df: DataFrame, uri: str, run_id: str, s3: S3Options, fmt: str = "parquet") -> None:
-    """Write through the staged committer (any storage; all-or-nothing per dataset)."""
+    """Write through the staged committer (any storage; only successful task attempts are published,
+    one part per partition)."""
     _register(df.sparkSession)
     writer = df.write.format(FORMAT_NAME).mode("append").option("run_id", run_id).option("format", fmt)
     for key, value in (("endpoint_url", s3.endpoint_url), ("region", s3.region),
@@ -64,7 +65,7 @@ _registered: set[str] = set()
 
 
 def _register(spark: SparkSession) -> None:
-    """Register the committer once per Spark application."""
+    """Register the committer once per Spark application (registering again logs a warning)."""
     application = spark.sparkContext.applicationId
     if application not in _registered:
         spark.dataSource.register(StagedDataSource)

@@ -1,8 +1,9 @@
 """What one measurement runs, in its own process (`python -m fruitpipe.benchmark.measures NAME PARAMS OUT`).
 
-Every approach uses the same model file (the exported ONNX graph; torch eager for the seed), the same
-decode (`executor.decode`: Pillow, bilinear to the model's size) and writes Parquet, so the numbers
-compare architectures, not preprocessing. Each returns images, seconds and images_s plus its own details.
+Every approach uses the same model file (the exported ONNX graph; torch eager for the seed) and
+writes Parquet; all but Ray Data decode with `executor.decode` (Pillow, bilinear to the model's size).
+Ray Data decodes with its own `read_images` (Pillow too, bilinear, without EXIF orientation, which the
+synthetic benchmark images do not carry), so the numbers compare architectures, not preprocessing. Each returns images, seconds and images_s plus its own details.
 """
 from __future__ import annotations
 
@@ -269,7 +270,7 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
     return {
         **_rate(manifest["counts"]["ok"], timings["total"]),
         "featurize_images_s": manifest["featurize_img_s"],
-        "time_to_first_batch_s": round(min(b["time"] for b in batches) - started, 2),
+        "time_to_first_batch_s": round(min(b["time"] for b in batches) - started, 2) if batches else None,
         "timings_s": timings,
         "rejected": manifest["counts"]["rejected"],
         "pca_k": manifest["pca"]["k"],

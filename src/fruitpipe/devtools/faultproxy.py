@@ -140,7 +140,7 @@ class FaultProxy:
             listed = decoded.lstrip("/").rstrip("/") + "/" + query.get("prefix", [""])[0]
             if any(listed.startswith(denied) for denied in self.deny_listing):
                 action = "denied"
-        elif kind in self.fault_kinds:
+        if action == "forward" and kind in self.fault_kinds:
             key = decoded.lstrip("/").partition("/")[2]
             if any(part in key for part in self.fail_keys):
                 action = "fail_key"

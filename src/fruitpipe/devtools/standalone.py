@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyspark
 
@@ -85,25 +85,29 @@ class StandaloneCluster:
             self.start_worker(index)
         self._wait(lambda: len(self.alive_workers()) == self.workers, f"{self.workers} workers to register")
 
-    def start_worker(self, index: int) -> None:
+    def start_worker(self, index: int) -> int:
+        """Launch worker `index` (its work dir kept across restarts); returns its port."""
         work_dir = self.root / f"worker-{index}"
         work_dir.mkdir(exist_ok=True)
+        port = free_port()
         self._launch(f"worker-{index}", "org.apache.spark.deploy.worker.Worker",
-                     ["--host", "127.0.0.1", "--port", str(free_port()), "--webui-port", str(free_port()),
+                     ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(free_port()),
                       "--cores", str(self.cores), "--memory", self.memory, "--work-dir", str(work_dir),
                       self.master_url], self.worker_env)
+        return port
 
     def _launch(self, name: str, main_class: str, args: list[str], extra_env: dict[str, str]) -> None:
         env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYSPARK_PYTHON")}
         env.update({"SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "256m",
                     "SPARK_LOG_DIR": str(self.root), **extra_env})
-        log = self.root / f"{name}.log"
+        restarts = sum(daemon.name == name for daemon in self.killed)
+        log = self.root / (f"{name}.log" if not restarts else f"{name}.restart-{restarts}.log")  # keep the old log
         with log.open("wb") as out:
             process = subprocess.Popen([str(SPARK_CLASS), main_class, *args], stdout=out, stderr=subprocess.STDOUT,
                                        env=env, cwd=self.root, start_new_session=True)
         self.daemons.append(Daemon(name, process, log))
 
-    def _wait(self, ready: Any, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             for daemon in self.daemons:
@@ -136,9 +140,11 @@ class StandaloneCluster:
         self.killed.append(daemon)
 
     def restart_worker(self, index: int) -> None:
-        """Bring a killed worker back (same work dir), so the cluster has all its workers again."""
-        self.start_worker(index)
-        self._wait(lambda: len(self.alive_workers()) == self.workers, f"worker-{index} to register again")
+        """Bring a killed worker back (same work dir) and wait until the master has it (by its new port:
+        the master may still list the killed one as alive until its heartbeat times out)."""
+        port = self.start_worker(index)
+        self._wait(lambda: any(worker.get("port") == port for worker in self.alive_workers()),
+                   f"worker-{index} to register again")
 
     def executor_logs(self) -> str:
         parts = []
@@ -151,15 +157,21 @@ class StandaloneCluster:
         return "\n".join([*(daemon.tail() for daemon in [*self.daemons, *self.killed]), self.executor_logs()])
 
     def stop(self) -> None:
+        """SIGTERM every daemon's process group (also when the daemon itself has exited: its executor
+        and Python workers may not have), then SIGKILL what is left after 20 s."""
         for daemon in reversed(self.daemons):
-            if daemon.process.poll() is None:
-                try:
-                    os.killpg(daemon.process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+            _signal_group(daemon.process.pid, signal.SIGTERM)
         for daemon in self.daemons:
             try:
                 daemon.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(daemon.process.pid, signal.SIGKILL)
+                _signal_group(daemon.process.pid, signal.SIGKILL)
                 daemon.process.wait(timeout=10)
+        self.daemons.clear()
+
+
+def _signal_group(pid: int, signal_number: int) -> None:
+    try:
+        os.killpg(pid, signal_number)
+    except ProcessLookupError:
+        pass

@@ -5,8 +5,6 @@ driver writes them and loading rebuilds a genuine LogisticRegressionModel (JVM t
 """
 from __future__ import annotations
 
-import uuid
-
 from pyspark.ml.classification import LogisticRegressionModel
 from pyspark.ml.common import _py2java
 from pyspark.ml.linalg import DenseMatrix, DenseVector
@@ -18,9 +16,14 @@ CLASS_NAME = "pyspark.ml.classification.LogisticRegressionModel"
 
 
 def save_logistic_regression(model: LogisticRegressionModel, uri: str, overwrite: bool = False) -> None:
+    """Coefficients, intercepts, class count and family from the driver (local or s3://).
+
+    Spark's own `LogisticRegressionModel.load` cannot read the folder: use `load_logistic_regression`."""
+    family = model.getOrDefault("family")
+    multinomial = family == "multinomial" or (family == "auto" and model.numClasses > 2)  # Spark's rule
     arrays = {"coefficients": model.coefficientMatrix.toArray(), "intercepts": model.interceptVector.toArray()}
-    persist.save(model, uri, arrays, extra={"num_classes": model.numClasses}, class_name=CLASS_NAME,
-                 overwrite=overwrite)
+    persist.save(model, uri, arrays, extra={"num_classes": model.numClasses, "multinomial": multinomial},
+                 class_name=CLASS_NAME, overwrite=overwrite)
 
 
 def load_logistic_regression(uri: str) -> LogisticRegressionModel:
@@ -30,10 +33,10 @@ def load_logistic_regression(uri: str) -> LogisticRegressionModel:
     sc = SparkSession.active().sparkContext
     # row major, as Spark's binomial models require (one row; one per class when multinomial)
     matrix = DenseMatrix(*coefficients.shape, coefficients.flatten(order="C").tolist(), isTransposed=True)
+    saved = metadata["fruitpipe"]
     java_model = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
-        metadata.get("uid") or f"LogisticRegressionModel_{uuid.uuid4().hex[:12]}", _py2java(sc, matrix),
-        _py2java(sc, DenseVector(intercepts)), int(metadata["fruitpipe"]["num_classes"]),
-        coefficients.shape[0] > 1)
+        metadata["uid"], _py2java(sc, matrix), _py2java(sc, DenseVector(intercepts)), int(saved["num_classes"]),
+        bool(saved["multinomial"]))
     model = LogisticRegressionModel(java_model)
     persist.apply_params(model, metadata)
     return model

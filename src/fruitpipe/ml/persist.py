@@ -4,9 +4,10 @@ Spark ML's own writers save a model from executor tasks through Hadoop: on a clu
 executors run on other hosts those parts land on the executors' disks, and pip's pyspark has no
 S3 connector. fruitpipe's models are a few small arrays, so the driver writes them itself, to any
 URI `storage` knows (local or s3://): the arrays first, then the metadata with their sha256. The
-metadata is Spark's DefaultParams JSON line (class, uid, params) in Spark's place, so a Pipeline
-holding such a stage still saves and loads with Spark's own Pipeline reader. A folder without
-metadata is incomplete and one whose arrays do not match is damaged: both are refused on load.
+metadata is Spark's DefaultParams JSON line (class, uid, params) in Spark's place, so Spark's
+Pipeline reader finds a `CentredPCAModel` stage in a pipeline saved with Spark's writer (the
+pipeline's own metadata is then Spark-written). A folder without metadata is incomplete and one
+whose arrays do not match is damaged: both are refused on load.
 """
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ def save(instance: Params, uri: str, arrays: dict[str, np.ndarray], extra: dict[
         "timestamp": int(time.time() * 1000),
         "sparkVersion": spark_version,
         "uid": instance.uid,
-        "paramMap": _json_values(instance._paramMap),
-        "defaultParamMap": _json_values(instance._defaultParamMap),
+        "paramMap": _json_values(instance._paramMap, strict=True),
+        "defaultParamMap": _json_values(instance._defaultParamMap, strict=False),
         "fruitpipe": {"format": FORMAT, "format_version": FORMAT_VERSION, **(extra or {}),
                       "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(data).hexdigest(),
                                  "shapes": {name: list(np.shape(values)) for name, values in arrays.items()}}},
@@ -86,9 +87,18 @@ def apply_params(instance: Params, metadata: dict[str, Any]) -> None:
         setter(**{name: value for name, value in metadata[key].items() if instance.hasParam(name)})
 
 
-def _json_values(params: dict[Any, Any]) -> dict[str, Any]:
-    """Param values JSON can hold (names, numbers, flags); others (matrices) are not saved."""
-    return {param.name: value for param, value in params.items() if isinstance(value, _JSON_TYPES)}
+def _json_values(params: dict[Any, Any], strict: bool) -> dict[str, Any]:
+    """Param values as JSON (names, numbers, flags and lists of them). A value set on the stage that
+    JSON cannot hold (a matrix bound) is an error when `strict`; such defaults are left to the class."""
+    values = {}
+    for param, value in params.items():
+        if isinstance(value, (list, tuple)) and all(isinstance(item, _JSON_TYPES) for item in value):
+            values[param.name] = list(value)
+        elif isinstance(value, _JSON_TYPES):
+            values[param.name] = value
+        elif strict:
+            raise ValueError(f"param {param.name} ({type(value).__name__}) cannot be saved by fruitpipe")
+    return values
 
 
 class DriverWriter(MLWriter):
