@@ -2,8 +2,8 @@
 
 Spark's PCAModel projects raw vectors (it does not subtract the mean), so the model here is a
 StandardScaler (withMean, withStd=False) followed by a Spark PCAModel. Fitting takes two
-distributed MLlib passes (mean/std, then the correlation matrix) and one driver-side
-eigendecomposition that yields the full explained-variance spectrum and any k at once. Input and output are array<float>
+distributed MLlib computations (StandardScaler's mean/std, then `Correlation.corr`, itself a few
+jobs) and one driver-side eigendecomposition that yields the full explained-variance spectrum and any k at once. Input and output are array<float>
 columns, the form fruitpipe stores; conversion to ML vectors stays inside. The fitted model is saved
 by the driver alone (`ml.persist`: mean, components, spectrum), so it is complete on any cluster and
 on s3://; loading rebuilds the two Spark models from those arrays.
