@@ -157,7 +157,7 @@ def test_cluster_run_equals_local_on_both_workers_and_survives_a_killed_worker(c
     """Executors on the driver's environment (nodes that share it). One run shows both things the issue
     asks for, to save a cluster run (~80 s): its output equals local[2] with tasks done on both workers,
     and worker 1, killed after its first task, has its work rescheduled without duplicate rows. (The
-    archive test below shows an undisturbed cluster run equal to local on both workers.)"""
+    archive test shows an undisturbed cluster run equal to local on both workers.)"""
     try:
         ui_port = free_port()
         output = tmp_path / "out"
