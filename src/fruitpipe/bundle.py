@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fruitpipe.config import DecodeLimits
-from fruitpipe.executor.decode import decode_rgb, resize_square
+from fruitpipe.executor.decode import decode_for_model
 from fruitpipe.executor.embed import embed
 from fruitpipe.models import Preprocessing
 from fruitpipe.storage import file_sha256, read_bytes
@@ -120,8 +120,7 @@ class Bundle:
 
     def pixels(self, data: bytes) -> np.ndarray:
         """Photo bytes -> the model's square uint8 input, or DecodeError with the reason."""
-        image = decode_rgb(data, self.limits)
-        return resize_square(image, self.preprocessing.input_size, self.preprocessing.resize)
+        return decode_for_model(data, self.limits, self.preprocessing.input_size, self.preprocessing.resize)[0]
 
     def probabilities(self, images: Sequence[bytes]) -> np.ndarray:
         """(n, n_classes) class probabilities; DecodeError on the first photo that cannot be decoded."""
@@ -156,8 +155,6 @@ class Bundle:
 
     def predict_bytes(self, data: bytes, top_k: int = 5) -> list[Prediction]:
         """Photo bytes -> top_k predictions; DecodeError (a ValueError) for a bad photo."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         return self.top(self.probabilities([data])[0], top_k)
 
     def describe(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from fruitpipe import models, sources
 from fruitpipe.config import DecodeLimits, ExecutorSettings, PcaSettings, RunConfig, S3Options
-from fruitpipe.executor.decode import decode_rgb, resize_square
+from fruitpipe.executor.decode import decode_for_model
 from fruitpipe.executor.embed import embed, normalise
 
 SLOW_IMG_S = 50.0  # a loop slower than this may stop at the subset (the rule)
@@ -39,7 +39,7 @@ def _paths(folder: str) -> list[str]:
 
 
 def _pixels(data: bytes, pre: models.Preprocessing) -> np.ndarray:
-    return resize_square(decode_rgb(data, DecodeLimits()), pre.input_size, pre.resize)
+    return decode_for_model(data, DecodeLimits(), pre.input_size, pre.resize)[0]
 
 
 def _rate(images: int, seconds: float) -> dict[str, Any]:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from fruitpipe.devtools.processes import free_port
 
 DUMMY_KEY_ID = "FRUITPIPETESTKEYID"
 DUMMY_SECRET = "fruitpipe-dummy-secret-Zq81vX0-never-print-me"
@@ -20,12 +21,6 @@ def use_dummy_credentials() -> None:
                        "AWS_DEFAULT_REGION": "us-east-1"})
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         os.environ.pop(name, None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MotoServer:

@@ -93,3 +93,11 @@ def resize_square(image: Image.Image, size: int, resize: str) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), RESAMPLE[resize])
     return np.asarray(image, dtype=np.uint8)
+
+
+def decode_for_model(data: bytes, limits: DecodeLimits, size: int, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Photo bytes -> the model's square uint8 input and the photo's upright (width, height).
+
+    The one decode path of the pipeline's executors, the bundle (predict/serve) and the benchmark."""
+    image = decode_rgb(data, limits)
+    return resize_square(image, size, resize), image.size

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from fruitpipe import storage
 from fruitpipe.config import DecodeLimits, S3Options
-from fruitpipe.executor.decode import DecodeError, decode_rgb, resize_square
+from fruitpipe.executor.decode import DecodeError, decode_for_model
 from fruitpipe.executor.embed import embed
 from fruitpipe.models import Preprocessing
 
@@ -73,12 +73,11 @@ def load_image(uri: str, task: FeaturizeTask) -> Loaded:
     except Exception as exc:
         return Loaded(stage="read", reason=f"{type(exc).__name__}: {exc}")
     try:
-        image = decode_rgb(data, task.limits)
-        pre = task.preprocessing
-        pixels = resize_square(image, pre.input_size, pre.resize)
+        pixels, (width, height) = decode_for_model(data, task.limits, task.preprocessing.input_size,
+                                              task.preprocessing.resize)
     except DecodeError as exc:
         return Loaded(stage="decode", reason=str(exc))
-    return Loaded(pixels=pixels, width=image.width, height=image.height)
+    return Loaded(pixels=pixels, width=width, height=height)
 
 
 def model_path(model_file: str) -> str:
