@@ -14,7 +14,7 @@ from background import background_python
 from conftest import jobs_started_by
 from fruitpipe.devtools.s3server import client, download_prefix
 
-from fruitpipe import sinks, storage
+from fruitpipe import committer, sinks, storage
 from fruitpipe.committer import FORMAT_NAME, StagedPart, StagedWriter, encode
 from fruitpipe.config import S3Options
 
@@ -368,3 +368,42 @@ def test_success_marker_matches_the_files_after_retries(retried_writes, where: s
         assert not any("_temporary" in key for key in retried_writes["s3_keys"])
     else:
         assert not any("_temporary" in str(p) for p in root.rglob("*"))
+
+
+# ---------------------------------------------------------------- the fused transform + write (features/)
+
+def _doubling():
+    """A transform defined in a function, so cloudpickle ships it by value to the Python workers."""
+    def doubled(batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = batch.column("id").to_numpy(zero_copy_only=False)
+        return pa.RecordBatch.from_arrays([*batch.columns, pa.array(ids * 2)], names=[*batch.schema.names, "twice"])
+
+    return doubled
+
+
+def test_write_transformed_applies_the_transform_once_per_row_and_publishes_one_part_per_partition(
+        spark, tmp_path: Path) -> None:
+    storage.configure(S3Options())
+    df = spark.range(0, N, 1, P).where(f"id < {EMPTY_PARTITION * N // P} or id >= {(EMPTY_PARTITION + 1) * N // P}")
+    target = tmp_path / "features"
+    committer.write_transformed(df, str(target), "run-fused", S3Options(), _doubling())
+    assert files_below(target) == EXPECTED_PARTS  # the empty partition publishes nothing, no staging left
+    table = pq.read_table(target)
+    assert sorted(table.column("id").to_pylist()) == KEPT
+    assert all(twice == 2 * i for i, twice in zip(table.column("id").to_pylist(), table.column("twice").to_pylist()))
+
+
+def test_write_transformed_failure_leaves_no_parts_and_no_staging(spark, tmp_path: Path) -> None:
+    storage.configure(S3Options())
+
+    doubled = _doubling()
+
+    def failing(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if len(batch) and batch.column("id")[0].as_py() >= N // 2:
+            raise RuntimeError("transform failed in a task")
+        return doubled(batch)
+
+    target = tmp_path / "features"
+    with pytest.raises(Exception, match="transform failed in a task"):
+        committer.write_transformed(spark.range(0, N, 1, P), str(target), "run-failed", S3Options(), failing)
+    assert files_below(target) == []

@@ -11,6 +11,7 @@ import pytest
 
 from fruitpipe import models
 from fruitpipe.executor.embed import embed, normalise
+from fruitpipe.runtime import Runtime
 
 DEFAULT = "efficientnet-lite0"
 
@@ -44,10 +45,12 @@ def test_builtin_spec_fields(default_spec: models.ModelSpec) -> None:
 
 
 def test_manifest_entry_carries_hash_and_preprocessing(default_spec: models.ModelSpec) -> None:
-    entry = default_spec.manifest_entry()
+    entry = default_spec.manifest_entry(Runtime.for_precision("fp32"))
     assert entry["weights_sha256"] == sha256_of(default_spec.weights_path)
     assert entry["preprocessing"]["input_size"] == 224 and entry["feature_dim"] == 1280
-    assert entry["runtime"].startswith("onnxruntime ")
+    assert entry["runtime"].startswith("onnxruntime ") and entry["precision"] == "fp32"
+    bf16 = default_spec.manifest_entry(Runtime.for_precision("bf16"))
+    assert bf16["runtime"].startswith("openvino ") and bf16["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("name", ["resnet-9000", "efficientnet-lite", "EfficientNet-Lite0", ""])

@@ -120,11 +120,12 @@ def test_spark_featurizer_matches_direct_torch_call(spark, small_sample, spec, r
 
 # ---------------------------------------------------------------- one session per worker process
 
-def test_session_for_is_cached_in_process(onnx_path) -> None:
-    first = embed_mod.session_for(onnx_path, 2)
-    assert embed_mod.session_for(onnx_path, 2) is first
-    assert embed_mod._SESSIONS[(onnx_path, 2)] is first
-    assert embed_mod.session_for(onnx_path, 1) is not first  # the key includes the thread count
+def test_engine_for_is_cached_in_process(onnx_path) -> None:
+    runtime = embed_mod.FP32
+    first = embed_mod.engine_for(onnx_path, runtime, 2)
+    assert embed_mod.engine_for(onnx_path, runtime, 2) is first
+    assert embed_mod._ENGINES[(onnx_path, runtime, 2)] is first
+    assert embed_mod.engine_for(onnx_path, runtime, 1) is not first  # the key includes the thread count
 
 
 def _counting_featurize(original, log_path: str, token: str):
@@ -150,10 +151,10 @@ def _counting_featurize(original, log_path: str, token: str):
             ort._fruitpipe_test_created = 0
             ort._fruitpipe_test_token = token
             ort.InferenceSession = CountingSession
-            worker_embed._SESSIONS.clear()  # sessions from earlier jobs in a reused worker
+            worker_embed._ENGINES.clear()  # sessions from earlier jobs in a reused worker
         for batch in original(task, batches):
             record = {"pid": _os.getpid(), "created": ort._fruitpipe_test_created,
-                      "cached": len(worker_embed._SESSIONS), "rows": batch.num_rows}
+                      "cached": len(worker_embed._ENGINES), "rows": batch.num_rows}
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             yield batch

@@ -23,6 +23,7 @@ from fruitpipe.config import DecodeLimits
 from fruitpipe.executor.decode import decode_for_model
 from fruitpipe.executor.embed import embed
 from fruitpipe.models import Preprocessing
+from fruitpipe.runtime import Runtime
 from fruitpipe.storage import file_sha256, read_bytes
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Bundle:
             mean=tuple(model["preprocessing"]["mean"]), std=tuple(model["preprocessing"]["std"]),
             layout=model["preprocessing"].get("layout", "NCHW"))
         self.limits = DecodeLimits(**document["limits"])
+        self.runtime = Runtime.recorded(model, f"bundle {folder}")
         self.threads = threads
         self.onnx_path = str(folder / ONNX_FILE)
 
@@ -131,7 +133,7 @@ class Bundle:
         if not len(pixels):
             return np.zeros((0, len(self.classes)))
         features = [embed(np.stack(pixels[start:start + BATCH_SIZE]), self.preprocessing, self.onnx_path,
-                          self.threads) for start in range(0, len(pixels), BATCH_SIZE)]
+                          self.threads, self.runtime) for start in range(0, len(pixels), BATCH_SIZE)]
         return self.classify(np.concatenate(features))
 
     def classify(self, features: np.ndarray) -> np.ndarray:
@@ -167,6 +169,7 @@ class Bundle:
             "onnx_sha256": document["files"][ONNX_FILE],
             "feature_dim": document["model"]["feature_dim"],
             "input_size": self.preprocessing.input_size,
+            "precision": self.runtime.precision,
             "k": int(self.arrays.components.shape[1]),
             "classifier": document["classifier"],
             "classes": self.classes,

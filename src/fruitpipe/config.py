@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
+
 DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_VARIANCE = 0.95
 DEFAULT_MASTER = "local[*]"
@@ -51,12 +53,15 @@ class PcaSettings:
 class ExecutorSettings:
     """How executors batch their work; tuned in the benchmark, rarely set by users."""
 
-    batch_size: int = 64
+    batch_size: int = 64  # images read and decoded ahead per chunk
     read_threads: int = 16  # concurrent GETs per task: hides per-object latency on object stores
+    infer_batch: int | None = None  # images per model call; None: the engine's measured best (runtime.INFER_BATCH)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.infer_batch is not None and self.infer_batch < 1:
+            raise ValueError(f"inference batch must be >= 1, got {self.infer_batch}")
         if self.read_threads < 1:
             raise ValueError(f"read threads must be >= 1, got {self.read_threads}")
 
@@ -95,8 +100,11 @@ class RunConfig:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     image_size: int | None = None  # square model input side; None = the model's own (speed vs accuracy)
+    precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (fruitpipe.runtime)
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"--image-size must be a positive integer, got {self.image_size}")
         if not self.input:

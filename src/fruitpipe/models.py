@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fruitpipe.runtime import Runtime
 from fruitpipe.storage import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -65,14 +66,16 @@ class ModelSpec:
     preprocessing: Preprocessing
     description: str = ""
 
-    def manifest_entry(self) -> dict[str, Any]:
-        """What the run manifest records about the model."""
+    def manifest_entry(self, runtime: Runtime) -> dict[str, Any]:
+        """What the run manifest records about the model and the runtime that ran it."""
         return {
             "name": self.name,
             "arch": self.arch,
             "weights_sha256": self.weights_sha256,
             "input_size": self.preprocessing.input_size,
-            "runtime": f"onnxruntime {package_version('onnxruntime')}",
+            "runtime": f"{runtime.engine} {package_version(runtime.engine)}",
+            "precision": runtime.precision,
+            "infer_batch": runtime.infer_batch,
             "preprocessing": self.preprocessing.to_dict(),
             "onnx_input": "float32, normalised by the caller" if self.kind == "onnx"
             else "uint8 NHWC, normalisation inside the graph",

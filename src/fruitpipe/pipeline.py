@@ -22,6 +22,7 @@ from fruitpipe import __version__, models, plots, sinks, sources, storage
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
+from fruitpipe.runtime import Runtime, resolve
 from fruitpipe.session import executors, java_version, spark_session
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run(config: RunConfig) -> dict[str, Any]:
     storage.configure(config.s3)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spec = models.with_input_size(models.resolve(config.model), config.image_size)
+    runtime = resolve(config.precision, config.executor.infer_batch)  # before Spark: a bad choice fails now
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
     sinks.check_output(config.output, config.overwrite)
@@ -63,13 +65,14 @@ def run(config: RunConfig) -> dict[str, Any]:
     with ExitStack() as stack:
         with timer.stage("spark_start"):
             spark = stack.enter_context(spark_session(config.master, config.spark_conf))
-        return _run_in_session(spark, config, spec, listing, timer, run_id)
+        return _run_in_session(spark, config, spec, runtime, listing, timer, run_id)
 
 
-def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec,
+def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
                     listing: sources.ImageListing, timer: StageTimer, run_id: str) -> dict[str, Any]:
     images = sources.to_dataframe(spark, listing)
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
+                                 precision=runtime.precision, inferBatch=runtime.infer_batch,
                                  batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
                                  maxPixels=config.limits.max_pixels, s3EndpointUrl=config.s3.endpoint_url or "",
@@ -89,10 +92,10 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
         pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
                          varianceTarget=config.pca.variance_target).fit(ok)
     with timer.stage("write"):
-        _write_outputs(pca.transform(ok), pca, config, run_id)
+        _write_outputs(ok, pca, config, run_id)
     featurized.unpersist()
     counts = {"listed": len(listing.rows), "ok": ok_count, "rejected": rejected}
-    manifest = _manifest(spark, config, spec, listing, pca, counts, timer, run_id)
+    manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
     sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
     sinks.commit(config.output, counts)
     return manifest
@@ -107,17 +110,18 @@ def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
     return int(row["ok"]), int(row["rejected"])
 
 
-def _write_outputs(projected: DataFrame, pca: CentredPCAModel, config: RunConfig, run_id: str) -> None:
-    sinks.write_features(projected, config.output, run_id, config.s3)
+def _write_outputs(ok: DataFrame, pca: CentredPCAModel, config: RunConfig, run_id: str) -> None:
+    sinks.write_features(ok, config.output, run_id, config.s3, pca.projection().apply)
     if config.csv:
-        sinks.write_csv(projected, config.output, pca.components, run_id, config.s3)
+        sinks.write_csv(pca.transform(ok), config.output, pca.components, run_id, config.s3)
     pca.save(storage.join(config.output, sinks.PCA_MODEL))  # by the driver, see ml.persist
     scree = plots.scree_png(pca.spectrum, pca.components, config.pca.variance_target)
     storage.write_bytes(storage.join(config.output, sinks.SCREE), scree)
 
 
-def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, listing: sources.ImageListing,
-              pca: CentredPCAModel, counts: dict[str, int], timer: StageTimer, run_id: str) -> dict[str, Any]:
+def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
+              listing: sources.ImageListing, pca: CentredPCAModel, counts: dict[str, int], timer: StageTimer,
+              run_id: str) -> dict[str, Any]:
     total = timer.total()
     return {
         "run_id": run_id,
@@ -125,7 +129,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, li
         "output": storage.redact(config.output),
         "layout": listing.layout,
         "classes": listing.labels,
-        "model": {**spec.manifest_entry(), "onnx_sha256": storage.file_sha256(models.onnx_file(spec))},
+        "model": {**spec.manifest_entry(runtime), "onnx_sha256": storage.file_sha256(models.onnx_file(spec))},
         "feature_dim": spec.feature_dim,
         "pca": {
             "k": pca.components,
@@ -149,7 +153,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, li
 
 
 def _versions() -> dict[str, str]:
-    packages = ("pyspark", "onnxruntime", "numpy", "pillow", "pyarrow")
+    packages = ("pyspark", "onnxruntime", "openvino", "numpy", "pillow", "pyarrow")
     versions = {"fruitpipe": __version__, "python": platform.python_version(), "java": str(java_version())}
     versions.update({name: models.package_version(name) for name in packages})
     return versions

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import storage
-from fruitpipe.committer import FORMAT_NAME, StagedDataSource, write_empty
+from fruitpipe.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
 from fruitpipe.config import S3Options
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,10 @@ def _register(spark: SparkSession) -> None:
         _registered.add(application)
 
 
-def write_features(df: DataFrame, output: str, run_id: str, s3: S3Options) -> None:
-    write_dataset(df.select(*FEATURE_COLUMNS), storage.join(output, FEATURES), run_id, s3)
+def write_features(df: DataFrame, output: str, run_id: str, s3: S3Options, projection: BatchTransform) -> None:
+    """features/: the featurized rows with their `pca` column added by `projection`, in one pass."""
+    columns = [name for name in FEATURE_COLUMNS if name != "pca"]
+    write_transformed(df.select(*columns), storage.join(output, FEATURES), run_id, s3, projection)
 
 
 def write_errors(df: DataFrame, output: str, run_id: str, s3: S3Options, rejected: int) -> None:

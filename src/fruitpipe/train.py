@@ -30,6 +30,7 @@ from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
 from fruitpipe.pipeline import StageTimer
+from fruitpipe.runtime import Runtime
 from fruitpipe.session import spark_session
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     _refuse_overlap(config.features, config.output)
     source = read_source(config.features)
     spec = _model_spec(source.manifest)
+    Runtime.recorded(source.manifest["model"], f"run {storage.redact(config.features)}")  # before Spark starts
     sinks.check_output(config.output, config.overwrite)
     onnx = models.onnx_file(spec)
     _check_onnx(source.manifest, onnx)
@@ -175,7 +177,7 @@ def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, 
         "kind": "fruitpipe-train",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source.fingerprint(),
-        "model": spec.manifest_entry(),
+        "model": spec.manifest_entry(Runtime.recorded(source.manifest["model"], "the run")),
         "classifier": {**chosen.describe(), "spark_model": CLASSIFIER,
                        "load_with": "fruitpipe.ml.load_logistic_regression", "features_col": VECTOR,
                        "note": f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"},
@@ -296,7 +298,8 @@ def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, o
     limits = DecodeLimits()
     description = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {key: value for key, value in spec.manifest_entry().items() if key != "runtime"},
+        "model": {key: value for key, value in
+                  spec.manifest_entry(Runtime.recorded(source.manifest["model"], "the run")).items() if key != "runtime"},
         "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
         "pca": {"k": pca.components, "variance_kept": round(pca.variance_kept, 6)},
         "classifier": chosen.describe(),

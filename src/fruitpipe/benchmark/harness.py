@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 BUCKET, PREFIX = "fruitpipe-bench", "images"
 ALL = MEASUREMENTS
+MEASURES_MODULE, EXTRA_MODULE = "fruitpipe.benchmark.measures", "fruitpipe.benchmark.extra"  # child entry points
+FRUITS360_IMAGES = 90_483  # the size of Fruits 360 (100x100, 131 classes): `--only fruits360`
+CLUSTER_IMAGES = 1_800  # the cluster runs' set: 100 per class (fewer if --images is smaller)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class BenchOptions:
     subset: int = 1_000  # baselines slower than 50 img/s stop here
     s3_images: int = 2_000
     latency_ms: float = 20.0
-    limit_images: int = 1_280
+    limit_images: int = 1_280  # the embed levers' images
+    limit_seconds: float = 6.0  # per thread / batch / process setting of the limit
     batch_size: int = 64
     only: tuple[str, ...] = DEFAULT_MEASUREMENTS
     resume: bool = False
@@ -58,30 +62,36 @@ class BenchOptions:
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for a resumed run to reuse earlier measurements."""
-        keep = ("images", "scaling", "subset", "s3_images", "latency_ms", "limit_images", "batch_size")
+        keep = ("images", "scaling", "subset", "s3_images", "latency_ms", "limit_images", "limit_seconds", "batch_size")
         return {key: value for key, value in asdict(self).items() if key in keep} | {"scaling": list(self.scaling)}
 
 
 @dataclass(frozen=True)
 class Measurement:
     key: str  # results.json key
-    measure: str  # measures.MEASURES name
+    measure: str  # name in the MEASURES table of `module`
     size: int  # images in the folder it reads
     params: dict[str, Any] = field(default_factory=dict)
     s3: bool = False
+    module: str = MEASURES_MODULE  # run in the child as `python -m module measure PARAMS OUT`
 
 
 def plan(options: BenchOptions) -> list[Measurement]:
     """The measurements to run, in order; a scaling size equal to the main size reuses the main run."""
     common = {"batch_size": options.batch_size, "subset": options.subset}
     steps = {
-        "limit": [Measurement("limit", "limit", options.images, {**common, "images": options.limit_images})],
+        "limit": [Measurement("limit", "limit", options.images, {**common, "limit_seconds": options.limit_seconds})],
         "fruitpipe": [Measurement("fruitpipe", "fruitpipe_run", options.images, common)],
         "scaling": [Measurement(f"fruitpipe_{n}", "fruitpipe_run", n, common)
                     for n in options.scaling if n != options.images],
         "s3": [Measurement(f"fruitpipe_s3_{options.s3_images}", "fruitpipe_run", options.s3_images, common, s3=True)],
     }
+    bf16 = {**common, "precision": "bf16"}
+    steps["bf16"] = [Measurement("limit_bf16", "limit", options.images, {**bf16, "limit_seconds": options.limit_seconds}),
+                     Measurement("fruitpipe_bf16", "fruitpipe_run", options.images, bf16)]
+    steps["fruits360"] = [Measurement("fruits360", "fruitpipe_run", FRUITS360_IMAGES, common)]
     steps["levers"] = lever_steps(options, common)
+    steps |= extra_steps(options)
     chosen = []
     for name in ALL:
         if name in options.only:
@@ -89,8 +99,19 @@ def plan(options: BenchOptions) -> list[Measurement]:
     reference = "fruitpipe" if options.s3_images == options.images else f"fruitpipe_{options.s3_images}"
     if "s3" in options.only and reference not in [step.key for step in chosen]:  # the local run S3 is compared to
         main = Measurement(reference, "fruitpipe_run", options.s3_images, common)
-        chosen.insert(len(chosen) - 1, main)
+        chosen.insert(next(index for index, step in enumerate(chosen) if step.s3), main)  # just before it
     return chosen
+
+
+def extra_steps(options: BenchOptions) -> dict[str, list[Measurement]]:
+    """The opt-in deployment measurements of benchmark/extra.py (standalone cluster, `fruitpipe serve`)."""
+    command = {"command": options.command}
+    return {
+        "cluster": [Measurement("cluster", "cluster_scaling", min(options.images, CLUSTER_IMAGES),
+                                {**command, "runs": 1}, module=EXTRA_MODULE)],
+        # serve posts the bundled sample's photos, not the benchmark set: 2 is the least prepare() accepts
+        "serve": [Measurement("serve", "serve_latency", 2, command, module=EXTRA_MODULE)],
+    }
 
 
 LEVERS: dict[str, dict[str, Any]] = {  # fruitpipe run variants, each against "lever_baseline" (the defaults)
@@ -160,7 +181,7 @@ def _run_step(step: Measurement, folder: Path, options: BenchOptions) -> dict[st
     try:
         with (_s3_source(folder, options) if step.s3 else _nothing()) as s3:
             params.update(s3)
-            result = _child(step.measure, params, options.timeout_s)
+            result = _child(step.measure, params, options.timeout_s, step.module)
             result.update({key: s3[key] for key in ("upload_s", "latency_ms") if key in s3})
     except Exception as exc:  # one failed measurement must not lose the others
         logger.error("%s failed: %s", step.key, exc)
@@ -171,11 +192,11 @@ def _run_step(step: Measurement, folder: Path, options: BenchOptions) -> dict[st
     return result
 
 
-def _child(measure: str, params: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def _child(measure: str, params: dict[str, Any], timeout_s: float, module: str = MEASURES_MODULE) -> dict[str, Any]:
     """One measure in a fresh Python process (own Spark/Ray/torch, clean RSS), its process tree sampled."""
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bench-") as work:
         out = Path(work, "result.json")
-        command = [sys.executable, "-m", "fruitpipe.benchmark.measures", measure, json.dumps(params), str(out)]
+        command = [sys.executable, "-m", module, measure, json.dumps(params), str(out)]
         env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
         with open(Path(work, "stderr"), "wb") as stderr:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)

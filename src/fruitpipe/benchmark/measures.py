@@ -24,7 +24,9 @@ from fruitpipe import models, sources
 from fruitpipe.config import DecodeLimits, ExecutorSettings, PcaSettings, RunConfig, S3Options
 from fruitpipe.executor.decode import decode_for_model
 from fruitpipe.executor.embed import embed, normalise
+from fruitpipe.runtime import Runtime
 
+WHOLE_BATCH = Runtime("fp32", "onnxruntime", 1 << 20)  # one model call per batch, as the peers' recipes do
 SLOW_IMG_S = 50.0  # a loop slower than this may stop at the subset (the issue's rule)
 Params = dict[str, Any]
 
@@ -48,18 +50,55 @@ def _rate(images: int, seconds: float) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- 1. the limit
 
-def limit(params: Params) -> dict[str, Any]:
-    """Batched ONNX Runtime on pre-decoded pixels, one process, all cores: what the model allows here."""
-    spec, onnx_path = _model(params)
-    threads, batch = os.cpu_count() or 1, params["batch_size"]
-    paths = _paths(params["folder"])[:batch * 4]
+def _limit_configs(cpus: int) -> list[tuple[int, int, int]]:
+    """(processes, threads per process, images per call) tried: one process using every core, and one
+    single-thread process per core run together (how Spark's task slots run it), small and large batches."""
+    one_process = [(1, cpus, batch) for batch in (1, 8, 64)]
+    per_core = [(cpus, 1, batch) for batch in (1, 4, 8)] if cpus > 1 else []
+    return one_process + per_core
+
+
+def _limit_worker(folder: str, precision: str, threads: int, batch: int, seconds: float, start: Any,
+                  results: Any) -> None:
+    """One process of a limit configuration: model calls on pre-decoded pixels for `seconds`."""
+    spec, onnx_path = _model({})
+    runtime = Runtime.for_precision(precision, batch)
+    paths = _paths(folder)[:max(64, batch * 4)]
     pixels = np.stack([_pixels(Path(p).read_bytes(), spec.preprocessing) for p in paths])
-    batches = [pixels[start:start + batch] for start in range(0, len(pixels), batch)]
-    embed(batches[0], spec.preprocessing, onnx_path, threads)  # warm-up: session, arena
-    done, started = 0, time.perf_counter()
-    while done < params["images"]:
-        done += len(embed(batches[(done // batch) % len(batches)], spec.preprocessing, onnx_path, threads))
-    return {**_rate(done, time.perf_counter() - started), "ort_threads": threads, "batch_size": batch}
+    embed(pixels[:batch], spec.preprocessing, onnx_path, threads, runtime)  # warm-up: session, arena
+    start.wait()  # every process of the configuration starts together
+    done, ends = 0, time.perf_counter() + seconds
+    while time.perf_counter() < ends:
+        first = done % (len(pixels) - batch + 1)
+        done += len(embed(pixels[first:first + batch], spec.preprocessing, onnx_path, threads, runtime))
+    results.put(done)
+
+
+def _limit_rate(folder: str, precision: str, config: tuple[int, int, int], seconds: float) -> float:
+    import multiprocessing
+
+    processes, threads, batch = config
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_limit_worker, args=(folder, precision, threads, batch, seconds, start, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    done = sum(results.get(timeout=600) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return round(done / seconds, 2)
+
+
+def limit(params: Params) -> dict[str, Any]:
+    """What the model allows here: pre-decoded pixels, no I/O, the best of several thread / batch / process
+    settings, so that ratios to it are honest. Each setting runs `limit_seconds` after a warm-up."""
+    cpus, precision, seconds = os.cpu_count() or 1, params.get("precision", "fp32"), params.get("limit_seconds", 6.0)
+    rates = {f"{p}x{t}threads_batch{b}": _limit_rate(params["folder"], precision, (p, t, b), seconds)
+             for p, t, b in _limit_configs(cpus)}
+    best = max(rates, key=rates.__getitem__)
+    return {"images": int(rates[best] * seconds), "seconds": seconds, "images_s": rates[best], "best": best,
+            "precision": precision, "rates_img_s": rates}
 
 
 # ---------------------------------------------------------------- 3. the seed's approach
@@ -178,7 +217,7 @@ def _predict_fn(onnx_path: str, pre: models.Preprocessing) -> Callable[[], Calla
     def make_predict_fn() -> Callable[[np.ndarray], np.ndarray]:
         def predict(flat: np.ndarray) -> np.ndarray:
             size = pre.input_size
-            return embed(flat.reshape(-1, size, size, 3).astype(np.uint8), pre, onnx_path, 1)
+            return embed(flat.reshape(-1, size, size, 3).astype(np.uint8), pre, onnx_path, 1, WHOLE_BATCH)
 
         return predict
 
@@ -213,7 +252,7 @@ class _RayEmbedder:
         self.args = (pre, onnx_path, threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        features = embed(batch.pop("image"), *self.args)
+        features = embed(batch.pop("image"), *self.args, WHOLE_BATCH)
         return {"path": batch["path"], "features": features}
 
 
@@ -262,7 +301,7 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
         config = RunConfig(input=params.get("uri") or params["folder"], output=f"{out}/run", overwrite=True,
                            pca=PcaSettings(), spark_conf=tuple(tuple(pair) for pair in params.get("conf", ())),
                            s3=S3Options(endpoint_url=params.get("endpoint")), executor=settings,
-                           image_size=params.get("image_size"))
+                           image_size=params.get("image_size"), precision=params.get("precision", "fp32"))
         started = time.time()
         manifest = pipeline.run(config)
         batches = [json.loads(line) for line in batch_log.read_text(encoding="utf-8").splitlines()]
@@ -272,6 +311,7 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
         "featurize_images_s": manifest["featurize_img_s"],
         "time_to_first_batch_s": round(min(b["time"] for b in batches) - started, 2) if batches else None,
         "timings_s": timings,
+        "timings_s_total": timings["total"],
         "rejected": manifest["counts"]["rejected"],
         "pca_k": manifest["pca"]["k"],
         "partitions": manifest["spark"]["partitions"],
@@ -280,6 +320,7 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "rows_per_partition": sources.ROWS_PER_PARTITION,
         "image_size": manifest["model"]["input_size"],
+        "precision": manifest["model"]["precision"],
     }
 
 
@@ -300,10 +341,10 @@ def _float_graph(spec: models.ModelSpec, target: Path) -> None:
 
 def _embed_rate(pixels: np.ndarray, pre: models.Preprocessing, onnx_path: str, threads: int, batch: int,
                 images: int) -> float:
-    embed(pixels[:batch], pre, onnx_path, threads)
+    embed(pixels[:batch], pre, onnx_path, threads, WHOLE_BATCH)
     done, started = 0, time.perf_counter()
     while done < images:
-        done += len(embed(pixels[:batch], pre, onnx_path, threads))
+        done += len(embed(pixels[:batch], pre, onnx_path, threads, WHOLE_BATCH))
     return round(done / (time.perf_counter() - started), 2)
 
 

@@ -1,4 +1,4 @@
-"""A Spark standalone cluster on 127.0.0.1 for tests and bench/cluster_scaling.py: a master and N workers.
+"""A Spark standalone cluster on 127.0.0.1 for tests and `fruitpipe bench --only cluster`: a master and N workers.
 
 Started from the Spark that pip's pyspark ships (`pyspark/bin/spark-class ...deploy.master.Master`
 and `...deploy.worker.Worker`), on free ports, with small memory and 1 core per worker. Each worker

@@ -21,6 +21,7 @@ from fruitpipe.config import DecodeLimits, S3Options
 from fruitpipe.executor.decode import DecodeError, decode_for_model
 from fruitpipe.executor.embed import embed
 from fruitpipe.models import Preprocessing
+from fruitpipe.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,14 @@ class FeaturizeTask:
 
     model_file: str  # absolute path, or a name registered with SparkContext.addFile
     preprocessing: Preprocessing
+    runtime: Runtime
     feature_dim: int
     limits: DecodeLimits
     path_col: str
     output_col: str
-    batch_size: int = 64
+    batch_size: int = 64  # images read ahead per chunk; the model is called in runtime.infer_batch slices
     read_threads: int = 8
-    ort_threads: int = 1
+    threads: int = 1  # intra-op threads of the model (spark.task.cpus)
     s3: S3Options = field(default_factory=S3Options)
 
 
@@ -137,7 +139,8 @@ def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch, futures:
     if good:
         started = time.perf_counter()
         try:
-            features = embed(np.stack([loaded[i].pixels for i in good]), task.preprocessing, onnx_path, task.ort_threads)
+            features = embed(np.stack([loaded[i].pixels for i in good]), task.preprocessing, onnx_path, task.threads,
+                             task.runtime)
             _check_dim(features, task.feature_dim)
         except Exception as exc:  # a model failure rejects this chunk's images, with the reason
             for i in good:

@@ -21,6 +21,7 @@ from fruitpipe import models
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 from fruitpipe.ml.columns import HasColumns
+from fruitpipe.runtime import DEFAULT_PRECISION, Runtime, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
     maxPixels = Param(Params._dummy(), "maxPixels", "largest accepted image in pixels", TypeConverters.toInt)
     imageSize = Param(Params._dummy(), "imageSize", "square input side in pixels (0 = the model's own)",
                       TypeConverters.toInt)
+    precision = Param(Params._dummy(), "precision", "fp32, bf16 or auto (see fruitpipe.runtime)",
+                      TypeConverters.toString)
+    inferBatch = Param(Params._dummy(), "inferBatch", "images per model call (0 = the engine's measured best)",
+                       TypeConverters.toInt)
     s3EndpointUrl = Param(Params._dummy(), "s3EndpointUrl", "S3-compatible endpoint ('' = AWS chain default)",
                           TypeConverters.toString)
     s3Region = Param(Params._dummy(), "s3Region", "S3 region ('' = AWS chain default)", TypeConverters.toString)
@@ -56,12 +61,14 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
     def __init__(self, *, inputCol: str = "path", outputCol: str = "features", modelName: str = DEFAULT_MODEL,
                  batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
                  maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels,
-                 imageSize: int = 0, s3EndpointUrl: str = "", s3Region: str = "", s3AddressingStyle: str = "") -> None:
+                 imageSize: int = 0, precision: str = DEFAULT_PRECISION, inferBatch: int = 0,
+                 s3EndpointUrl: str = "", s3Region: str = "", s3AddressingStyle: str = "") -> None:
         super().__init__()
         self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
                          batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
-                         imageSize=0, s3EndpointUrl="", s3Region="", s3AddressingStyle="")
+                         imageSize=0, precision=DEFAULT_PRECISION, inferBatch=0,
+                         s3EndpointUrl="", s3Region="", s3AddressingStyle="")
         self._set(**self._input_kwargs)
 
     def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
@@ -77,6 +84,10 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
         return models.with_input_size(models.resolve(self.getOrDefault(self.modelName)),
                                       self.getOrDefault(self.imageSize) or None)
 
+    def runtime(self) -> Runtime:
+        """The resolved precision and engine (raises ValueError when this machine cannot run it)."""
+        return resolve(self.getOrDefault(self.precision), self.getOrDefault(self.inferBatch) or None)
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
         spec = self.spec()
         onnx_path = models.onnx_file(spec)
@@ -86,13 +97,14 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
         task = FeaturizeTask(
             model_file=onnx_path.name,
             preprocessing=spec.preprocessing,
+            runtime=self.runtime(),
             feature_dim=spec.feature_dim,
             limits=DecodeLimits(self.getOrDefault(self.maxBytes), self.getOrDefault(self.maxPixels)),
             path_col=self.getInputCol(),
             output_col=self.getOutputCol(),
             batch_size=settings.batch_size,
             read_threads=settings.read_threads,
-            ort_threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
+            threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
             s3=self.s3_options(),
         )
         added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]

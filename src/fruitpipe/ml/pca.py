@@ -1,31 +1,34 @@
 """CentredPCA: Spark MLlib PCA on mean-centred vectors, with k fixed or chosen by variance.
 
 Spark's PCAModel projects raw vectors (it does not subtract the mean), so the model here is a
-StandardScaler (withMean, withStd=False) followed by a Spark PCAModel. Fitting takes two
-distributed MLlib computations (StandardScaler's mean/std, then `Correlation.corr`, itself a few
-jobs) and one driver-side eigendecomposition that yields the full explained-variance spectrum and any k at once. Input and output are array<float>
+StandardScalerModel (withMean, withStd=False) followed by a Spark PCAModel. Fitting is ONE Spark job
+(per-partition X^T X and column sums in numpy, added on the driver) and one driver-side
+eigendecomposition that yields the full explained-variance spectrum and any k at once. Input and output are array<float>
 columns, the form fruitpipe stores; conversion to ML vectors stays inside. The fitted model is saved
 by the driver alone (`ml.persist`: mean, components, spectrum), so it is complete on any cluster and
 on s3://; loading rebuilds the two Spark models from those arrays.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.common import _py2java
-from pyspark.ml.feature import PCAModel, StandardScaler, StandardScalerModel
-from pyspark.ml.functions import array_to_vector, vector_to_array
+from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLReader, MLWritable, MLWriter
 from pyspark.ml.linalg import DenseMatrix, DenseVector
-from pyspark.ml.stat import Correlation
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
 from fruitpipe.config import DEFAULT_VARIANCE
 from fruitpipe.ml import persist
@@ -56,14 +59,54 @@ def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return eigenvalues, vectors * np.where(signs == 0, 1.0, signs)
 
 
-def _covariance(vectors: DataFrame, std: np.ndarray) -> np.ndarray:
-    """Sample covariance, computed distributed by MLlib (Pearson correlation rescaled by the stds).
+GRAM_SCHEMA = "rows long, sums binary, gram binary"
+MAX_PARTIALS = 16  # partial Gramians sent to the driver, at most (d x d float64 each: 13 MB at d=1280)
 
-    The d x d eigendecomposition then runs on the driver with LAPACK (numpy), as Spark's own
-    PCA does on the driver, but without Spark's slow pure-JVM fallback when no native BLAS exists."""
-    correlation = Correlation.corr(vectors, _VECTOR).head()[0].toArray()
-    correlation = np.nan_to_num(correlation, nan=0.0)  # constant features: zero covariance
-    return correlation * np.outer(std, std)
+
+def _gram_partition(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: row count, column sums and X^T X of this partition's vectors, in float64 (BLAS)."""
+    rows, sums, gram = 0, None, None
+    for batch in batches:
+        values = batch.column(column)
+        if values.null_count:
+            raise ValueError(f"column {column} has null vectors; drop rejected rows before fitting PCA")
+        dim = len(values[0]) if len(values) else 0
+        x = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, dim) if dim else None
+        if x is None or not len(x):
+            continue
+        if gram is None:
+            sums, gram = np.zeros(dim), np.zeros((dim, dim))
+        rows += len(x)
+        sums += x.sum(axis=0)
+        gram += x.T @ x
+    if gram is not None:
+        yield pa.RecordBatch.from_pydict({"rows": [rows], "sums": [sums.tobytes()], "gram": [gram.tobytes()]})
+
+
+def _parallelism(spark: SparkSession) -> int:
+    try:
+        return int(spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect has no SparkContext
+        return MAX_PARTIALS
+
+
+def moments(dataset: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n, mean, sample covariance) of an array<float> column in ONE pass over the data.
+
+    The data is coalesced to one partition per core (at most MAX_PARTIALS), each task computes its
+    X^T X and column sums with numpy (BLAS), and the driver adds the few partials it receives (Arrow). Replaces MLlib's mean pass + Pearson correlation
+    (four jobs, ~13 s at 10k images on 2 cores) by one job (docs/performance.md)."""
+    data = dataset.select(column).coalesce(min(MAX_PARTIALS, _parallelism(dataset.sparkSession)))
+    partials = data.mapInArrow(functools.partial(_gram_partition, column), GRAM_SCHEMA).toArrow().to_pylist()
+    n = sum(int(row["rows"]) for row in partials)
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 vectors, got {n}")
+    sums = sum(np.frombuffer(row["sums"], dtype=np.float64) for row in partials)
+    dim = len(sums)
+    gram = sum(np.frombuffer(row["gram"], dtype=np.float64).reshape(dim, dim) for row in partials)
+    mean = sums / n
+    covariance = (gram - n * np.outer(mean, mean)) / (n - 1)
+    return n, mean, (covariance + covariance.T) / 2
 
 
 def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
@@ -114,9 +157,10 @@ class CentredPCA(Estimator, _PcaParams, DefaultParamsReadable, DefaultParamsWrit
         self._set(**kwargs)
 
     def _fit(self, dataset: DataFrame) -> CentredPCAModel:
-        vectors = dataset.select(array_to_vector(self.getInputCol()).alias(_VECTOR))
-        scaler = StandardScaler(withMean=True, withStd=False, inputCol=_VECTOR, outputCol=_CENTRED).fit(vectors)
-        eigenvalues, components = principal_axes(_covariance(vectors, scaler.std.toArray()))
+        _, mean, covariance = moments(dataset, self.getInputCol())
+        std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+        scaler = _scaler_model(dataset.sparkSession, mean, std)
+        eigenvalues, components = principal_axes(covariance)
         total = float(eigenvalues.sum())
         if total <= 0.0:
             raise ValueError("the features have no variance (all images gave the same vector); PCA is undefined")
@@ -135,6 +179,32 @@ class CentredPCA(Estimator, _PcaParams, DefaultParamsReadable, DefaultParamsWrit
         return smallest_k(ratios, self.getOrDefault(self.varianceTarget))
 
 
+@dataclass(frozen=True)
+class Projection:
+    """mapInArrow body: appends (x - mean) @ components as float32 (null where x is null)."""
+
+    input_col: str
+    output_col: str
+    mean: np.ndarray
+    components: np.ndarray
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield self.apply(batch)
+
+    def apply(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        k = self.components.shape[1]
+        values = batch.column(self.input_col)
+        valid = ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        x = values.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False)
+        x = x.astype(np.float64).reshape(-1, len(self.mean))
+        projected = ((x - self.mean) @ self.components).astype(np.float32)
+        offsets = np.concatenate([[0], np.cumsum(np.where(valid, k, 0))]).astype(np.int32)
+        column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(projected.reshape(-1), type=pa.float32()),
+                                          mask=pa.array(~valid))
+        return pa.RecordBatch.from_arrays([*batch.columns, column], names=[*batch.schema.names, self.output_col])
+
+
 class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
     """Centre with the fitted mean, project on the top k components; array<float> out."""
 
@@ -143,6 +213,10 @@ class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
         super().__init__()
         self.scaler, self.pca = scaler, pca
         self.spectrum = list(spectrum or [])
+
+    def projection(self) -> Projection:
+        """The projection as a picklable Arrow batch function (transform, and the fused features write)."""
+        return Projection(self.getInputCol(), self.getOutputCol(), self.scaler.mean.toArray(), self.pca.pc.toArray())
 
     @property
     def components(self) -> int:
@@ -153,11 +227,16 @@ class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
         return float(sum(self.spectrum[: self.components]))
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        with_vectors = dataset.withColumn(_VECTOR, array_to_vector(self.getInputCol()))
-        projected = self.pca.transform(self.scaler.transform(with_vectors))
-        return projected.withColumn(self.getOutputCol(), vector_to_array(_PROJECTED, dtype="float32")).drop(
-            _VECTOR, _CENTRED, _PROJECTED
-        )
+        """(x - mean) @ components with numpy in the Python workers, from the Spark models' own arrays.
+
+        The same arithmetic as `self.scaler` then `self.pca` (the JVM path through ML vectors, kept for
+        Spark ML users), without their per-row vector conversions: 3.2 s -> 0.x s at 10k images."""
+        if self.getOutputCol() in dataset.columns:
+            raise ValueError(f"column {self.getOutputCol()} already exists")
+        projection = self.projection()
+        schema = StructType([*dataset.schema.fields,
+                             StructField(self.getOutputCol(), ArrayType(FloatType(), False), True)])
+        return dataset.mapInArrow(projection, schema)
 
     def write(self) -> MLWriter:
         return persist.DriverWriter(self._save)
