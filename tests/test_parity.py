@@ -176,7 +176,9 @@ def test_model_loaded_once_per_worker_not_per_batch(spark, small_sample, tmp_pat
     assert len(records) == 16  # 32 images in chunks of 2
     pids = {r["pid"] for r in records}
     assert os.getpid() not in pids  # the work really ran in Python workers
-    assert len(pids) <= spark.sparkContext.defaultParallelism
+    # at most one worker per task; which idle worker a task gets is Spark's choice (a pipeline that chained
+    # two Python stages earlier in the session leaves two idle workers per slot)
+    assert len(pids) <= df.rdd.getNumPartitions()
     assert len(records) >= 4 * len(pids)  # many batches per worker process
     # every worker created exactly one session, however many batches it embedded
     for pid in pids:

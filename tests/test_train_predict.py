@@ -19,6 +19,7 @@ from conftest import fruitpipe_cli
 from PIL import Image
 from trained import run_output_of
 
+from fruitpipe import runtime
 from fruitpipe.bundle import Bundle
 from fruitpipe.config import DecodeLimits
 from fruitpipe.executor.decode import DecodeError
@@ -218,6 +219,21 @@ def test_load_refuses_missing_and_broken_bundles(bundle_copy: Path, tmp_path: Pa
     (bundle_copy / "model.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="model.onnx is missing"):
         Bundle.load(bundle_copy)
+
+
+def test_bundle_keeps_the_runs_precision_and_refuses_one_this_machine_cannot_run(
+        bundle: Bundle, bundle_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features of two precisions never mix: the bundle embeds photos with the precision its run used."""
+    assert bundle.runtime.precision == "fp32" and bundle.describe()["precision"] == "fp32"
+    description = bundle_copy / "bundle.json"
+    document = json.loads(description.read_text())
+    description.write_text(json.dumps({**document, "model": {**document["model"], "precision": "bf16"}}))
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(ValueError, match="made with bf16 features and must be used with them"):
+        Bundle.load(bundle_copy)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    monkeypatch.setattr(runtime, "engine_installed", lambda engine: True)
+    assert Bundle.load(bundle_copy).runtime == runtime.Runtime.for_precision("bf16")
 
 
 def test_load_refuses_unreadable_descriptions(bundle_copy: Path) -> None:
