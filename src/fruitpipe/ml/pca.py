@@ -63,6 +63,9 @@ GRAM_SCHEMA = "rows long, sums binary, gram binary"
 MAX_PARTIALS = 16  # partial Gramians sent to the driver, at most (d x d float64 each: 13 MB at d=1280)
 
 
+GRAM_ROWS = 1024  # rows converted to float64 at a time: the worker's memory stays flat whatever the data size
+
+
 def _gram_partition(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: row count, column sums and X^T X of this partition's vectors, in float64 (BLAS)."""
     rows, sums, gram = 0, None, None
@@ -70,15 +73,15 @@ def _gram_partition(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[
         values = batch.column(column)
         if values.null_count:
             raise ValueError(f"column {column} has null vectors; drop rejected rows before fitting PCA")
-        dim = len(values[0]) if len(values) else 0
-        x = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, dim) if dim else None
-        if x is None or not len(x):
-            continue
-        if gram is None:
-            sums, gram = np.zeros(dim), np.zeros((dim, dim))
-        rows += len(x)
-        sums += x.sum(axis=0)
-        gram += x.T @ x
+        for start in range(0, len(values), GRAM_ROWS):
+            part = values.slice(start, GRAM_ROWS)
+            dim = len(part[0])
+            x = part.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, dim)
+            if gram is None:
+                sums, gram = np.zeros(dim), np.zeros((dim, dim))
+            rows += len(x)
+            sums += x.sum(axis=0)
+            gram += x.T @ x
     if gram is not None:
         yield pa.RecordBatch.from_pydict({"rows": [rows], "sums": [sums.tobytes()], "gram": [gram.tobytes()]})
 
