@@ -140,7 +140,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
     results = _load(options)
     steps = plan(options)
     folders = dataset.prepare(options.data_dir, [step.size for step in steps])
-    _warm_jvm_archive()
+    _warm_jvm_archive(folders[min(folders)])
     for step in steps:
         done = results["measurements"].get(step.key)
         if options.resume and done and "error" not in done:
@@ -158,15 +158,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
     return results
 
 
-def _warm_jvm_archive() -> None:
-    """One unmeasured `fruitpipe run` on the bundled sample, so that every measured Spark run maps the driver
+def _warm_jvm_archive(folder: Path) -> None:
+    """One unmeasured `fruitpipe run` on the smallest set, so that every measured Spark run maps the driver
     JVM's class archive (session.class_data_sharing) as a user's second and later runs do."""
     from fruitpipe.session import class_data_sharing
 
     if any(option.startswith("-XX:SharedArchiveFile") for option in class_data_sharing({})):
         return
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bench-warm-") as work:
-        subprocess.run([sys.executable, "-m", "fruitpipe", "run", "--output", f"{work}/out", "--json"],
+        subprocess.run([sys.executable, "-m", "fruitpipe", "run", "--input", str(folder), "--output", f"{work}/out",
+                        "--json"],
                        capture_output=True, timeout=600, check=False)
     for _ in range(240):  # the JVM writes the archive after its Python process has gone
         if any(option.startswith("-XX:SharedArchiveFile") for option in class_data_sharing({})):
