@@ -77,16 +77,6 @@ def _cpu_flags_from(path: Path) -> frozenset[str]:
     return frozenset()
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def engine_installed(engine: str) -> bool:
     return importlib.util.find_spec(engine) is not None
 

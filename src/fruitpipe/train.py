@@ -75,6 +75,10 @@ class Source:
     manifest: dict[str, Any]
     manifest_sha256: str
 
+    def runtime(self) -> Runtime:
+        """The precision the run's features were made with (refused here if this machine cannot run it)."""
+        return Runtime.recorded(self.manifest["model"], f"run {storage.redact(self.uri)}")
+
     def fingerprint(self) -> dict[str, Any]:
         return {"run_id": self.manifest["run_id"], "manifest_sha256": self.manifest_sha256,
                 "run_output": storage.redact(self.uri), "input": self.manifest.get("input")}
@@ -87,7 +91,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     _refuse_overlap(config.features, config.output)
     source = read_source(config.features)
     spec = _model_spec(source.manifest)
-    Runtime.recorded(source.manifest["model"], f"run {storage.redact(config.features)}")  # before Spark starts
+    source.runtime()  # refused before Spark starts if the bundle could not embed photos as the run did
     sinks.check_output(config.output, config.overwrite)
     onnx = models.onnx_file(spec)
     _check_onnx(source.manifest, onnx)
@@ -177,7 +181,7 @@ def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, 
         "kind": "fruitpipe-train",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source.fingerprint(),
-        "model": spec.manifest_entry(Runtime.recorded(source.manifest["model"], "the run")),
+        "model": spec.manifest_entry(source.runtime()),
         "classifier": {**chosen.describe(), "spark_model": CLASSIFIER,
                        "load_with": "fruitpipe.ml.load_logistic_regression", "features_col": VECTOR,
                        "note": f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"},
@@ -298,8 +302,7 @@ def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, o
     limits = DecodeLimits()
     description = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {key: value for key, value in
-                  spec.manifest_entry(Runtime.recorded(source.manifest["model"], "the run")).items() if key != "runtime"},
+        "model": {key: value for key, value in spec.manifest_entry(source.runtime()).items() if key != "runtime"},
         "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
         "pca": {"k": pca.components, "variance_kept": round(pca.variance_kept, 6)},
         "classifier": chosen.describe(),

@@ -61,8 +61,6 @@ def principal_axes(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 GRAM_SCHEMA = "rows long, sums binary, gram binary"
 MAX_PARTIALS = 16  # partial Gramians sent to the driver, at most (d x d float64 each: 13 MB at d=1280)
-
-
 GRAM_ROWS = 1024  # rows converted to float64 at a time: the worker's memory stays flat whatever the data size
 
 
@@ -97,8 +95,10 @@ def moments(dataset: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarra
     """(n, mean, sample covariance) of an array<float> column in ONE pass over the data.
 
     The data is coalesced to one partition per core (at most MAX_PARTIALS), each task computes its
-    X^T X and column sums with numpy (BLAS), and the driver adds the few partials it receives (Arrow). Replaces MLlib's mean pass + Pearson correlation
-    (four jobs, ~13 s at 10k images on 2 cores) by one job (docs/performance.md)."""
+    X^T X and column sums with numpy (BLAS), and the driver adds the few partials it receives (Arrow).
+    Replaces MLlib's mean pass + Pearson correlation (four jobs, 13.4 s at 10k images on 2 cores; this
+    pass: 2.3 s, docs/performance.md). Float64 throughout, so the uncentred Gramian loses nothing
+    that the sklearn parity tests (<= 1e-4) would see."""
     data = dataset.select(column).coalesce(min(MAX_PARTIALS, _parallelism(dataset.sparkSession)))
     partials = data.mapInArrow(functools.partial(_gram_partition, column), GRAM_SCHEMA).toArrow().to_pylist()
     n = sum(int(row["rows"]) for row in partials)
@@ -232,8 +232,9 @@ class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
     def _transform(self, dataset: DataFrame) -> DataFrame:
         """(x - mean) @ components with numpy in the Python workers, from the Spark models' own arrays.
 
-        The same arithmetic as `self.scaler` then `self.pca` (the JVM path through ML vectors, kept for
-        Spark ML users), without their per-row vector conversions: 3.2 s -> 0.x s at 10k images."""
+        The same arithmetic as `self.scaler` then `self.pca` (the JVM path through ML vectors, kept inside
+        for Spark ML users), without their per-row vector conversions (that path alone took 3.2 s at 10k
+        images, docs/performance.md)."""
         if self.getOutputCol() in dataset.columns:
             raise ValueError(f"column {self.getOutputCol()} already exists")
         projection = self.projection()
