@@ -32,7 +32,7 @@ run: install java
 test: install java chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# the full benchmark (~25 min on 2 cores): bench/results.json + the table in docs/performance.md;
+# the full benchmark (~15 min on 2 cores): bench/results.json + the table in docs/performance.md;
 # BENCH_ARGS="--resume" keeps the measurements of an interrupted run
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"

@@ -33,7 +33,7 @@ CLUSTER_IMAGES = 1_800  # the cluster runs' set: 100 per class (fewer if --image
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """One benchmark run. Defaults are the issue's full run (about 25 min on 2 cores)."""
+    """One benchmark run. Defaults are the issue's full run (about 15 min on 2 cores)."""
 
     images: int = 10_000  # the main data set (measurements 2, 3, 4, 7)
     scaling: tuple[int, ...] = (2_000, 10_000, 20_000)
