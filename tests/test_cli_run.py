@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,16 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch: pytest.M
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["fruitpipe models: failed: RuntimeError: Job aborted due to stage failure: Task 3 failed 4 "
                      "times (run with -v for the traceback)"]
+
+
+def test_a_failing_run_leaves_nothing_cached_in_the_session(spark, sample_dir: Path, tmp_path: Path) -> None:
+    """The persisted features are released even when a stage fails (here: too few images for PCA)."""
+    from fruitpipe import pipeline
+
+    folder = tmp_path / "in" / "Kiwi"
+    folder.mkdir(parents=True)
+    shutil.copy(sorted((sample_dir / "Training" / "Kiwi").glob("*.jpg"))[0], folder / "good.jpg")
+    (folder / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match="only 1 of 2 images could be featurized"):
+        pipeline.run(RunConfig(input=str(tmp_path / "in"), output=str(tmp_path / "out")))
+    assert spark._jsparkSession.sharedState().cacheManager().isEmpty()

@@ -56,10 +56,13 @@ class ExecutorSettings:
     batch_size: int = 64  # images read and decoded ahead per chunk
     read_threads: int = 16  # concurrent GETs per task: hides per-object latency on object stores
     infer_batch: int | None = None  # images per model call; None: the engine's measured best (runtime.INFER_BATCH)
+    rows_per_partition: int = 256  # listing rows per Spark partition (sources.partition_count), a benchmark lever
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.rows_per_partition < 1:
+            raise ValueError(f"rows per partition must be >= 1, got {self.rows_per_partition}")
         if self.infer_batch is not None and self.infer_batch < 1:
             raise ValueError(f"inference batch must be >= 1, got {self.infer_batch}")
         if self.read_threads < 1:

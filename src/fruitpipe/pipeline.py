@@ -70,7 +70,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
 def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
                     listing: sources.ImageListing, timer: StageTimer, run_id: str) -> dict[str, Any]:
-    images = sources.to_dataframe(spark, listing)
+    images = sources.to_dataframe(spark, listing, config.executor.rows_per_partition)
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
                                  precision=runtime.precision, inferBatch=runtime.infer_batch,
                                  batchSize=config.executor.batch_size,
@@ -78,6 +78,20 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
                                  maxPixels=config.limits.max_pixels, s3EndpointUrl=config.s3.endpoint_url or "",
                                  s3Region=config.s3.region or "", s3AddressingStyle=config.s3.addressing_style or "")
     featurized = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        ok_count, rejected, pca = _featurize_fit_write(featurized, config, listing, timer, run_id)
+    finally:  # also when a stage fails: a notebook's or a test's session keeps running
+        featurized.unpersist()
+    counts = {"listed": len(listing.rows), "ok": ok_count, "rejected": rejected}
+    manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
+    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
+    sinks.commit(config.output, counts)
+    return manifest
+
+
+def _featurize_fit_write(featurized: DataFrame, config: RunConfig, listing: sources.ImageListing, timer: StageTimer,
+                         run_id: str) -> tuple[int, int, CentredPCAModel]:
+    """featurize (counted) -> errors/ -> PCA fit -> features/ + model + scree; (ok, rejected, model)."""
     with timer.stage("featurize"):
         ok_count, rejected = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
@@ -93,12 +107,7 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
                          varianceTarget=config.pca.variance_target).fit(ok)
     with timer.stage("write"):
         _write_outputs(ok, pca, config, run_id)
-    featurized.unpersist()
-    counts = {"listed": len(listing.rows), "ok": ok_count, "rejected": rejected}
-    manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
-    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
-    sinks.commit(config.output, counts)
-    return manifest
+    return ok_count, rejected, pca
 
 
 def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
@@ -147,7 +156,8 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, ru
             "application_id": spark.sparkContext.applicationId,
             "executors": executors(spark),
             "default_parallelism": spark.sparkContext.defaultParallelism,
-            "partitions": sources.partition_count(counts["listed"], spark.sparkContext.defaultParallelism),
+            "partitions": sources.partition_count(counts["listed"], spark.sparkContext.defaultParallelism,
+                                                  config.executor.rows_per_partition),
         },
     }
 

@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StringType, StructField, StructType
 
 from fruitpipe import storage
-from fruitpipe.config import IMAGE_EXTENSIONS
+from fruitpipe.config import IMAGE_EXTENSIONS, ExecutorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ SCHEMA = StructType([
     StructField("label", StringType(), True),
     StructField("split", StringType(), True),
 ])
-ROWS_PER_PARTITION = 256  # large enough to amortise task start, small enough to balance 2 cores
+ROWS_PER_PARTITION = ExecutorSettings.rows_per_partition  # amortises task start, small enough to balance 2 cores
 TASKS_PER_CORE = 2
 
 
@@ -67,14 +67,14 @@ def label_and_split(relative: str, layout: str) -> tuple[str | None, str | None]
     return (parts[0] if len(parts) >= 2 else None), None
 
 
-def partition_count(images: int, cores: int) -> int:
+def partition_count(images: int, cores: int, rows_per_partition: int = ROWS_PER_PARTITION) -> int:
     """At least TASKS_PER_CORE tasks per core for balance, more for big inputs; never above images."""
-    wanted = max(cores * TASKS_PER_CORE, math.ceil(images / ROWS_PER_PARTITION))
+    wanted = max(cores * TASKS_PER_CORE, math.ceil(images / rows_per_partition))
     return max(1, min(images, wanted))
 
 
-def to_dataframe(spark: SparkSession, listing: ImageListing) -> DataFrame:
+def to_dataframe(spark: SparkSession, listing: ImageListing, rows_per_partition: int = ROWS_PER_PARTITION) -> DataFrame:
     """Contiguous slices of the listing, one per partition (neighbouring files stay together)."""
-    partitions = partition_count(len(listing.rows), max(1, spark.sparkContext.defaultParallelism))
+    partitions = partition_count(len(listing.rows), max(1, spark.sparkContext.defaultParallelism), rows_per_partition)
     rdd = spark.sparkContext.parallelize(listing.rows, partitions)
     return spark.createDataFrame(rdd, SCHEMA)

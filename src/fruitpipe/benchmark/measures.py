@@ -292,12 +292,11 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
     from fruitpipe import pipeline
     from fruitpipe.executor.worker import BATCH_LOG_ENV
 
-    if "rows_per_partition" in params:  # a lever: the listing's partition size (driver side only)
-        sources.ROWS_PER_PARTITION = params["rows_per_partition"]
     with tempfile.TemporaryDirectory() as out:
         batch_log = Path(out, "batches.jsonl")
         os.environ[BATCH_LOG_ENV] = str(batch_log)
-        settings = ExecutorSettings(batch_size=params["batch_size"])
+        settings = ExecutorSettings(batch_size=params["batch_size"],  # rows_per_partition: a lever (driver side)
+                                    rows_per_partition=params.get("rows_per_partition", sources.ROWS_PER_PARTITION))
         config = RunConfig(input=params.get("uri") or params["folder"], output=f"{out}/run", overwrite=True,
                            pca=PcaSettings(), spark_conf=tuple(tuple(pair) for pair in params.get("conf", ())),
                            s3=S3Options(endpoint_url=params.get("endpoint")), executor=settings,
@@ -318,7 +317,7 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
         "worker_processes": len({b["pid"] for b in batches}),
         "conf": dict(config.spark_conf),
         "batch_size": settings.batch_size,
-        "rows_per_partition": sources.ROWS_PER_PARTITION,
+        "rows_per_partition": settings.rows_per_partition,
         "image_size": manifest["model"]["input_size"],
         "precision": manifest["model"]["precision"],
     }

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from fruitpipe import storage
-from fruitpipe.config import DecodeLimits, S3Options
+from fruitpipe.config import DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.decode import DecodeError, decode_for_model
 from fruitpipe.executor.embed import embed
 from fruitpipe.models import Preprocessing
@@ -52,8 +52,8 @@ class FeaturizeTask:
     limits: DecodeLimits
     path_col: str
     output_col: str
-    batch_size: int = 64  # images read ahead per chunk; the model is called in runtime.infer_batch slices
-    read_threads: int = 8
+    batch_size: int = ExecutorSettings.batch_size  # images read ahead per chunk; model calls: runtime.infer_batch
+    read_threads: int = ExecutorSettings.read_threads
     threads: int = 1  # intra-op threads of the model (spark.task.cpus)
     s3: S3Options = field(default_factory=S3Options)
 
