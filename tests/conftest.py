@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import copy_subset, fruitpipe_cli
 
 from fruitpipe.session import BASE_CONF
 
@@ -66,42 +66,10 @@ def sample_dir() -> Path:
     return Path(bundled_sample_dir())
 
 
-def copy_subset(source: Path, target: Path, classes: int, per_split: dict[str, int]) -> Path:
-    """A small Fruits 360-layout copy of the bundled sample: first `classes` classes, n per split."""
-    names = sorted(p.name for p in (source / "Training").iterdir() if p.is_dir())[:classes]
-    for split, count in per_split.items():
-        for name in names:
-            files = sorted((source / split / name).glob("*.jpg"))[:count]
-            (target / split / name).mkdir(parents=True, exist_ok=True)
-            for file in files:
-                shutil.copy(file, target / split / name / file.name)
-    return target
-
-
 @pytest.fixture(scope="session")
 def small_sample(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 classes x (6 Training + 2 Test) images: quick Spark runs."""
     return copy_subset(sample_dir, tmp_path_factory.mktemp("small-sample"), 4, {"Training": 6, "Test": 2})
-
-
-def jobs_started_by(spark, action) -> list[int]:
-    """Spark jobs started while `action` ran (tracked through a job group on this thread): an empty
-    list shows the driver did the work alone, with no task that could run on another host."""
-    sc = spark.sparkContext
-    group = f"probe-{id(action)}"
-    sc.setJobGroup(group, "driver-only probe")
-    try:
-        action()
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
-    return list(sc.statusTracker().getJobIdsForGroup(group))
-
-
-def fruitpipe_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """`python -m fruitpipe.cli ARGS` as a user runs it (its own Spark when it runs one)."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    return subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")

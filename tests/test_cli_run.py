@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import fruitpipe_cli
+from helpers import fruitpipe_cli
 
 from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig
 

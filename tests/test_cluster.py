@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import copy_subset
+from helpers import copy_subset
 
 from fruitpipe import package
 from fruitpipe.devtools.standalone import StandaloneCluster, free_port, get_json

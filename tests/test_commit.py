@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from background import background_python
-from conftest import jobs_started_by
+from helpers import jobs_started_by
 from fruitpipe.devtools.s3server import client, download_prefix
 
 from fruitpipe import committer, sinks, storage

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import jobs_started_by
+from helpers import jobs_started_by
 from test_pca import make_features
 
 from fruitpipe.ml import CentredPCA, CentredPCAModel, load_logistic_regression, save_logistic_regression

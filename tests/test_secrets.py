@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import copy_subset
+from helpers import copy_subset
 from background import background_python
 from fruitpipe.devtools.s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
 

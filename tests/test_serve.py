@@ -20,7 +20,7 @@ import uvicorn
 from PIL import Image
 
 from badimages import corrupt_idat_png, encode, header_bomb_png, jpeg_bytes
-from conftest import fruitpipe_cli
+from helpers import fruitpipe_cli
 from fruitpipe.bundle import Bundle, Prediction
 from fruitpipe.devtools.serveprocess import running_server
 from fruitpipe.serve import bind_socket, create_app

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, EXIF_ORIENTATION, bad_image_bytes, encode
-from conftest import fruitpipe_cli
+from helpers import fruitpipe_cli
 from PIL import Image
 from trained import run_output_of
 
