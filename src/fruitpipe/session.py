@@ -156,9 +156,13 @@ def _adopt_finished_dump(folder: Path, key: str, archive: Path) -> None:
 def _record_dumping_jvm(spark: SparkSession, java_options: str) -> None:
     """Note the pid of a JVM that will dump a class-data-sharing archive at exit (see class_data_sharing)."""
     match = re.search(r"-XX:ArchiveClassesAtExit=(\S+)", java_options)
-    if match:
+    if not match:
+        return
+    try:
         pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
         Path(match.group(1) + ".jvm").write_text(str(pid), encoding="utf-8")
+    except Exception as exc:  # an optimisation only: the run goes on; the dump is simply never adopted
+        logger.debug("cannot record the JVM that writes %s: %s", match.group(1), exc)
 
 
 def _alive(pid: int) -> bool:
