@@ -179,6 +179,7 @@ def test_targets_are_ratios_of_the_measurements() -> None:
     assert targets["rss_growth_total_incl_jvm"]["measured"] == pytest.approx(0.2)  # 1200 / 1000 - 1
     assert targets["rss_growth_driver_and_python_workers"]["measured"] == pytest.approx(0.2)
     assert targets["s3_over_local"]["measured"] == pytest.approx(0.8)  # against the 30-image local run
+    assert targets["s3_over_local_featurize_stage"]["measured"] == pytest.approx(0.8)
     assert targets["time_to_first_batch_s"]["measured"] == 12.0 and targets["time_to_first_batch_s"]["met"] is False
     assert targets["fruitpipe_over_ray_data"]["measured"] is None  # not measured: no ratio invented
     assert targets["fruits360_total_s"]["measured"] is None

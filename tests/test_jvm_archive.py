@@ -41,6 +41,7 @@ def test_a_dump_whose_jvm_has_exited_becomes_the_archive(folder: Path) -> None:
     options = session.class_data_sharing({})
     archive = folder / "spark-x-java17-abc.jsa"
     assert options[0] == f"-XX:SharedArchiveFile={archive}" and archive.read_bytes() == b"archive"
+    assert session.class_archive_ready()
     assert sorted(p.name for p in folder.iterdir()) == [archive.name]
 
 

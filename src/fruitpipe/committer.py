@@ -112,7 +112,7 @@ def publish(target: str, run_id: str, fmt: str, staged: list[StagedPart], schema
     for part in sorted(published, key=lambda p: p.partition):
         storage.move(part.staged, part_name(target, part.partition, fmt))
     if not parts:  # no partitions at all: still leave a readable, empty dataset
-        storage.write_bytes(part_name(target, 0, fmt), encode(schema.empty_table(), fmt))
+        _write_empty_table(target, schema, fmt)
     remove_staging(target, run_id)
     logger.info("published %d parts, %d rows to %s", max(1, len(published)),
                 sum(p.rows for p in parts.values()), storage.redact(target))
@@ -182,7 +182,11 @@ def empty_table(schema: StructType) -> pa.Table:
 
 def write_empty(target: str, schema: StructType, fmt: str = "parquet") -> None:
     """A readable dataset with no rows (one empty part), written by the driver: no Spark job needed."""
-    storage.write_bytes(part_name(target, 0, fmt), encode(empty_table(schema), fmt))
+    _write_empty_table(target, empty_table(schema).schema, fmt)
+
+
+def _write_empty_table(target: str, schema: pa.Schema, fmt: str) -> None:
+    storage.write_bytes(part_name(target, 0, fmt), encode(schema.empty_table(), fmt))
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:

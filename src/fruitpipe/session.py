@@ -122,6 +122,11 @@ def class_data_sharing(conf: dict[str, str]) -> list[str]:
     return [f"-XX:ArchiveClassesAtExit={folder / f'{key}.{os.getpid()}.dump'}", *CDS_QUIET]
 
 
+def class_archive_ready() -> bool:
+    """Whether the next Spark start maps a class-data-sharing archive (adopting a finished dump if one waits)."""
+    return any(option.startswith("-XX:SharedArchiveFile=") for option in class_data_sharing({}))
+
+
 def _cds_folder() -> Path:
     from fruitpipe.models import cache_dir
 

@@ -161,16 +161,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
 def _warm_jvm_archive(folder: Path) -> None:
     """One unmeasured `fruitpipe run` on the smallest set, so that every measured Spark run maps the driver
     JVM's class archive (session.class_data_sharing) as a user's second and later runs do."""
-    from fruitpipe.session import class_data_sharing
+    from fruitpipe.session import class_archive_ready
 
-    if any(option.startswith("-XX:SharedArchiveFile") for option in class_data_sharing({})):
+    if class_archive_ready():
         return
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bench-warm-") as work:
         subprocess.run([sys.executable, "-m", "fruitpipe", "run", "--input", str(folder), "--output", f"{work}/out",
                         "--json"],
                        capture_output=True, timeout=600, check=False)
     for _ in range(240):  # the JVM writes the archive after its Python process has gone
-        if any(option.startswith("-XX:SharedArchiveFile") for option in class_data_sharing({})):
+        if class_archive_ready():
             return
         time.sleep(0.5)
     logger.warning("no class-data-sharing archive for the driver JVM: measured runs start without it")

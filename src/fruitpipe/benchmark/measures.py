@@ -310,7 +310,6 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
         "featurize_images_s": manifest["featurize_img_s"],
         "time_to_first_batch_s": round(min(b["time"] for b in batches) - started, 2) if batches else None,
         "timings_s": timings,
-        "timings_s_total": timings["total"],
         "rejected": manifest["counts"]["rejected"],
         "pca_k": manifest["pca"]["k"],
         "partitions": manifest["spark"]["partitions"],

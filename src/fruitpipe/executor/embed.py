@@ -96,7 +96,7 @@ def embed(pixels: np.ndarray, preprocessing: Preprocessing, model_path: str, thr
     """uint8 [N, H, W, 3] -> float32 [N, feature_dim], in model calls of `runtime.infer_batch` images."""
     engine = engine_for(model_path, runtime, threads)
     step = runtime.infer_batch
-    parts = [engine.run(model_input(pixels[start:start + step], preprocessing, engine.input_type))
-             for start in range(0, len(pixels), step)]
-    features = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else np.zeros((0, 0), np.float32)
+    starts = range(0, max(len(pixels), 1), step)  # an empty batch still makes one (empty) call, as before
+    features = np.concatenate([engine.run(model_input(pixels[start:start + step], preprocessing, engine.input_type))
+                               for start in starts])
     return np.asarray(features, dtype=np.float32).reshape(len(pixels), -1)
