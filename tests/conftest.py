@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import copy_subset, fruitpipe_cli
 
-from fruitpipe.session import BASE_CONF
+from fruitpipe.batch.session import BASE_CONF
 
 TEST_CONF = {
     **BASE_CONF,
@@ -61,7 +61,7 @@ def spark():
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    from fruitpipe.sampledata import bundled_sample_dir
+    from fruitpipe.image.sampledata import bundled_sample_dir
 
     return Path(bundled_sample_dir())
 

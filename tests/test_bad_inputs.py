@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, write_bad_images, write_odd_images
-from fruitpipe import models, sources
+from fruitpipe.image import models
+from fruitpipe.batch import sources
 from fruitpipe.config import DecodeLimits
-from fruitpipe.executor.decode import decode_rgb, resize_square
-from fruitpipe.executor.embed import embed
+from fruitpipe.image.decode import decode_rgb, resize_square
+from fruitpipe.image.embed import embed
 from fruitpipe.ml import ImageFeaturizer
 
 GOOD_CLASS = "Apple Red"

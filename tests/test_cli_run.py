@@ -102,7 +102,7 @@ def test_rerun_refused_without_overwrite(bundled_run) -> None:
 
 def test_flat_layout_with_fixed_k_and_overwrite(spark, small_sample: Path, tmp_path: Path) -> None:
     """In process (reuses the test session): the seed's flat layout, --k, --overwrite of our own output."""
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
 
     flat = small_sample / "Training"
     output = tmp_path / "flat"
@@ -118,7 +118,7 @@ def test_flat_layout_with_fixed_k_and_overwrite(spark, small_sample: Path, tmp_p
 def test_variance_target_picks_k_like_sklearn(spark, small_sample: Path, tmp_path: Path) -> None:
     from sklearn.decomposition import PCA
 
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
 
     output = tmp_path / "variance"
     manifest = pipeline.run(RunConfig(input=str(small_sample), output=str(output), pca=PcaSettings(variance=0.8)))
@@ -142,7 +142,7 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
 
     from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, write_bad_images
 
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
     from fruitpipe.config import DecodeLimits
 
     folder = tmp_path / "input" / "Mixed Bag"
@@ -177,7 +177,7 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch: pytest.M
 
 def test_a_failing_run_leaves_nothing_cached_in_the_session(spark, sample_dir: Path, tmp_path: Path) -> None:
     """The persisted features are released even when a stage fails (here: too few images for PCA)."""
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
 
     folder = tmp_path / "in" / "Kiwi"
     folder.mkdir(parents=True)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import copy_subset
 
-from fruitpipe import package
+from fruitpipe.ops import package
 from fruitpipe.devtools.standalone import StandaloneCluster, free_port, get_json
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def env_archive(tmp_path_factory: pytest.TempPathFactory) -> package.PackResult:
 @pytest.fixture(scope="module")
 def local_output(spark, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: the same run in this process, on the test session's local[2]."""
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
     from fruitpipe.config import RunConfig
 
     assert spark.sparkContext.master == "local[2]"

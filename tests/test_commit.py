@@ -14,8 +14,10 @@ from background import background_python
 from helpers import jobs_started_by
 from fruitpipe.devtools.s3server import client, download_prefix
 
-from fruitpipe import committer, sinks, storage
-from fruitpipe.committer import FORMAT_NAME, StagedPart, StagedWriter, encode
+from fruitpipe import storage
+from fruitpipe.batch import committer
+from fruitpipe.batch import sinks
+from fruitpipe.batch.committer import FORMAT_NAME, StagedPart, StagedWriter, encode
 from fruitpipe.config import S3Options
 
 BUCKET = "commit-tests"
@@ -45,10 +47,11 @@ RETRY_SCRIPT = textwrap.dedent('''
     import json, os, sys
     from pyspark import TaskContext
     from pyspark.sql import SparkSession
-    from fruitpipe import sinks, storage
-    from fruitpipe.committer import StagedDataSource, StagedWriter
+    from fruitpipe import storage
+    from fruitpipe.batch import sinks
+    from fruitpipe.batch.committer import StagedDataSource, StagedWriter
     from fruitpipe.config import S3Options
-    from fruitpipe.session import BASE_CONF
+    from fruitpipe.batch.session import BASE_CONF
 
     args = json.loads(sys.argv[1])
     evidence, N, P, EMPTY = args["evidence"], args["n"], args["p"], args["empty"]

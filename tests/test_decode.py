@@ -1,4 +1,4 @@
-"""Unit tests of fruitpipe.executor.decode: rejection reasons, mode conversion, orientation, resize."""
+"""Unit tests of fruitpipe.image.decode: rejection reasons, mode conversion, orientation, resize."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,7 @@ from badimages import (
     write_odd_images,
 )
 from fruitpipe.config import DecodeLimits
-from fruitpipe.executor.decode import DecodeError, decode_rgb, open_image, resize_square
+from fruitpipe.image.decode import DecodeError, decode_rgb, open_image, resize_square
 
 SMALL_MAX_BYTES = 50_000
 LIMITS = DecodeLimits(max_bytes=SMALL_MAX_BYTES, max_pixels=BAD_MAX_PIXELS)

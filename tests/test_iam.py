@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fruitpipe import iam
+from fruitpipe.ops import iam
 
 EXPECTED = {
     "Version": "2012-10-17",

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from fruitpipe import models, sources
+from fruitpipe.image import models
+from fruitpipe.batch import sources
 from fruitpipe.config import RunConfig
-from fruitpipe.executor.embed import embed
+from fruitpipe.image.embed import embed
 from fruitpipe.ml.featurizer import ImageFeaturizer
 from test_parity import reference_input, reference_pixels
 

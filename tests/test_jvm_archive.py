@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe import session
+from fruitpipe.batch import session
 
 
 @pytest.fixture()
@@ -67,7 +67,7 @@ def test_no_archive_when_switched_off(folder: Path, monkeypatch: pytest.MonkeyPa
 def test_a_real_spark_start_records_then_maps_the_archive(tmp_path: Path) -> None:
     """Two throwaway Spark starts in child processes with their own cache: the first dumps, the second maps."""
     env = {**os.environ, "FRUITPIPE_CACHE": str(tmp_path)}
-    code = ("from fruitpipe.session import spark_session\n"
+    code = ("from fruitpipe.batch.session import spark_session\n"
             "with spark_session('local[1]') as spark:\n"
             "    print(spark.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n")
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from pyspark.ml import Pipeline, PipelineModel
 
-from fruitpipe import sources
+from fruitpipe.batch import sources
 from fruitpipe.ml.featurizer import ImageFeaturizer
 from fruitpipe.ml.pca import CentredPCA, CentredPCAModel
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fruitpipe import models
-from fruitpipe.executor.embed import embed, normalise
+from fruitpipe.image import models
+from fruitpipe.image.embed import embed, normalise
 from fruitpipe.runtime import Runtime
 
 DEFAULT = "efficientnet-lite0"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe import cli, package
+from fruitpipe import cli
+from fruitpipe.ops import package
 
 
 def test_runtime_closure_follows_requirements_and_leaves_torch_and_spark_out() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe.bundle import Bundle
+from fruitpipe.recognise.bundle import Bundle
 from fruitpipe.devtools.serveprocess import running_server
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fruitpipe import models, sources
-from fruitpipe.executor import embed as embed_mod
+from fruitpipe.image import models
+from fruitpipe.batch import sources
+from fruitpipe.image import embed as embed_mod
 from fruitpipe.ml import featurizer as featurizer_mod
 from fruitpipe.ml.featurizer import ImageFeaturizer
 
@@ -137,7 +138,7 @@ def _counting_featurize(original, log_path: str, token: str):
 
         import onnxruntime as ort
 
-        from fruitpipe.executor import embed as worker_embed
+        from fruitpipe.image import embed as worker_embed
 
         if getattr(ort, "_fruitpipe_test_token", None) != token:
             base = getattr(ort, "_fruitpipe_test_base", ort.InferenceSession)

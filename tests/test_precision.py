@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fruitpipe import models, runtime, sources
+from fruitpipe import runtime
+from fruitpipe.image import models
+from fruitpipe.batch import sources
 from fruitpipe.config import DecodeLimits, RunConfig
-from fruitpipe.executor.decode import decode_for_model
-from fruitpipe.executor.embed import embed
+from fruitpipe.image.decode import decode_for_model
+from fruitpipe.image.embed import embed
 from fruitpipe.ml.featurizer import ImageFeaturizer
 from fruitpipe.runtime import Runtime
 

@@ -13,7 +13,7 @@ import pytest
 from fruitpipe.devtools.faultproxy import GET_OBJECT, LIST, FaultProxy
 from fruitpipe.devtools.s3server import upload_folder
 
-from fruitpipe import pipeline
+from fruitpipe.batch import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fruitpipe import sources, storage
+from fruitpipe import storage
+from fruitpipe.batch import sources
 from fruitpipe.config import IMAGE_EXTENSIONS, S3Options
 
 BUCKET = "listing-odd-names"

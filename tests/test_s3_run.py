@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from fruitpipe.devtools.s3server import download_prefix, upload_folder
 
-from fruitpipe import pipeline
+from fruitpipe.batch import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
 from fruitpipe.ml import CentredPCAModel
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fruitpipe import sampledata
-from fruitpipe.sampledata import bundled_sample_dir, synthesize
+from fruitpipe.image import sampledata
+from fruitpipe.image.sampledata import bundled_sample_dir, synthesize
 
 SPLITS = ("Training", "Test")
 

@@ -17,9 +17,10 @@ from helpers import copy_subset
 from background import background_python
 from fruitpipe.devtools.s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
 
-from fruitpipe import pipeline, storage
+from fruitpipe import storage
+from fruitpipe.batch import pipeline
 from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig, S3Options
-from fruitpipe.session import BASE_CONF
+from fruitpipe.batch.session import BASE_CONF
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +170,7 @@ def test_cli_run_prints_and_writes_no_credentials(cli_run) -> None:
     result, folder, keys = cli_run
     output = result.stdout + result.stderr
     assert result.returncode == 0, output.decode(errors="replace")[-3000:]
-    assert b" INFO fruitpipe.sources: listed 6 images" in result.stderr, "no fruitpipe logging on stderr"
+    assert b" INFO fruitpipe.batch.sources: listed 6 images" in result.stderr, "no fruitpipe logging on stderr"
     assert json.loads(result.stdout)["counts"] == {"listed": 6, "ok": 6, "rejected": 0}
     assert "manifest.json" in keys and "_SUCCESS" in keys and "features/part-00000.parquet" in keys
     assert leaking_files(folder) == {}

@@ -21,9 +21,9 @@ from PIL import Image
 
 from badimages import corrupt_idat_png, encode, header_bomb_png, jpeg_bytes
 from helpers import fruitpipe_cli
-from fruitpipe.bundle import Bundle, Prediction
+from fruitpipe.recognise.bundle import Bundle, Prediction
 from fruitpipe.devtools.serveprocess import running_server
-from fruitpipe.serve import bind_socket, create_app
+from fruitpipe.recognise.serve import bind_socket, create_app
 
 pytestmark = pytest.mark.slow
 UPLOAD_LIMIT_MB = 2  # the server under test runs with --max-upload-mb 2: small enough to test cheaply

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe import sources, storage
+from fruitpipe import storage
+from fruitpipe.batch import sources
 from fruitpipe.config import IMAGE_EXTENSIONS
 
 JPEG = b"\xff\xd8\xff\xe0 not decoded by listing"

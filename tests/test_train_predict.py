@@ -20,11 +20,11 @@ from PIL import Image
 from trained import run_output_of
 
 from fruitpipe import runtime
-from fruitpipe.bundle import Bundle
+from fruitpipe.recognise.bundle import Bundle
 from fruitpipe.config import DecodeLimits
-from fruitpipe.executor.decode import DecodeError
-from fruitpipe.models import LITE0_SHA256
-from fruitpipe.train import metrics_from_confusion
+from fruitpipe.image.decode import DecodeError
+from fruitpipe.image.models import LITE0_SHA256
+from fruitpipe.recognise.train import metrics_from_confusion
 
 pytestmark = pytest.mark.slow
 
@@ -318,7 +318,7 @@ def test_train_refuses_a_run_made_with_another_onnx_graph(trained_bundle: Path, 
 
 def test_train_cli_on_a_small_run(spark, small_sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The command as a user types it (in process, reusing the test session): summary, files, metrics."""
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
     from fruitpipe.cli import main
     from fruitpipe.config import PcaSettings, RunConfig
 
@@ -336,7 +336,7 @@ def test_train_reads_and_writes_s3(spark, s3_endpoint: str, trained_bundle: Path
     """A run output in S3 in, MODEL_DIR in S3 out: the same model as from local files."""
     from fruitpipe.devtools.s3server import client, download_prefix, upload_folder
 
-    from fruitpipe import train
+    from fruitpipe.recognise import train
     from fruitpipe.config import S3Options, TrainConfig
 
     upload_folder(s3_endpoint, run_output_of(trained_bundle), "train-runs", "runs/sample")

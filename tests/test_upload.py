@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from fruitpipe.devtools.s3server import DUMMY_SECRET, client
 
-from fruitpipe import storage, upload
+from fruitpipe import storage
+from fruitpipe.ops import upload
 from fruitpipe.config import S3Options
 
 # relative path -> content; odd names on purpose ("é" in NFC, as the walker normalises it)

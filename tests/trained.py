@@ -10,7 +10,7 @@ from pathlib import Path
 
 def train_on(run_output: Path, model_dir: Path, master: str = "local[2]") -> Path:
     """`fruitpipe train` on a run output; returns the model folder (MODEL_DIR)."""
-    from fruitpipe import train
+    from fruitpipe.recognise import train
     from fruitpipe.config import TrainConfig
 
     train.train(TrainConfig(features=str(run_output), output=str(model_dir), master=master))

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
 
     config = RunConfig(
         input=args.input or _bundled_sample(),
@@ -213,13 +213,13 @@ def _run_spark_conf(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     conf = parse_spark_conf(args.conf)
     if not args.env_archive:
         return conf
-    from fruitpipe import package
+    from fruitpipe.ops import package
 
     return package.with_env_archive(conf, args.env_archive, args.master)
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
-    from fruitpipe import package
+    from fruitpipe.ops import package
 
     result = package.build(args.output, model_names=args.model or [DEFAULT_MODEL], python_prefix=args.python_prefix,
                            compress_level=args.compress_level, overwrite=args.overwrite, exclude=args.exclude)
@@ -228,7 +228,7 @@ def _cmd_package(args: argparse.Namespace) -> int:
 
 
 def _bundled_sample() -> str:
-    from fruitpipe import sampledata
+    from fruitpipe.image import sampledata
 
     return str(sampledata.bundled_sample_dir())
 
@@ -250,7 +250,7 @@ def summary(manifest: dict[str, Any]) -> str:
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
-    from fruitpipe import sampledata
+    from fruitpipe.image import sampledata
 
     result = sampledata.synthesize(args.output, args.per_class, seed=args.seed)
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
@@ -258,7 +258,7 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from fruitpipe import models
+    from fruitpipe.image import models
 
     rows = models.describe_registry()
     width = max(len(row["name"]) for row in rows)
@@ -270,7 +270,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
-    from fruitpipe import upload
+    from fruitpipe.ops import upload
 
     result = upload.upload_folder(args.local_dir, args.target, workers=args.workers, s3=_s3_options(args))
     print(result.describe())
@@ -282,14 +282,14 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 
 
 def _cmd_iam_policy(args: argparse.Namespace) -> int:
-    from fruitpipe import iam
+    from fruitpipe.ops import iam
 
     print(iam.policy_json(args.input, args.output))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fruitpipe import train
+    from fruitpipe.recognise import train
     from fruitpipe.config import TrainConfig
 
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
@@ -312,7 +312,7 @@ def train_summary(manifest: dict[str, Any], output: str) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from fruitpipe.bundle import Bundle, predict_photos
+    from fruitpipe.recognise.bundle import Bundle, predict_photos
 
     results = predict_photos(Bundle.load(args.model), args.photos, args.top_k)
     if args.json:
@@ -359,7 +359,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fruitpipe import serve
+    from fruitpipe.recognise import serve
 
     serve.serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
                 threads=args.threads, concurrency=args.concurrency)

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fruitpipe import sampledata
+from fruitpipe.image import sampledata
 from fruitpipe.config import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ import psutil
 
 from fruitpipe.devtools.serveprocess import running_server
 from fruitpipe.devtools.standalone import StandaloneCluster
-from fruitpipe.sampledata import bundled_sample_dir
+from fruitpipe.image.sampledata import bundled_sample_dir
 
 logger = logging.getLogger(__name__)
 

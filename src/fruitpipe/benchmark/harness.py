@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fruitpipe import models
+from fruitpipe.image import models
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS, dataset, report
 from fruitpipe.benchmark.memory import PeakRss
 
@@ -161,7 +161,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
 def _warm_jvm_archive(folder: Path) -> None:
     """One unmeasured `fruitpipe run` on the smallest set, so that every measured Spark run maps the driver
     JVM's class archive (session.class_data_sharing) as a user's second and later runs do."""
-    from fruitpipe.session import class_archive_ready
+    from fruitpipe.batch.session import class_archive_ready
 
     if class_archive_ready():
         return
@@ -289,7 +289,7 @@ def machine() -> dict[str, Any]:
 
 
 def _java() -> str:
-    from fruitpipe.session import java_version
+    from fruitpipe.batch.session import java_version
 
     try:
         return str(java_version())

@@ -1,7 +1,7 @@
 """What one measurement runs, in its own process (`python -m fruitpipe.benchmark.measures NAME PARAMS OUT`).
 
 Every approach uses the same model file (the exported ONNX graph; torch eager for the seed) and
-writes Parquet; all but Ray Data decode with `executor.decode` (Pillow, bilinear to the model's size).
+writes Parquet; all but Ray Data decode with `image.decode` (Pillow, bilinear to the model's size).
 Ray Data decodes with its own `read_images` (Pillow too, bilinear, without EXIF orientation, which the
 synthetic benchmark images do not carry), so the numbers compare architectures, not preprocessing. Each returns images, seconds and images_s plus its own details.
 """
@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fruitpipe import models, sources
+from fruitpipe.image import models
+from fruitpipe.batch import sources
 from fruitpipe.config import DecodeLimits, ExecutorSettings, PcaSettings, RunConfig, S3Options
-from fruitpipe.executor.decode import decode_for_model
-from fruitpipe.executor.embed import embed, normalise
+from fruitpipe.image.decode import decode_for_model
+from fruitpipe.image.embed import embed, normalise
 from fruitpipe.runtime import Runtime
 
 WHOLE_BATCH = Runtime("fp32", "onnxruntime", 1 << 20)  # one model call per batch, as the peers' recipes do
@@ -105,7 +106,7 @@ def limit(params: Params) -> dict[str, Any]:
 
 def _seed_loop(params: Params, predict: Callable[[np.ndarray], np.ndarray], loaded_s: float) -> dict[str, Any]:
     """One file at a time on the driver: read, resize, predict one image, append; then a DataFrame to Parquet."""
-    from fruitpipe.session import spark_session
+    from fruitpipe.batch.session import spark_session
 
     spec, _ = _model(params)
     paths = _paths(params["folder"])
@@ -178,7 +179,7 @@ def _recipe_featurizer(onnx_path: str, pre: models.Preprocessing) -> Callable[[I
 
 def _timed_spark_job(params: Params, conf: tuple[tuple[str, str], ...],
                      build: Callable[[Any], Any]) -> dict[str, Any]:
-    from fruitpipe.session import spark_session
+    from fruitpipe.batch.session import spark_session
 
     began = time.perf_counter()
     with spark_session("local[*]", conf) as spark, tempfile.TemporaryDirectory() as out:
@@ -289,7 +290,7 @@ def ray_data(params: Params) -> dict[str, Any]:
 
 def fruitpipe_run(params: Params) -> dict[str, Any]:
     """`fruitpipe run` (pipeline.run) end to end; the worker's batch log gives the time to the first batch."""
-    from fruitpipe import pipeline
+    from fruitpipe.batch import pipeline
     from fruitpipe.executor.worker import BATCH_LOG_ENV
 
     with tempfile.TemporaryDirectory() as out:

@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from fruitpipe import storage
 from fruitpipe.config import DecodeLimits, ExecutorSettings, S3Options
-from fruitpipe.executor.decode import DecodeError, decode_for_model
-from fruitpipe.executor.embed import embed
-from fruitpipe.models import Preprocessing
+from fruitpipe.image.decode import DecodeError, decode_for_model
+from fruitpipe.image.embed import embed
+from fruitpipe.image.models import Preprocessing
 from fruitpipe.runtime import Runtime
 
 logger = logging.getLogger(__name__)

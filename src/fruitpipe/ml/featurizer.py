@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
-from fruitpipe import models
+from fruitpipe.image import models
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 from fruitpipe.ml.columns import HasColumns

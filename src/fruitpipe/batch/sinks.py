@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import storage
-from fruitpipe.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
+from fruitpipe.batch.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
 from fruitpipe.config import S3Options
 
 logger = logging.getLogger(__name__)

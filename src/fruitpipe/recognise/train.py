@@ -25,13 +25,17 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from fruitpipe import bundle, models, plots, sinks, storage
+from fruitpipe import storage
+from fruitpipe.recognise import bundle
+from fruitpipe.image import models
+from fruitpipe.batch import plots
+from fruitpipe.batch import sinks
 from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
-from fruitpipe.pipeline import StageTimer
+from fruitpipe.batch.pipeline import StageTimer
 from fruitpipe.runtime import Runtime
-from fruitpipe.session import spark_session
+from fruitpipe.batch.session import spark_session
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,16 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruitpipe import __version__, models, plots, sinks, sources, storage
+from fruitpipe import __version__, storage
+from fruitpipe.image import models
+from fruitpipe.batch import plots
+from fruitpipe.batch import sinks
+from fruitpipe.batch import sources
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.runtime import Runtime, resolve
-from fruitpipe.session import executors, java_version, spark_session
+from fruitpipe.batch.session import executors, java_version, spark_session
 
 logger = logging.getLogger(__name__)
 

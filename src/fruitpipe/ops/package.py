@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitpipe import models
+from fruitpipe.image import models
 from fruitpipe.config import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)

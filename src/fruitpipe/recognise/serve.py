@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fruitpipe import __version__
-from fruitpipe.executor.decode import DecodeError
+from fruitpipe.image.decode import DecodeError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ ERROR_RESPONSES = {status: {"description": text, "content": {"application/json":
 
 
 class Predictor(Protocol):
-    """What the app needs from a bundle (fruitpipe.bundle.Bundle, or a stand-in in tests)."""
+    """What the app needs from a bundle (fruitpipe.recognise.bundle.Bundle, or a stand-in in tests)."""
 
     classes: list[str]
 
@@ -89,7 +89,7 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
     limiter = anyio.CapacityLimiter(concurrency)
     _add_error_handlers(app)
     health = _health_document(bundle, max_upload_bytes, concurrency)
-    page = resources.files("fruitpipe").joinpath("web", "index.html").read_text(encoding="utf-8")
+    page = resources.files("fruitpipe.recognise").joinpath("web", "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -116,7 +116,7 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
             "inference_ms": round(seconds * 1000.0, 3),  # decode + CNN + classifier, without the wait for a slot
         }
 
-    app.mount("/static", StaticFiles(packages=[("fruitpipe", "web")]), name="static")
+    app.mount("/static", StaticFiles(packages=[("fruitpipe.recognise", "web")]), name="static")
     return app
 
 
@@ -232,7 +232,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
     inference has the lower single-client latency (bench/serve_results.json)."""
     import uvicorn
 
-    from fruitpipe.bundle import Bundle
+    from fruitpipe.recognise.bundle import Bundle
 
     bundle = Bundle.load(model_dir, threads=threads)
     app = create_app(bundle, max_upload_bytes=max_upload_bytes, concurrency=concurrency or os.cpu_count() or 1)

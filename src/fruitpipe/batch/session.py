@@ -128,7 +128,7 @@ def class_archive_ready() -> bool:
 
 
 def _cds_folder() -> Path:
-    from fruitpipe.models import cache_dir
+    from fruitpipe.image.models import cache_dir
 
     return cache_dir().parent / "jvm"
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fruitpipe.models import Preprocessing
+from fruitpipe.image.models import Preprocessing
 from fruitpipe.runtime import ONNXRUNTIME, Runtime
 
 logger = logging.getLogger(__name__)

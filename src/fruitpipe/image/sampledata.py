@@ -36,7 +36,7 @@ def bundled_sample_dir() -> Path:
         found = resources.files("fruitpipe") / "data" / "sample"
     except (ModuleNotFoundError, TypeError):  # not importable as a package (e.g. run from a checkout)
         found = None
-    path = found if isinstance(found, Path) else Path(__file__).resolve().parent / "data" / "sample"
+    path = found if isinstance(found, Path) else Path(__file__).resolve().parents[1] / "data" / "sample"
     if not (path / SPLITS[0]).is_dir():
         raise FileNotFoundError(f"bundled sample images not found at {path}: is the package data installed?")
     return path

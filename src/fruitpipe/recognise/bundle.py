@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from fruitpipe.config import DecodeLimits
-from fruitpipe.executor.decode import decode_for_model
-from fruitpipe.executor.embed import embed
-from fruitpipe.models import Preprocessing
+from fruitpipe.image.decode import decode_for_model
+from fruitpipe.image.embed import embed
+from fruitpipe.image.models import Preprocessing
 from fruitpipe.runtime import Runtime
 from fruitpipe.storage import file_sha256, read_bytes
 

@@ -1,0 +1,126 @@
+"""The import rule of ARCHITECTURE.md, checked on the source: imports point one way (down the layers)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Lowest first. A module may import its own package and any package of a lower layer, nothing above and
+# nothing beside it (two packages on one layer do not know each other).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("fruitpipe.devtools",),  # test and benchmark infrastructure: imports no other fruitpipe package
+    ("fruitpipe.runtime",),
+    ("fruitpipe.config",),
+    ("fruitpipe.storage",),
+    ("fruitpipe.image",),
+    ("fruitpipe.executor",),
+    ("fruitpipe.ml",),
+    ("fruitpipe.batch",),
+    ("fruitpipe.recognise", "fruitpipe.ops"),
+    ("fruitpipe.benchmark",),
+    ("fruitpipe.cli",),
+    ("fruitpipe.__main__",),
+)
+# Third-party imports a package must never make, even inside a function.
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "fruitpipe.image": ("pyspark",),
+    "fruitpipe.executor": ("pyspark.sql", "torch"),
+    "fruitpipe.recognise.bundle": ("pyspark",),
+    "fruitpipe.recognise.serve": ("pyspark",),
+    "fruitpipe.config": ("numpy", "pyspark", "boto3"),
+    "fruitpipe.runtime": ("numpy", "pyspark", "boto3"),
+}
+# Heavy libraries allowed only in these modules.
+ONLY_IN: dict[str, tuple[str, ...]] = {
+    "torch": ("fruitpipe.image.models", "fruitpipe.benchmark.measures"),  # the benchmark's seed baseline
+    "onnxruntime": ("fruitpipe.image.embed", "fruitpipe.image.models", "fruitpipe.benchmark.measures"),
+    "openvino": ("fruitpipe.image.embed",),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> list[str]:
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
+    return imports_in(path.read_text(encoding="utf-8"), package)
+
+
+def imports_in(source: str, package: str) -> list[str]:
+    """Every module an import statement names, wherever the statement is (functions included)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            names.append(base)
+            names.extend(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+def layer_of(module: str) -> tuple[int, str] | None:
+    for index, owners in enumerate(LAYERS):
+        for owner in owners:
+            if module == owner or module.startswith(owner + "."):
+                return index, owner
+    return None
+
+
+def sources() -> list[Path]:
+    return sorted(SRC.joinpath("fruitpipe").rglob("*.py"))
+
+
+def test_every_module_has_a_layer() -> None:
+    orphans = [module_name(p) for p in sources() if p.name != "__init__.py" or p.parent.name != "fruitpipe"]
+    assert [m for m in orphans if layer_of(m) is None] == []
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+def test_imports_point_down(path: Path) -> None:
+    here = module_name(path)
+    wrong = upward(here, imports_of(path))
+    assert wrong == [], f"{here} imports up or sideways: {wrong}"
+
+
+def upward(here: str, names: list[str]) -> list[str]:
+    own = layer_of(here)
+    if own is None:  # the package's __init__ (version only)
+        return []
+    wrong = []
+    for name in names:
+        target = layer_of(name)
+        if target is not None and target[1] != own[1] and target[0] >= own[0]:
+            wrong.append(name)
+    return wrong
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+def test_heavy_imports_stay_where_they_belong(path: Path) -> None:
+    here = module_name(path)
+    names = imports_of(path)
+    for owner, banned in FORBIDDEN.items():
+        if here == owner or here.startswith(owner + "."):
+            hits = [n for n in names if any(n == b or n.startswith(b + ".") for b in banned)]
+            assert hits == [], f"{here} must not import {hits}"
+    for library, allowed in ONLY_IN.items():
+        hits = [n for n in names if n == library or n.startswith(library + ".")]
+        assert not hits or here in allowed, f"{here} imports {library}; only {allowed} may"
+
+
+def test_the_rule_catches_wrong_imports() -> None:
+    """The checker itself: an import up, one sideways and a relative one up are reported; down is not."""
+    source = ("import numpy\nfrom fruitpipe import storage\n"
+              "def f():\n    from fruitpipe.batch import pipeline\n    from ..ops import upload\n")
+    names = imports_in(source, "fruitpipe.executor")
+    assert upward("fruitpipe.executor.worker", names) == ["fruitpipe.batch", "fruitpipe.batch.pipeline",
+                                                          "fruitpipe.ops", "fruitpipe.ops.upload"]
+    assert upward("fruitpipe.recognise.train", ["fruitpipe.ops.upload"]) == ["fruitpipe.ops.upload"]
+    assert upward("fruitpipe.recognise.train", ["fruitpipe.batch.sinks", "fruitpipe.storage"]) == []
