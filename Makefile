@@ -10,14 +10,14 @@ BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
 PACKAGE_ARGS ?=  # e.g. --python-prefix /usr (see docs/cluster.md)
 
-.PHONY: install java chromium run test bench clean package
+.PHONY: install java chromium run test lint bench clean package
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "pip==26.3"
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lint]"
 	touch $(STAMP)
 
 java:
@@ -32,10 +32,15 @@ run: install java
 test: install java chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# the gate CI runs before the tests: ruff (rules in pyproject.toml) on src/ and tests/, mypy --strict on src/
+lint: install
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
 # the full benchmark (~15 min on 2 cores): bench/results.json + the table in docs/performance.md;
 # BENCH_ARGS="--resume" keeps the measurements of an interrupted run
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,lint,bench]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) java

@@ -60,7 +60,8 @@ def imports_in(source: str, package: str) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             names.append(base)
             names.extend(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
     return names
@@ -83,7 +84,7 @@ def test_every_module_has_a_layer() -> None:
     assert [m for m in orphans if layer_of(m) is None] == []
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+@pytest.mark.parametrize("path", sources(), ids=module_name)
 def test_imports_point_down(path: Path) -> None:
     here = module_name(path)
     wrong = upward(here, imports_of(path))
@@ -102,7 +103,7 @@ def upward(here: str, names: list[str]) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+@pytest.mark.parametrize("path", sources(), ids=module_name)
 def test_heavy_imports_stay_where_they_belong(path: Path) -> None:
     here = module_name(path)
     names = imports_of(path)

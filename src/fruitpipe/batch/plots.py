@@ -29,7 +29,7 @@ def scree_png(ratios: list[float], k: int, variance_target: float | None) -> byt
     if variance_target is not None:
         twin.axhline(variance_target, color="grey", linestyle=":", label=f"target {variance_target:.0%}")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    twin.legend(handles, [h.get_label() for h in handles], loc="center right")
+    twin.legend(handles, [str(h.get_label()) for h in handles], loc="center right")
     ax.set_title(f"Scree plot: {len(ratios)} components, first {shown} shown")
     return _png(fig)
 

@@ -10,9 +10,10 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from fruitpipe.image import sampledata
 from fruitpipe.config import IMAGE_EXTENSIONS
+from fruitpipe.image import sampledata
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _subset(root: Path, full: Path, images: list[str], size: int) -> Path:
     return folder
 
 
-def _complete(folder: Path, expected: dict) -> bool:
+def _complete(folder: Path, expected: dict[str, Any]) -> bool:
     marker = folder / MARKER
     if not marker.is_file():
         return False
@@ -79,6 +80,6 @@ def _complete(folder: Path, expected: dict) -> bool:
     return all(recorded.get(key) == value for key, value in expected.items())
 
 
-def _mark(folder: Path, content: dict) -> None:
+def _mark(folder: Path, content: dict[str, Any]) -> None:
     """Written last: a folder without it is incomplete and rebuilt."""
     (folder / MARKER).write_text(json.dumps(content), encoding="utf-8")

@@ -3,6 +3,7 @@ write results.json after every one (so an interrupted run resumes with --resume)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,13 +15,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fruitpipe.image import models
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS, dataset, report
 from fruitpipe.benchmark.memory import PeakRss
+from fruitpipe.image import models
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ def plan(options: BenchOptions) -> list[Measurement]:
         "s3": [Measurement(f"fruitpipe_s3_{options.s3_images}", "fruitpipe_run", options.s3_images, common, s3=True)],
     }
     bf16 = {**common, "precision": "bf16"}
-    steps["bf16"] = [Measurement("limit_bf16", "limit", options.images, {**bf16, "limit_seconds": options.limit_seconds}),
+    steps["bf16"] = [Measurement("limit_bf16", "limit", options.images,
+                                 {**bf16, "limit_seconds": options.limit_seconds}),
                      Measurement("fruitpipe_bf16", "fruitpipe_run", options.images, bf16)]
     steps["fruits360"] = [Measurement("fruits360", "fruitpipe_run", FRUITS360_IMAGES, common)]
     steps["levers"] = lever_steps(options, common)
@@ -241,10 +243,8 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
         tree = []
     process.kill()
     for child in tree:
-        try:
+        with contextlib.suppress(psutil.Error):
             child.kill()
-        except psutil.Error:
-            pass
     process.wait()
 
 
@@ -305,4 +305,4 @@ def _read(path: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -3,7 +3,8 @@
 Every approach uses the same model file (the exported ONNX graph; torch eager for the seed) and
 writes Parquet; all but Ray Data decode with `image.decode` (Pillow, bilinear to the model's size).
 Ray Data decodes with its own `read_images` (Pillow too, bilinear, without EXIF orientation, which the
-synthetic benchmark images do not carry), so the numbers compare architectures, not preprocessing. Each returns images, seconds and images_s plus its own details.
+synthetic benchmark images do not carry), so the numbers compare architectures, not preprocessing. Each returns
+images, seconds and images_s plus its own details.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fruitpipe.image import models
 from fruitpipe.batch import sources
 from fruitpipe.config import DecodeLimits, ExecutorSettings, PcaSettings, RunConfig, S3Options
+from fruitpipe.image import models
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed, normalise
 from fruitpipe.runtime import Runtime
@@ -85,7 +86,7 @@ def _limit_rate(folder: str, precision: str, config: tuple[int, int, int], secon
                for _ in range(processes)]
     for worker in workers:
         worker.start()
-    done = sum(results.get(timeout=600) for _ in workers)
+    done = sum(int(results.get(timeout=600)) for _ in workers)
     for worker in workers:
         worker.join()
     return round(done / seconds, 2)
@@ -135,7 +136,8 @@ def seed_torch_eager(params: Params) -> dict[str, Any]:
 
     def predict(pixels: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(normalise(pixels, spec.preprocessing))).numpy()
+            features: np.ndarray = module(torch.from_numpy(normalise(pixels, spec.preprocessing))).numpy()
+            return features
 
     return {**_seed_loop(params, predict, time.perf_counter() - started), "torch_threads": torch.get_num_threads()}
 
@@ -160,7 +162,8 @@ def _binary_files(spark: Any, folder: str) -> Any:
             .option("recursiveFileLookup", "true").load(folder))
 
 
-def _recipe_featurizer(onnx_path: str, pre: models.Preprocessing) -> Callable[[Iterator[pd.Series]], Iterator[pd.Series]]:
+def _recipe_featurizer(onnx_path: str,
+                       pre: models.Preprocessing) -> Callable[[Iterator[pd.Series]], Iterator[pd.Series]]:
     """The Databricks featurization recipe's scalar-iterator UDF body: the model is loaded once per task."""
 
     def featurize(contents: Iterator[pd.Series]) -> Iterator[pd.Series]:
@@ -194,11 +197,12 @@ def _timed_spark_job(params: Params, conf: tuple[tuple[str, str], ...],
 
 
 def spark_pandas_udf(params: Params) -> dict[str, Any]:
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.pandas.functions import pandas_udf
     from pyspark.sql.types import ArrayType, FloatType
 
     spec, onnx_path = _model(params)
-    featurize = pandas_udf(_recipe_featurizer(onnx_path, spec.preprocessing), ArrayType(FloatType()))
+    # pyspark's stubs want functionType; at run time the function's type hints choose it (the recipe's form)
+    featurize = pandas_udf(_recipe_featurizer(onnx_path, spec.preprocessing), ArrayType(FloatType()))  # type: ignore[call-overload]
     conf = (("spark.sql.execution.arrow.maxRecordsPerBatch", "1024"),)  # the recipe's setting
 
     def build(spark: Any) -> Any:
@@ -228,12 +232,12 @@ def _predict_fn(onnx_path: str, pre: models.Preprocessing) -> Callable[[], Calla
 def spark_predict_batch_udf(params: Params) -> dict[str, Any]:
     """pyspark.ml.functions.predict_batch_udf, fed pixels as a numeric array column (its documented input)."""
     from pyspark.ml.functions import predict_batch_udf
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.pandas.functions import pandas_udf
     from pyspark.sql.types import ArrayType, FloatType
 
     spec, onnx_path = _model(params)
     size = spec.preprocessing.input_size
-    decode = pandas_udf(_flat_pixels(spec.preprocessing), ArrayType(FloatType()))
+    decode = pandas_udf(_flat_pixels(spec.preprocessing), ArrayType(FloatType()))  # type: ignore[call-overload]  # as above
     predict = predict_batch_udf(_predict_fn(onnx_path, spec.preprocessing), return_type=ArrayType(FloatType()),
                                 batch_size=params["batch_size"], input_tensor_shapes=[[size * size * 3]])
     conf = (("spark.sql.execution.arrow.maxRecordsPerBatch", str(params["batch_size"])),)

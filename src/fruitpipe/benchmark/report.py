@@ -150,7 +150,8 @@ def _lever_lines(measurements: Measurements) -> list[str]:
         for key in runs:
             result = measurements[key]
             lines.append(f"| {key.removeprefix('lever_')} | {_fmt(result.get('images_s'))} | "
-                         f"{_fmt(result.get('featurize_images_s'))} | {_fmt(_ratio(result.get('images_s'), base), 2)} | "
+                         f"{_fmt(result.get('featurize_images_s'))} | "
+                         f"{_fmt(_ratio(result.get('images_s'), base), 2)} | "
                          f"{_fmt(result.get('peak_rss_mb', {}).get('total'), 0)} | {_fmt(result.get('wall_s'), 0)} |")
     embed = measurements.get("lever_embed", {})
     if "rates_img_s" in embed:
@@ -172,7 +173,8 @@ def section(results: dict[str, Any]) -> str:
         f"Python {machine['python']}, Java {machine['java']}; {versions}. "
         f"Load average at start: {machine['load_average_at_start']}.",
         "",
-        f"Model: efficientnet-lite0 at 224x224, read-ahead chunk {results['options']['batch_size']} (model calls of 1 image in fp32, 4 in bf16). "
+        f"Model: efficientnet-lite0 at 224x224, read-ahead chunk {results['options']['batch_size']} "
+        "(model calls of 1 image in fp32, 4 in bf16). "
         f"Time to first featurized batch (fruitpipe run, from the call): {_fmt(first, 1)} s.",
         "",
         table(results),

@@ -1,4 +1,6 @@
-"""An S3 fault-injecting reverse proxy for tests and benchmarks (stdlib only; `python -m fruitpipe.devtools.faultproxy`).
+"""An S3 fault-injecting reverse proxy for tests and benchmarks.
+
+Stdlib only; run it as `python -m fruitpipe.devtools.faultproxy`.
 
     proxy = FaultProxy(upstream, slowdown_share=0.2, cut_share=0.1, fail_keys={"Banana/3_100.jpg"})
     with proxy as endpoint:          # http://127.0.0.1:PORT, give it to S3Options(endpoint_url=...)
@@ -40,7 +42,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "expect", "proxy-connection"}
 CHUNK = 64 * 1024
-GET_OBJECT, HEAD_OBJECT, PUT_OBJECT, DELETE, LIST, OTHER = "get_object", "head_object", "put_object", "delete", "list", "other"
+GET_OBJECT, HEAD_OBJECT, PUT_OBJECT = "get_object", "head_object", "put_object"
+DELETE, LIST, OTHER = "delete", "list", "other"
 
 
 def request_kind(method: str, path: str, query: dict[str, list[str]]) -> str:
@@ -167,10 +170,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stalls
     timeout = 120  # idle keep-alive connections end eventually
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._handle()
 
     do_HEAD = do_PUT = do_POST = do_DELETE = do_GET  # noqa: N815

@@ -14,7 +14,8 @@ def free_port() -> int:
     """A loopback TCP port free right now (for a child server to bind)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @contextmanager

@@ -24,8 +24,9 @@ class ServerProcess:
 
 @contextmanager
 def running_server(model_dir: str | Path, folder: Path, *extra_args: str) -> Iterator[ServerProcess]:
-    """`fruitpipe serve --model model_dir --port 0 extra_args...`, stdout/stderr in `folder`; ready once /health answers."""
-    args = ["-m", "fruitpipe.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0", *extra_args]
+    """`fruitpipe serve --model model_dir --port 0 extra_args...`, output in `folder`; ready once /health answers."""
+    args = ["-m", "fruitpipe.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1", "--port", "0",
+            *extra_args]
     with background_python(args, folder) as process:
         base_url = _wait_until_listening(process, folder / "stderr")
         _wait_until_healthy(base_url, process)

@@ -7,15 +7,17 @@ runs in its own process group, so `kill_worker` takes its executor and Python wo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyspark
 
@@ -27,7 +29,7 @@ START_TIMEOUT_S = 120
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.load(response)
 
 
@@ -36,7 +38,7 @@ class Daemon:
     """One Spark daemon process and the file its output goes to."""
 
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     log: Path
 
     def tail(self, lines: int = 40) -> str:
@@ -118,7 +120,8 @@ class StandaloneCluster:
 
     def status(self) -> dict[str, Any]:
         """The master's JSON status: workers, active and completed applications."""
-        return get_json(f"{self.web_url}/json/")
+        status: dict[str, Any] = get_json(f"{self.web_url}/json/")
+        return status
 
     def alive_workers(self) -> list[dict[str, Any]]:
         return [worker for worker in self.status().get("workers", []) if worker.get("state") == "ALIVE"]
@@ -166,7 +169,5 @@ class StandaloneCluster:
 
 
 def _signal_group(pid: int, signal_number: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal_number)
-    except ProcessLookupError:
-        pass

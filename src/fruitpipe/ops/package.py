@@ -32,8 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fruitpipe.image import models
 from fruitpipe.config import DEFAULT_MODEL
+from fruitpipe.image import models
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def runtime_closure(root: str = "fruitpipe", left_out: Iterable[str] = LEFT_OUT) -> list[importlib.metadata.Distribution]:
+def runtime_closure(root: str = "fruitpipe",
+                    left_out: Iterable[str] = LEFT_OUT) -> list[importlib.metadata.Distribution]:
     """`root` and everything its (non-extra) requirements pull in, minus `left_out` and their own needs."""
     skipped = {normalise(name) for name in left_out}
     found: dict[str, importlib.metadata.Distribution] = {}
@@ -166,7 +167,7 @@ def _stage_distribution(dist: importlib.metadata.Distribution, site: Path) -> No
     if dist.files is None:
         raise ValueError(f"{dist.metadata['Name']} {dist.version} has no installed-files record (RECORD); "
                          "reinstall it with pip so it can be packed")
-    root = Path(dist.locate_file(""))
+    root = Path(str(dist.locate_file("")))
     for entry in dist.files:
         relative = Path(entry)
         if relative.parts[0] == ".." or "__pycache__" in relative.parts:
@@ -188,6 +189,9 @@ def _stage_editable(dist: importlib.metadata.Distribution, site: Path) -> None:
         raise ValueError(f"editable install of {dist.metadata['Name']} has no top_level.txt; reinstall it")
     for name in names:
         module = __import__(name)
+        if module.__file__ is None:  # a namespace package has no folder of its own to copy
+            raise ValueError(f"editable install of {dist.metadata['Name']}: {name} is a namespace package; "
+                             "reinstall it")
         package_dir = Path(module.__file__).parent
         shutil.copytree(package_dir, site / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     info = site / f"{normalise(dist.metadata['Name']).replace('-', '_')}-{dist.version}.dist-info"

@@ -240,7 +240,7 @@ def _upload_one(client: Any, bucket: str, key: str, item: _LocalFile, remote_siz
         digest, size = storage.file_sha256(item.path), os.path.getsize(item.path)
     if remote_size == size and _remote_sha256(client, bucket, key, uri) == digest:
         return SKIPPED, size
-    extra = {"Metadata": {"sha256": digest}}
+    extra: dict[str, Any] = {"Metadata": {"sha256": digest}}
     content_type = mimetypes.guess_type(item.relative)[0]
     if content_type:
         extra["ContentType"] = content_type
@@ -257,7 +257,8 @@ def _remote_sha256(client: Any, bucket: str, key: str, uri: str) -> str | None:
         head = storage.with_retries(lambda: client.head_object(Bucket=bucket, Key=key), uri)
     except FileNotFoundError:  # deleted since the listing
         return None
-    return head.get("Metadata", {}).get("sha256")
+    recorded = head.get("Metadata", {}).get("sha256")
+    return str(recorded) if recorded is not None else None
 
 
 def _multipart(client: Any, path: str, bucket: str, key: str, extra: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -49,10 +49,11 @@ PREDICT_BODY = {  # the multipart body is parsed by hand (to bound it), so OpenA
         "properties": {FILE_FIELD: {"type": "string", "format": "binary", "description": "a JPEG or PNG photo"}},
     }}},
 }
-ERROR_RESPONSES = {status: {"description": text, "content": {"application/json": {"example": {"error": "..."}}}}
-                   for status, text in ((400, "malformed multipart body"), (413, "upload too large"),
-                                        (415, "not multipart/form-data"),
-                                        (422, "missing file field, bad top_k, or not a decodable image"))}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {"application/json": {"example": {"error": "..."}}}}
+    for status, text in ((400, "malformed multipart body"), (413, "upload too large"),
+                         (415, "not multipart/form-data"),
+                         (422, "missing file field, bad top_k, or not a decodable image"))}
 
 
 class Predictor(Protocol):
@@ -101,7 +102,8 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
         return health
 
     @app.post("/predict", openapi_extra={"requestBody": PREDICT_BODY}, responses=ERROR_RESPONSES)
-    async def predict(request: Request, top_k: int = Query(DEFAULT_TOP_K, ge=1, description=TOP_K_HELP)) -> dict[str, Any]:
+    async def predict(request: Request,
+                      top_k: int = Query(DEFAULT_TOP_K, ge=1, description=TOP_K_HELP)) -> dict[str, Any]:
         """Classify one photo sent as the multipart field `file`."""
         filename, data = await _read_upload(request, max_upload_bytes)
         try:
@@ -174,7 +176,8 @@ async def _read_upload(request: Request, max_upload_bytes: int) -> tuple[str, by
     try:
         upload = form.get(FILE_FIELD)
         if upload is None:
-            raise RequestError(422, f"missing the multipart field '{FILE_FIELD}' (send the photo as {FILE_FIELD}=@photo.jpg)")
+            raise RequestError(422, f"missing the multipart field '{FILE_FIELD}' "
+                                    f"(send the photo as {FILE_FIELD}=@photo.jpg)")
         if isinstance(upload, str):
             raise RequestError(422, f"the field '{FILE_FIELD}' must be a file upload, not a text value")
         if upload.size is not None and upload.size > max_upload_bytes:
@@ -184,7 +187,7 @@ async def _read_upload(request: Request, max_upload_bytes: int) -> tuple[str, by
         await form.close()
 
 
-async def _bounded(stream: AsyncIterator[bytes], limit: int, max_upload_bytes: int) -> AsyncIterator[bytes]:
+async def _bounded(stream: AsyncIterator[bytes], limit: int, max_upload_bytes: int) -> AsyncGenerator[bytes, None]:
     received = 0
     async for chunk in stream:
         received += len(chunk)
