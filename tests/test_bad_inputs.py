@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, write_bad_images, write_odd_images
-from fruitpipe.image import models
 from fruitpipe.batch import sources
 from fruitpipe.config import DecodeLimits
+from fruitpipe.image import models
 from fruitpipe.image.decode import decode_rgb, resize_square
 from fruitpipe.image.embed import embed
 from fruitpipe.ml import ImageFeaturizer
@@ -23,7 +23,8 @@ GOOD_CLASS = "Apple Red"
 
 
 @pytest.fixture(scope="module")
-def mixed_folder(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, str], list[str]]:
+def mixed_folder(sample_dir: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, str], list[str]]:
     """Flat layout: 6 sample photos, every bad case, every odd-mode good image."""
     root = tmp_path_factory.mktemp("mixed")
     good = sorted((sample_dir / "Training" / GOOD_CLASS).glob("*.jpg"))[:6]

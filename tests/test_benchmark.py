@@ -68,7 +68,7 @@ def test_the_s3_reference_goes_just_before_the_s3_run_whatever_follows() -> None
 
 
 def test_unknown_measurement_next_to_the_opt_in_ones_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="unknown measurement.*clusters"):
+    with pytest.raises(ValueError, match=r"unknown measurement.*clusters"):
         harness.BenchOptions(only=("cluster", "clusters"))
 
 
@@ -118,7 +118,8 @@ def test_serve_point_summary_and_row_survive_all_requests_failing() -> None:
 
 def test_cli_refuses_bad_scaling_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--scaling", "2k,10k"]) == 1
-    assert capsys.readouterr().err.strip() == "fruitpipe bench: error: --scaling expects comma-separated integers, got '2k,10k'"
+    expected = "fruitpipe bench: error: --scaling expects comma-separated integers, got '2k,10k'"
+    assert capsys.readouterr().err.strip() == expected
 
 
 def test_subsets_are_balanced_hard_links_of_one_set(tmp_path: Path) -> None:

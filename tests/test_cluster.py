@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import copy_subset
 
-from fruitpipe.ops import package
 from fruitpipe.devtools.standalone import StandaloneCluster, free_port, get_json
+from fruitpipe.ops import package
+from helpers import copy_subset
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from badimages import (
-    BAD_MAX_PIXELS, EXIF_ORIENTATION, bad_image_bytes, encode, fruit_pixels, header_bomb_png, jpeg_bytes,
+    BAD_MAX_PIXELS,
+    EXIF_ORIENTATION,
+    bad_image_bytes,
+    encode,
+    fruit_pixels,
+    header_bomb_png,
+    jpeg_bytes,
     write_odd_images,
 )
 from fruitpipe.config import DecodeLimits

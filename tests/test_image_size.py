@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fruitpipe.image import models
 from fruitpipe.batch import sources
 from fruitpipe.config import RunConfig
+from fruitpipe.image import models
 from fruitpipe.image.embed import embed
 from fruitpipe.ml.featurizer import ImageFeaturizer
 from test_parity import reference_input, reference_pixels

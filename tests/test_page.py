@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe.recognise.bundle import Bundle
 from fruitpipe.devtools.serveprocess import running_server
+from fruitpipe.recognise.bundle import Bundle
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
@@ -108,7 +108,7 @@ def test_chosen_photo_is_classified(browser, page_server: str, trained_bundle: P
     browser.find_element("id", "file").send_keys(str(photo))
     shown = shown_predictions(browser)
     assert [label for label, _ in shown] == [p.label for p in expected]
-    assert all(abs(value - p.probability) <= 1e-5 for (_, value), p in zip(shown, expected))
+    assert all(abs(value - p.probability) <= 1e-5 for (_, value), p in zip(shown, expected, strict=True))
     assert expected[0].label == "Banana"
     assert browser.find_element("id", "status").text.startswith("Most likely: Banana")
     assert browser.find_element("id", "preview").get_attribute("src").startswith("blob:")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fruitpipe.image import models
 from fruitpipe.batch import sources
 from fruitpipe.image import embed as embed_mod
+from fruitpipe.image import models
 from fruitpipe.ml import featurizer as featurizer_mod
 from fruitpipe.ml.featurizer import ImageFeaturizer
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fruitpipe import runtime
-from fruitpipe.image import models
 from fruitpipe.batch import sources
 from fruitpipe.config import DecodeLimits, RunConfig
+from fruitpipe.image import models
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.ml.featurizer import ImageFeaturizer

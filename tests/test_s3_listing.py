@@ -109,7 +109,7 @@ def test_lists_exactly_the_images_across_pages(bucket: dict[str, str], suffix: s
 def test_listed_uris_round_trip(bucket: dict[str, str]) -> None:
     listed = dict(storage.list_files(f"s3://{BUCKET}/{PREFIX}", IMAGE_EXTENSIONS))
     odd = [key for key in bucket if any(c in key for c in "%&@'") or NFD_CLASS in key or "+y" in key]
-    picks = sorted(odd)[:: max(1, len(odd) // 12)] + [next(key for key in bucket if NFD_CLASS in key)]
+    picks = [*sorted(odd)[:: max(1, len(odd) // 12)], next(key for key in bucket if NFD_CLASS in key)]
     for key in picks:
         uri = f"s3://{BUCKET}/{key}"
         assert uri in listed, uri

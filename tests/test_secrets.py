@@ -13,14 +13,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from helpers import copy_subset
-from background import background_python
-from fruitpipe.devtools.s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
 
+from background import background_python
 from fruitpipe import storage
 from fruitpipe.batch import pipeline
-from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig, S3Options
 from fruitpipe.batch.session import BASE_CONF
+from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig, S3Options
+from fruitpipe.devtools.s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
+from helpers import copy_subset
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def library_run(cli_process, spark, s3_endpoint: str, s3_input: str, tiny_model:
                                           pca=PcaSettings(k=2), csv=True, s3=S3Options(endpoint_url=s3_endpoint)))
     finally:
         logging.getLogger().removeHandler(handler)
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     folder = tmp_path_factory.mktemp("library-run")
     keys = download_prefix(s3_endpoint, OUT_BUCKET, "library-run", folder)

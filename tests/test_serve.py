@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import numpy as np
@@ -20,10 +21,10 @@ import uvicorn
 from PIL import Image
 
 from badimages import corrupt_idat_png, encode, header_bomb_png, jpeg_bytes
-from helpers import fruitpipe_cli
-from fruitpipe.recognise.bundle import Bundle, Prediction
 from fruitpipe.devtools.serveprocess import running_server
+from fruitpipe.recognise.bundle import Bundle, Prediction
 from fruitpipe.recognise.serve import bind_socket, create_app
+from helpers import fruitpipe_cli
 
 pytestmark = pytest.mark.slow
 UPLOAD_LIMIT_MB = 2  # the server under test runs with --max-upload-mb 2: small enough to test cheaply
@@ -99,7 +100,7 @@ def test_top_k_full_distribution_and_cap(server: str, bundle: Bundle, good_image
     assert probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
     expected = bundle.probabilities([data])[0]  # the full row, independent of the top-k path
-    by_label = dict(zip(bundle.classes, expected))
+    by_label = dict(zip(bundle.classes, expected, strict=True))
     assert all(abs(p["probability"] - by_label[p["label"]]) <= TOLERANCE for p in everything)
     capped = predict(server, "c.jpg", data, top_k=1000).json()["predictions"]
     assert [p["label"] for p in capped] == [p["label"] for p in everything]
@@ -260,7 +261,7 @@ def test_openapi_documents_predict_and_docs_page_is_off(server: str) -> None:
 class BlockingBundle:
     """Stands in for a bundle whose inference holds a worker thread until released."""
 
-    classes = ["Apple", "Banana"]
+    classes: ClassVar[list[str]] = ["Apple", "Banana"]
 
     def __init__(self) -> None:
         self.inside, self.release = threading.Event(), threading.Event()

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from fruitpipe.devtools.s3server import DUMMY_SECRET, client
 
 from fruitpipe import storage
-from fruitpipe.ops import upload
 from fruitpipe.config import S3Options
+from fruitpipe.devtools.s3server import DUMMY_SECRET, client
+from fruitpipe.ops import upload
 
 # relative path -> content; odd names on purpose ("é" in NFC, as the walker normalises it)
 FILES = {
