@@ -109,10 +109,10 @@ def test_flat_layout_with_fixed_k_and_overwrite(spark, small_sample: Path, tmp_p
     config = RunConfig(input=str(flat), output=str(output), pca=PcaSettings(k=3))
     first = pipeline.run(config)
     second = pipeline.run(RunConfig(input=str(flat), output=str(output), pca=PcaSettings(k=3), overwrite=True))
-    assert first["layout"] == second["layout"] == "flat" and second["pca"]["k"] == 3
+    assert first.layout == second.layout == "flat" and second.pca.k == 3
     features = pq.read_table(output / "features").to_pandas()
     assert features["split"].isna().all() and set(features["label"]) == {p.name for p in flat.iterdir()}
-    assert len(features) == second["counts"]["ok"] == len(image_files(flat))
+    assert len(features) == second.counts.ok == len(image_files(flat))
 
 
 def test_variance_target_picks_k_like_sklearn(spark, small_sample: Path, tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_variance_target_picks_k_like_sklearn(spark, small_sample: Path, tmp_pat
     manifest = pipeline.run(RunConfig(input=str(small_sample), output=str(output), pca=PcaSettings(variance=0.8)))
     features = np.stack(pq.read_table(output / "features").to_pandas()["features"]).astype(np.float64)
     cumulative = np.cumsum(PCA().fit(features).explained_variance_ratio_)
-    assert manifest["pca"]["k"] == int(np.searchsorted(cumulative, 0.8 - 1e-9) + 1)
+    assert manifest.pca.k == int(np.searchsorted(cumulative, 0.8 - 1e-9) + 1)
 
 
 def test_overwrite_refuses_foreign_folder(tmp_path: Path, small_sample: Path) -> None:
@@ -156,7 +156,7 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
     errors = pq.read_table(output / "errors").to_pandas()
     assert {Path(p).name: stage for p, stage in zip(errors["path"], errors["stage"])} == expected
     assert errors["reason"].str.len().min() > 0
-    assert manifest["counts"] == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected)}
+    assert manifest.counts.to_json() == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected)}
     assert (output / "_SUCCESS").exists()
 
 

@@ -45,11 +45,13 @@ def test_builtin_spec_fields(default_spec: models.ModelSpec) -> None:
 
 
 def test_manifest_entry_carries_hash_and_preprocessing(default_spec: models.ModelSpec) -> None:
-    entry = default_spec.manifest_entry(Runtime.for_precision("fp32"))
+    from fruitpipe.batch.manifest import ModelEntry
+
+    entry = ModelEntry.of(default_spec, Runtime.for_precision("fp32")).to_json()
     assert entry["weights_sha256"] == sha256_of(default_spec.weights_path)
     assert entry["preprocessing"]["input_size"] == 224 and entry["feature_dim"] == 1280
     assert entry["runtime"].startswith("onnxruntime ") and entry["precision"] == "fp32"
-    bf16 = default_spec.manifest_entry(Runtime.for_precision("bf16"))
+    bf16 = ModelEntry.of(default_spec, Runtime.for_precision("bf16")).to_json()
     assert bf16["runtime"].startswith("openvino ") and bf16["precision"] == "bf16"
 
 

@@ -67,12 +67,12 @@ def test_unknown_precision_is_refused_by_config_and_resolve() -> None:
 
 
 def test_recorded_precision_defaults_to_fp32_and_refuses_what_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Runtime.recorded({"name": "x"}, "run r").precision == "fp32"  # outputs from before precisions
+    assert Runtime.recorded(None, "run r").precision == "fp32"  # outputs from before precisions
     monkeypatch.setattr(runtime, "cpu_flags", lambda: AVX2)
     with pytest.raises(ValueError, match="made with bf16 features and must be used with them"):
-        Runtime.recorded({"precision": "bf16"}, "bundle b")
+        Runtime.recorded("bf16", "bundle b")
     with pytest.raises(ValueError, match="does not know"):
-        Runtime.recorded({"precision": "int3"}, "bundle b")
+        Runtime.recorded("int3", "bundle b")
 
 
 def test_model_calls_in_slices_equal_one_call(spec: models.ModelSpec, test_pixels: np.ndarray) -> None:

@@ -33,7 +33,7 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
     _bucket(s3_endpoint, "fruit-out")
     manifest = pipeline.run(RunConfig(input="s3://fruit-in/datasets/fruits 360", output="s3://fruit-out/runs/r1",
                                       pca=PcaSettings(k=4), s3=S3Options(endpoint_url=s3_endpoint)))
-    assert manifest["counts"] == {"listed": uploaded, "ok": uploaded, "rejected": 0}
+    assert manifest.counts.to_json() == {"listed": uploaded, "ok": uploaded, "rejected": 0}
     keys = download_prefix(s3_endpoint, "fruit-out", "runs/r1", tmp_path)
     for name in ("manifest.json", "_SUCCESS", "scree.png", "errors/part-00000.parquet"):
         assert name in keys
@@ -47,7 +47,7 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
     for key, (features, projection) in remote.items():
         np.testing.assert_allclose(features, local[key][0], atol=1e-5)
         np.testing.assert_allclose(projection, local[key][1], atol=1e-4)
-    assert manifest["pca"]["explained_variance_ratio"] == pytest.approx(local_manifest["pca"]["explained_variance_ratio"], abs=1e-6)
+    assert manifest.pca.explained_variance_ratio == pytest.approx(local_manifest.pca.explained_variance_ratio, abs=1e-6)
 
     model = CentredPCAModel.load("s3://fruit-out/runs/r1/pca_model")  # straight from S3, no local copy
     again = model.setOutputCol("again").transform(spark.read.parquet(str(tmp_path / "features"))).toPandas()
@@ -64,7 +64,7 @@ def test_local_in_s3_out_and_back(spark, s3_endpoint: str, small_sample: Path, t
         pipeline.run(RunConfig(input=str(small_sample), output="s3://round-trip/out", s3=options))
     again = pipeline.run(RunConfig(input=str(small_sample), output="s3://round-trip/out", pca=PcaSettings(k=2),
                                    s3=options, overwrite=True))
-    assert again["counts"] == first["counts"]
+    assert again.counts == first.counts
     keys = download_prefix(s3_endpoint, "round-trip", "out", tmp_path / "copy")
     assert sum(k.startswith("features/") for k in keys) >= 1 and "_SUCCESS" in keys
 

@@ -125,7 +125,7 @@ def library_run(cli_process, spark, s3_endpoint: str, s3_input: str, tiny_model:
 
 def test_library_run_writes_no_credentials(library_run) -> None:
     manifest, _, folder, keys = library_run
-    assert manifest["counts"] == {"listed": 6, "ok": 6, "rejected": 0}
+    assert manifest.counts.to_json() == {"listed": 6, "ok": 6, "rejected": 0}
     for name in ("manifest.json", "_SUCCESS", "scree.png", "features/part-00000.parquet", "errors/part-00000.parquet"):
         assert name in keys, keys
     assert any(k.startswith("pca_model/") and "metadata" in k for k in keys), keys

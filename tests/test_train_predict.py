@@ -347,7 +347,7 @@ def test_train_reads_and_writes_s3(spark, s3_endpoint: str, trained_bundle: Path
     assert json.loads((tmp_path / "_SUCCESS").read_text())["files"] == [key for key in keys if key != "_SUCCESS"]
     local = json.loads((trained_bundle / "metrics.json").read_text())
     assert json.loads((tmp_path / "metrics.json").read_text())["confusion_matrix"] == local["confusion_matrix"]
-    assert manifest["source"]["run_output"] == "s3://train-runs/runs/sample"
+    assert manifest.source.run_output == "s3://train-runs/runs/sample"
     remote_bundle, local_bundle = Bundle.load(tmp_path), Bundle.load(trained_bundle)
     assert remote_bundle.describe()["source"]["manifest_sha256"] == local_bundle.describe()["source"]["manifest_sha256"]
     features = np.stack(pq.read_table(run_output_of(trained_bundle) / "features").to_pandas()["features"])

@@ -9,12 +9,16 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fruitpipe import __version__
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS
 from fruitpipe.config import DEFAULT_MASTER, DEFAULT_MODEL, PcaSettings, RunConfig, S3Options, parse_spark_conf
 from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
+
+if TYPE_CHECKING:  # the contracts' modules are imported by the commands that produce them
+    from fruitpipe.batch.manifest import RunManifest
+    from fruitpipe.recognise.contracts import TrainManifest
 
 logger = logging.getLogger("fruitpipe")
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
@@ -205,7 +209,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     manifest = pipeline.run(config)
-    print(json.dumps(manifest, indent=2, ensure_ascii=False) if args.json else summary(manifest))
+    print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
     return 0
 
 
@@ -233,19 +237,19 @@ def _bundled_sample() -> str:
     return str(sampledata.bundled_sample_dir())
 
 
-def summary(manifest: dict[str, Any]) -> str:
+def summary(manifest: RunManifest) -> str:
     """The few lines a user wants after a run."""
-    counts, pca, timings = manifest["counts"], manifest["pca"], manifest["timings_s"]
+    counts, pca, timings = manifest.counts, manifest.pca, manifest.timings_s
     return "\n".join([
-        f"fruitpipe run {manifest['run_id']} done",
-        f"  input     {manifest['input']} ({manifest['layout']} layout, {len(manifest['classes'])} classes)",
-        f"  output    {manifest['output']}",
-        f"  images    {counts['ok']} ok, {counts['rejected']} rejected of {counts['listed']} listed",
-        f"  features  {manifest['feature_dim']}-d from {manifest['model']['name']} "
-        f"({manifest['model'].get('precision', 'fp32')}, {manifest['model']['runtime']})",
-        f"  PCA       k={pca['k']} keeps {pca['variance_kept']:.1%} of the variance",
-        f"  time      {timings['total']:.1f} s total, featurize {timings['featurize']:.1f} s "
-        f"({manifest['throughput_img_s']:.1f} img/s overall, {manifest['featurize_img_s']:.1f} img/s featurizing)",
+        f"fruitpipe run {manifest.run_id} done",
+        f"  input     {manifest.input} ({manifest.layout} layout, {len(manifest.classes)} classes)",
+        f"  output    {manifest.output}",
+        f"  images    {counts.ok} ok, {counts.rejected} rejected of {counts.listed} listed",
+        f"  features  {manifest.feature_dim}-d from {manifest.model.name} "
+        f"({manifest.model.precision or 'fp32'}, {manifest.model.runtime})",
+        f"  PCA       k={pca.k} keeps {pca.variance_kept:.1%} of the variance",
+        f"  time      {timings.total:.1f} s total, featurize {timings.stages['featurize']:.1f} s "
+        f"({manifest.throughput_img_s:.1f} img/s overall, {manifest.featurize_img_s:.1f} img/s featurizing)",
     ])
 
 
@@ -295,18 +299,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
                                        master=args.master, spark_conf=parse_spark_conf(args.conf),
                                        s3=_s3_options(args)))
-    print(json.dumps(manifest, indent=2, ensure_ascii=False) if args.json else train_summary(manifest, args.output))
+    print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
+          else train_summary(manifest, args.output))
     return 0
 
 
-def train_summary(manifest: dict[str, Any], output: str) -> str:
-    metrics, counts = manifest["metrics"], manifest["counts"]
+def train_summary(manifest: TrainManifest, output: str) -> str:
+    metrics, counts = manifest.metrics, manifest.counts
     return "\n".join([
         f"fruitpipe train done: {output}",
-        f"  source      run {manifest['source']['run_id']} ({len(manifest['classes'])} classes)",
-        f"  classifier  {manifest['classifier']['name']} (chosen on {counts['validation']} validation images)",
-        f"  Test        accuracy {metrics['accuracy']:.2%}, macro-F1 {metrics['macro_f1']:.4f} "
-        f"on {counts['test']} images (per class: per_class.csv, confusion_matrix.png)",
+        f"  source      run {manifest.source.run_id} ({len(manifest.classes)} classes)",
+        f"  classifier  {manifest.classifier.name} (chosen on {counts.validation} validation images)",
+        f"  Test        accuracy {metrics.accuracy:.2%}, macro-F1 {metrics.macro_f1:.4f} "
+        f"on {counts.test} images (per class: per_class.csv, confusion_matrix.png)",
         f"  bundle      {output}/bundle (fruitpipe predict --model {output} PHOTO...)",
     ])
 

@@ -48,10 +48,10 @@ class Runtime:
         return cls(precision, engine, infer_batch or INFER_BATCH.get(precision, 1))
 
     @classmethod
-    def recorded(cls, model_entry: dict[str, object], what: str) -> Runtime:
-        """The runtime a run manifest or bundle recorded (fp32 before precisions existed), checked
+    def recorded(cls, recorded_precision: str | None, what: str) -> Runtime:
+        """The runtime a run manifest or bundle recorded (None: fp32, before precisions existed), checked
         runnable here: features of two precisions never mix, so there is no silent fallback."""
-        precision = str(model_entry.get("precision") or DEFAULT_PRECISION)
+        precision = recorded_precision or DEFAULT_PRECISION
         if precision not in PRECISIONS:
             raise ValueError(f"{what} was made with precision {precision!r}, which this fruitpipe does not know")
         problem = supports(precision)

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
-from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -23,6 +22,7 @@ from fruitpipe.image import models
 from fruitpipe.batch import plots
 from fruitpipe.batch import sinks
 from fruitpipe.batch import sources
+from fruitpipe.batch.manifest import Executor, ModelEntry, PcaSummary, RunCounts, RunManifest, SparkSummary, Timings
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
@@ -50,8 +50,12 @@ class StageTimer:
     def total(self) -> float:
         return round(time.perf_counter() - self.started, 3)
 
+    def timings(self) -> Timings:
+        """The stages so far and the total up to now."""
+        return Timings(dict(self.seconds), self.total())
 
-def run(config: RunConfig) -> dict[str, Any]:
+
+def run(config: RunConfig) -> RunManifest:
     """Run the whole chain; returns the manifest (also written to the output)."""
     timer = StageTimer()
     storage.configure(config.s3)
@@ -73,7 +77,7 @@ def run(config: RunConfig) -> dict[str, Any]:
 
 
 def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
-                    listing: sources.ImageListing, timer: StageTimer, run_id: str) -> dict[str, Any]:
+                    listing: sources.ImageListing, timer: StageTimer, run_id: str) -> RunManifest:
     images = sources.to_dataframe(spark, listing, config.executor.rows_per_partition)
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
                                  precision=runtime.precision, inferBatch=runtime.infer_batch,
@@ -86,10 +90,10 @@ def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSp
         ok_count, rejected, pca = _featurize_fit_write(featurized, config, listing, timer, run_id)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist()
-    counts = {"listed": len(listing.rows), "ok": ok_count, "rejected": rejected}
+    counts = RunCounts(listed=len(listing.rows), ok=ok_count, rejected=rejected)
     manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
-    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
-    sinks.commit(config.output, counts)
+    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest.to_json())
+    sinks.commit(config.output, counts.to_json())
     return manifest
 
 
@@ -133,37 +137,38 @@ def _write_outputs(ok: DataFrame, pca: CentredPCAModel, config: RunConfig, run_i
 
 
 def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
-              listing: sources.ImageListing, pca: CentredPCAModel, counts: dict[str, int], timer: StageTimer,
-              run_id: str) -> dict[str, Any]:
-    total = timer.total()
-    return {
-        "run_id": run_id,
-        "input": storage.redact(listing.root),
-        "output": storage.redact(config.output),
-        "layout": listing.layout,
-        "classes": listing.labels,
-        "model": {**spec.manifest_entry(runtime), "onnx_sha256": storage.file_sha256(models.onnx_file(spec))},
-        "feature_dim": spec.feature_dim,
-        "pca": {
-            "k": pca.components,
-            "variance_target": config.pca.variance_target,
-            "variance_kept": round(pca.variance_kept, 6),
-            "explained_variance_ratio": pca.spectrum,
-        },
-        "counts": counts,
-        "timings_s": {**timer.seconds, "total": total},
-        "throughput_img_s": round(counts["listed"] / total, 2) if total else None,
-        "featurize_img_s": round(counts["listed"] / timer.seconds["featurize"], 2),
-        "versions": _versions(),
-        "spark": {
-            "master": spark.sparkContext.master,
-            "application_id": spark.sparkContext.applicationId,
-            "executors": executors(spark),
-            "default_parallelism": spark.sparkContext.defaultParallelism,
-            "partitions": sources.partition_count(counts["listed"], spark.sparkContext.defaultParallelism,
-                                                  config.executor.rows_per_partition),
-        },
-    }
+              listing: sources.ImageListing, pca: CentredPCAModel, counts: RunCounts, timer: StageTimer,
+              run_id: str) -> RunManifest:
+    timings = timer.timings()
+    total = timings.total
+    return RunManifest(
+        run_id=run_id,
+        input=storage.redact(listing.root),
+        output=storage.redact(config.output),
+        layout=listing.layout,
+        classes=tuple(listing.labels),
+        model=ModelEntry.of(spec, runtime, onnx_sha256=storage.file_sha256(models.onnx_file(spec))),
+        feature_dim=spec.feature_dim,
+        pca=PcaSummary(
+            k=pca.components,
+            variance_target=config.pca.variance_target,
+            variance_kept=round(pca.variance_kept, 6),
+            explained_variance_ratio=tuple(pca.spectrum),
+        ),
+        counts=counts,
+        timings_s=timings,
+        throughput_img_s=round(counts.listed / total, 2) if total else None,
+        featurize_img_s=round(counts.listed / timer.seconds["featurize"], 2),
+        versions=_versions(),
+        spark=SparkSummary(
+            master=spark.sparkContext.master,
+            application_id=spark.sparkContext.applicationId,
+            executors=tuple(Executor(**row) for row in executors(spark)),
+            default_parallelism=spark.sparkContext.defaultParallelism,
+            partitions=sources.partition_count(counts.listed, spark.sparkContext.defaultParallelism,
+                                               config.executor.rows_per_partition),
+        ),
+    )
 
 
 def _versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -14,6 +15,7 @@ from pyspark.sql import functions as F
 
 from fruitpipe import storage
 from fruitpipe.batch.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
+from fruitpipe.batch.manifest import SuccessMarker
 from fruitpipe.config import S3Options
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,16 @@ def write_json(uri: str, document: dict[str, Any]) -> None:
     storage.write_bytes(uri, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def commit(output: str, counts: dict[str, int]) -> None:
+def commit(output: str, counts: Mapping[str, int]) -> None:
     """Write _SUCCESS last: the run's files and counts."""
     files = [path for path in storage.list_tree(output) if path != SUCCESS and "/_temporary/" not in f"/{path}"]
-    write_json(storage.join(output, SUCCESS), {"files": files, "counts": counts})
+    write_json(storage.join(output, SUCCESS), SuccessMarker(tuple(files), counts).to_json())
+
+
+def read_success(output: str) -> SuccessMarker | None:
+    """The output's _SUCCESS, or None when there is none (an incomplete output)."""
+    try:
+        raw = storage.read_bytes(storage.join(output, SUCCESS))
+    except FileNotFoundError:
+        return None
+    return SuccessMarker.loads(raw, f"{SUCCESS} of {storage.redact(output)}")

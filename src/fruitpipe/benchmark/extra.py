@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from fruitpipe.batch.manifest import RunManifest
 from fruitpipe.devtools.serveprocess import running_server
 from fruitpipe.devtools.standalone import StandaloneCluster
 from fruitpipe.image.sampledata import bundled_sample_dir
@@ -84,11 +85,11 @@ def _run_on_cluster(workers: int, images: Path, scratch: Path, index: int) -> di
             logger.error("fruitpipe run failed:\n%s\n%s", result.stderr[-3000:], cluster.logs())
             last = result.stderr.strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"fruitpipe run on {workers} worker(s) exited with {result.returncode}: {last[0]}")
-    manifest = json.loads(result.stdout)
-    timings = manifest["timings_s"]
-    return {"workers": workers, "cores": workers, "images": manifest["counts"]["listed"],
-            "featurize_s": timings["featurize"], "featurize_img_s": manifest["featurize_img_s"],
-            "total_s": timings["total"], "load_avg_1m_before": round(load, 2)}
+    manifest = RunManifest.loads(result.stdout, f"the manifest printed by fruitpipe run on {workers} worker(s)")
+    timings = manifest.timings_s
+    return {"workers": workers, "cores": workers, "images": manifest.counts.listed,
+            "featurize_s": timings.stages["featurize"], "featurize_img_s": manifest.featurize_img_s,
+            "total_s": timings.total, "load_avg_1m_before": round(load, 2)}
 
 
 def _run_command(master_url: str, images: Path, output: Path) -> list[str]:

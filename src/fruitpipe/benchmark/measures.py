@@ -309,21 +309,21 @@ def fruitpipe_run(params: Params) -> dict[str, Any]:
         started = time.time()
         manifest = pipeline.run(config)
         batches = [json.loads(line) for line in batch_log.read_text(encoding="utf-8").splitlines()]
-    timings = manifest["timings_s"]
+    timings = manifest.timings_s
     return {
-        **_rate(manifest["counts"]["ok"], timings["total"]),
-        "featurize_images_s": manifest["featurize_img_s"],
+        **_rate(manifest.counts.ok, timings.total),
+        "featurize_images_s": manifest.featurize_img_s,
         "time_to_first_batch_s": round(min(b["time"] for b in batches) - started, 2) if batches else None,
-        "timings_s": timings,
-        "rejected": manifest["counts"]["rejected"],
-        "pca_k": manifest["pca"]["k"],
-        "partitions": manifest["spark"]["partitions"],
+        "timings_s": timings.to_json(),
+        "rejected": manifest.counts.rejected,
+        "pca_k": manifest.pca.k,
+        "partitions": manifest.spark.partitions,
         "worker_processes": len({b["pid"] for b in batches}),
         "conf": dict(config.spark_conf),
         "batch_size": settings.batch_size,
         "rows_per_partition": settings.rows_per_partition,
-        "image_size": manifest["model"]["input_size"],
-        "precision": manifest["model"]["precision"],
+        "image_size": manifest.model.input_size,
+        "precision": manifest.model.precision,
     }
 
 

@@ -10,11 +10,10 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from fruitpipe.runtime import Runtime
 from fruitpipe.storage import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -49,8 +48,28 @@ class Preprocessing:
         if self.layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be NCHW or NHWC, got {self.layout!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, document: object, where: str) -> Preprocessing:
+        """The one parser of recorded preprocessing (an ONNX file's sidecar, the run manifest, bundle.json);
+        `resize` and `layout` may be left out. A bad value is a ValueError naming `where`."""
+        try:
+            if not isinstance(document, dict):
+                raise TypeError(f"expected a JSON object, got {type(document).__name__}")
+            return cls(input_size=int(document["input_size"]), resize=str(document.get("resize", "bilinear")),
+                       mean=_triple(document["mean"]), std=_triple(document["std"]),
+                       layout=str(document.get("layout", "NCHW")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: invalid preprocessing ({type(exc).__name__}: {exc})") from None
+
+
+def _triple(values: object) -> tuple[float, float, float]:
+    if not isinstance(values, list) or len(values) != 3:
+        raise ValueError(f"expected a list of 3 numbers, got {values!r}")
+    first, second, third = (float(value) for value in values)
+    return first, second, third
 
 
 @dataclass(frozen=True)
@@ -66,21 +85,6 @@ class ModelSpec:
     preprocessing: Preprocessing
     description: str = ""
 
-    def manifest_entry(self, runtime: Runtime) -> dict[str, Any]:
-        """What the run manifest records about the model and the runtime that ran it."""
-        return {
-            "name": self.name,
-            "arch": self.arch,
-            "weights_sha256": self.weights_sha256,
-            "input_size": self.preprocessing.input_size,
-            "runtime": f"{runtime.engine} {package_version(runtime.engine)}",
-            "precision": runtime.precision,
-            "infer_batch": runtime.infer_batch,
-            "preprocessing": self.preprocessing.to_dict(),
-            "onnx_input": "float32, normalised by the caller" if self.kind == "onnx"
-            else "uint8 NHWC, normalisation inside the graph",
-            "feature_dim": self.feature_dim,
-        }
 
 
 def package_version(package: str) -> str:
@@ -200,21 +204,13 @@ def _onnx_spec(path: str) -> ModelSpec:
         )
     try:
         declared = json.loads(sidecar.read_text(encoding="utf-8"))
-        if not isinstance(declared, dict):
-            raise TypeError(f"expected a JSON object, got {type(declared).__name__}")
-        feature_dim = declared.pop("feature_dim", None)
-        declared.pop("description", None)
-        preprocessing = Preprocessing(
-            input_size=int(declared.pop("input_size")),
-            resize=declared.pop("resize", "bilinear"),
-            mean=tuple(float(v) for v in declared.pop("mean")),
-            std=tuple(float(v) for v in declared.pop("std")),
-            layout=declared.pop("layout", "NCHW"),
-        )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
         raise ValueError(f"{sidecar}: invalid preprocessing declaration ({exc})") from exc
-    if declared:
-        raise ValueError(f"{sidecar}: unknown keys {sorted(declared)}")
+    preprocessing = Preprocessing.from_json(declared, str(sidecar))
+    feature_dim = declared.get("feature_dim")
+    unknown = set(declared) - {"feature_dim", "description", *(field.name for field in fields(Preprocessing))}
+    if unknown:
+        raise ValueError(f"{sidecar}: unknown keys {sorted(unknown)}")
     dim = int(feature_dim) if feature_dim else _onnx_output_dim(onnx_file)
     return ModelSpec(
         name=f"onnx:{onnx_file}",

@@ -13,22 +13,19 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fruitpipe.config import DecodeLimits
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
-from fruitpipe.image.models import Preprocessing
-from fruitpipe.runtime import Runtime
+from fruitpipe.recognise.contracts import BundleDescription
 from fruitpipe.storage import file_sha256, read_bytes
 
 logger = logging.getLogger(__name__)
 
-FORMAT, FORMAT_VERSION = "fruitpipe-bundle", 1
 BUNDLE_DIR, DESCRIPTION = "bundle", "bundle.json"
 ONNX_FILE, ARRAYS_FILE, CLASSES_FILE = "model.onnx", "arrays.npz", "classes.json"
 ARRAY_NAMES = ("mean", "components", "coefficients", "intercepts")
@@ -62,9 +59,8 @@ class Arrays:
                 raise ValueError(f"bundle array {name} holds non-finite values")
 
 
-def write(folder: str | Path, onnx_file: str | Path, description: dict[str, Any], arrays: Arrays,
-          classes: list[str]) -> None:
-    """Write a bundle into a local folder; `description` gets the format, classes and file checksums added."""
+def write(folder: str | Path, onnx_file: str | Path, description: BundleDescription, arrays: Arrays) -> None:
+    """Write a bundle into a local folder; `description` gets the file checksums added."""
     import shutil
 
     folder = Path(folder)
@@ -72,28 +68,24 @@ def write(folder: str | Path, onnx_file: str | Path, description: dict[str, Any]
     shutil.copyfile(onnx_file, folder / ONNX_FILE)
     np.savez(folder / ARRAYS_FILE, **{name: np.asarray(getattr(arrays, name), dtype=np.float64)
                                       for name in ARRAY_NAMES})
-    (folder / CLASSES_FILE).write_text(json.dumps(classes, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    (folder / CLASSES_FILE).write_text(json.dumps(list(description.classes), ensure_ascii=False, indent=1) + "\n",
+                                       encoding="utf-8")
     files = {name: file_sha256(folder / name) for name in (ONNX_FILE, ARRAYS_FILE, CLASSES_FILE)}
-    document = {"format": FORMAT, "format_version": FORMAT_VERSION, **description, "classes": classes,
-                "files": files}
+    document = replace(description, files=files).to_json()
     (folder / DESCRIPTION).write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 class Bundle:
     """A loaded bundle; thread-safe for prediction (ONNX Runtime sessions are)."""
 
-    def __init__(self, folder: Path, document: dict[str, Any], arrays: Arrays, threads: int) -> None:
+    def __init__(self, folder: Path, description: BundleDescription, arrays: Arrays, threads: int) -> None:
         self.folder = folder
-        self.document = document
+        self.description = description
         self.arrays = arrays
-        self.classes: list[str] = list(document["classes"])
-        model = document["model"]
-        self.preprocessing = Preprocessing(
-            input_size=int(model["preprocessing"]["input_size"]), resize=model["preprocessing"]["resize"],
-            mean=tuple(model["preprocessing"]["mean"]), std=tuple(model["preprocessing"]["std"]),
-            layout=model["preprocessing"].get("layout", "NCHW"))
-        self.limits = DecodeLimits(**document["limits"])
-        self.runtime = Runtime.recorded(model, f"bundle {folder}")
+        self.classes: list[str] = list(description.classes)
+        self.preprocessing = description.model.preprocessing
+        self.limits = description.limits
+        self.runtime = description.model.recorded_runtime(f"bundle {folder}")
         self.threads = threads
         self.onnx_path = str(folder / ONNX_FILE)
 
@@ -101,20 +93,20 @@ class Bundle:
     def load(cls, path: str | Path, threads: int | None = None) -> Bundle:
         """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256."""
         folder = _bundle_folder(Path(path))
-        document = _read_description(folder)
-        for name, expected in document["files"].items():
+        description = _read_description(folder)
+        for name, expected in description.files.items():
             file = folder / name
             if not file.is_file():
                 raise FileNotFoundError(f"bundle {folder} is incomplete: {name} is missing")
             if file_sha256(file) != expected:
                 raise ValueError(f"bundle {folder} is damaged: {name} does not match its recorded sha256")
         classes = json.loads((folder / CLASSES_FILE).read_text(encoding="utf-8"))
-        if classes != document["classes"]:
+        if classes != list(description.classes):
             raise ValueError(f"bundle {folder} is inconsistent: {CLASSES_FILE} differs from {DESCRIPTION}")
         arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
-            arrays.check(int(document["model"]["feature_dim"]), len(classes))
-            bundle = cls(folder, document, arrays, threads or os.cpu_count() or 1)
+            arrays.check(description.model.feature_dim, len(classes))
+            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bundle {folder} is invalid ({type(exc).__name__}: {exc})") from exc
         logger.debug("loaded bundle %s: %d classes, k=%d", folder, len(classes), arrays.components.shape[1])
@@ -161,21 +153,21 @@ class Bundle:
 
     def describe(self) -> dict[str, Any]:
         """What the bundle is: model, fingerprints of its source run, classes, when it was made."""
-        document = self.document
+        description = self.description
         return {
             "path": str(self.folder),
-            "model": document["model"]["name"],
-            "weights_sha256": document["model"]["weights_sha256"],
-            "onnx_sha256": document["files"][ONNX_FILE],
-            "feature_dim": document["model"]["feature_dim"],
+            "model": description.model.name,
+            "weights_sha256": description.model.weights_sha256,
+            "onnx_sha256": description.files[ONNX_FILE],
+            "feature_dim": description.model.feature_dim,
             "input_size": self.preprocessing.input_size,
             "precision": self.runtime.precision,
             "k": int(self.arrays.components.shape[1]),
-            "classifier": document["classifier"],
+            "classifier": description.classifier.to_json(),
             "classes": self.classes,
-            "source": document["source"],
-            "created": document["created"],
-            "metrics": document.get("metrics", {}),
+            "source": description.source.to_json(),
+            "created": description.created,
+            "metrics": description.metrics.to_json() if description.metrics else {},
         }
 
 
@@ -225,21 +217,11 @@ def _bundle_folder(path: Path) -> Path:
                             "make one with 'fruitpipe train')")
 
 
-def _read_description(folder: Path) -> dict[str, Any]:
-    try:
-        document = json.loads((folder / DESCRIPTION).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"bundle {folder}: {DESCRIPTION} is not valid JSON ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"bundle {folder}: {DESCRIPTION} is not a fruitpipe bundle description")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"bundle {folder}: format version {document.get('format_version')} is not supported "
-                         f"(this fruitpipe reads version {FORMAT_VERSION})")
-    missing = {"model", "limits", "classes", "files", "classifier", "source", "created"} - document.keys()
-    if missing or not isinstance(document["files"], dict) or set(document["files"]) != {
-            ONNX_FILE, ARRAYS_FILE, CLASSES_FILE}:
-        raise ValueError(f"bundle {folder}: {DESCRIPTION} is incomplete (missing {sorted(missing) or 'files'})")
-    return document
+def _read_description(folder: Path) -> BundleDescription:
+    description = BundleDescription.loads((folder / DESCRIPTION).read_bytes(), f"bundle {folder}: {DESCRIPTION}")
+    if set(description.files) != {ONNX_FILE, ARRAYS_FILE, CLASSES_FILE}:
+        raise ValueError(f"bundle {folder}: {DESCRIPTION} is incomplete (files lists {sorted(description.files)})")
+    return description
 
 
 def _read_arrays(path: Path) -> Arrays:

@@ -10,10 +10,9 @@ import csv
 import functools
 import hashlib
 import io
-import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,12 @@ from pyspark.sql import functions as F
 
 from fruitpipe import storage
 from fruitpipe.recognise import bundle
+from fruitpipe.recognise.contracts import (BundleDescription, BundlePca, Classifier, Metrics, Scores, Selection,
+                                           SourceRun, TrainCounts, TrainManifest)
 from fruitpipe.image import models
 from fruitpipe.batch import plots
 from fruitpipe.batch import sinks
+from fruitpipe.batch.manifest import ModelEntry, RunManifest
 from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
@@ -58,9 +60,9 @@ class Candidate:
                                   regParam=self.reg_param, elasticNetParam=0.0,
                                   standardization=self.standardization, maxIter=300, tol=1e-7)
 
-    def describe(self) -> dict[str, Any]:
-        return {"type": "multinomial logistic regression (Spark MLlib)", "name": self.name,
-                "regParam": self.reg_param, "elasticNetParam": 0.0, "standardization": self.standardization}
+    def describe(self) -> Classifier:
+        return Classifier(type="multinomial logistic regression (Spark MLlib)", name=self.name,
+                          reg_param=self.reg_param, elastic_net_param=0.0, standardization=self.standardization)
 
 
 CANDIDATES = (
@@ -76,19 +78,19 @@ class Source:
     """The run output trained on, and its fingerprints."""
 
     uri: str
-    manifest: dict[str, Any]
+    manifest: RunManifest
     manifest_sha256: str
 
     def runtime(self) -> Runtime:
         """The precision the run's features were made with (refused here if this machine cannot run it)."""
-        return Runtime.recorded(self.manifest["model"], f"run {storage.redact(self.uri)}")
+        return self.manifest.model.recorded_runtime(f"run {storage.redact(self.uri)}")
 
-    def fingerprint(self) -> dict[str, Any]:
-        return {"run_id": self.manifest["run_id"], "manifest_sha256": self.manifest_sha256,
-                "run_output": storage.redact(self.uri), "input": self.manifest.get("input")}
+    def fingerprint(self) -> SourceRun:
+        return SourceRun(run_id=self.manifest.run_id, manifest_sha256=self.manifest_sha256,
+                         run_output=storage.redact(self.uri), input=self.manifest.input)
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig) -> TrainManifest:
     """Fit, choose, evaluate, write MODEL_DIR; returns its manifest (metrics included)."""
     timer = StageTimer()
     storage.configure(config.s3)
@@ -110,14 +112,9 @@ def read_source(run_output: str) -> Source:
         raw = storage.read_bytes(storage.join(run_output, sinks.MANIFEST))
     except FileNotFoundError:
         raise ValueError(f"{storage.redact(run_output)} is not a fruitpipe run output (no {sinks.MANIFEST})") from None
-    if not storage.exists(storage.join(run_output, sinks.SUCCESS)):
+    if sinks.read_success(run_output) is None:
         raise ValueError(f"{storage.redact(run_output)} is an incomplete run (no {sinks.SUCCESS}); run it again")
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"{storage.redact(run_output)}/{sinks.MANIFEST} is not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or "run_id" not in manifest or "name" not in manifest.get("model", {}):
-        raise ValueError(f"{storage.redact(run_output)}/{sinks.MANIFEST} is not a run manifest (no run_id or model)")
+    manifest = RunManifest.loads(raw, f"{sinks.MANIFEST} of {storage.redact(run_output)}")
     return Source(run_output, manifest, hashlib.sha256(raw).hexdigest())
 
 
@@ -128,23 +125,23 @@ def _refuse_overlap(features: str, output: str) -> None:
         raise ValueError(f"--output {output} overlaps the run output {features}; choose a separate model folder")
 
 
-def _model_spec(manifest: dict[str, Any]) -> models.ModelSpec:
+def _model_spec(manifest: RunManifest) -> models.ModelSpec:
     """The CNN the run used (same weights, same input size), from the registry."""
-    entry = manifest["model"]
-    spec = models.with_input_size(models.resolve(entry["name"]), entry.get("input_size"))
-    recorded = entry.get("weights_sha256")
+    entry = manifest.model
+    spec = models.with_input_size(models.resolve(entry.name), entry.input_size)
+    recorded = entry.weights_sha256
     if recorded and recorded != spec.weights_sha256:
         raise ValueError(f"the run used {spec.name} weights {recorded[:16]}…, the registry now has "
                          f"{spec.weights_sha256[:16]}…; the bundle would not reproduce the run's features")
     return spec
 
 
-def _check_onnx(manifest: dict[str, Any], onnx: Path) -> None:
+def _check_onnx(manifest: RunManifest, onnx: Path) -> None:
     """The bundle must carry the very ONNX graph the run's executors ran (exports change across versions)."""
-    recorded = manifest["model"].get("onnx_sha256")
+    recorded = manifest.model.onnx_sha256
     if recorded and recorded != storage.file_sha256(onnx):
         raise ValueError(f"the run's ONNX file ({recorded[:16]}…) differs from this fruitpipe's export of "
-                         f"{manifest['model']['name']}; run the pipeline again with this version before training")
+                         f"{manifest.model.name}; run the pipeline again with this version before training")
 
 
 def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataFrame:
@@ -160,7 +157,7 @@ def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataF
 
 
 def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, spec: models.ModelSpec,
-                      onnx: str, timer: StageTimer) -> dict[str, Any]:
+                      onnx: str, timer: StageTimer) -> TrainManifest:
     with timer.stage("read"):
         data = read_features(spark, config.features, ReadTask(("path", "label", "split", "pca"), config.s3))
         classes = _classes(data)
@@ -169,35 +166,36 @@ def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, 
                                      .withColumn(VECTOR, array_to_vector("pca"))).persist()
         training, test = prepared.where(F.col("split") == TRAINING), prepared.where(F.col("split") == TEST)
         fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
-        counts = {"training": training.count(), "validation": validation.count(), "test": test.count()}
+        counts = TrainCounts(training=training.count(), validation=validation.count(), test=test.count())
     with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
-        chosen, scores = _choose(fit_part, validation, len(classes)) if counts["validation"] else (CANDIDATES[0], {})
+        chosen, scores = _choose(fit_part, validation, len(classes)) if counts.validation else (CANDIDATES[0], {})
     with timer.stage("fit"):
         classifier = chosen.estimator().fit(training)
     with timer.stage("evaluate"):
         metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
     prepared.unpersist()
+    headline = Metrics(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
     with timer.stage("write"):
         _write_evaluation(config.output, metrics, classes)
         save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER))
-        _write_bundle(config, source, spec, onnx, classifier, chosen, classes, metrics)
-    manifest = {
-        "kind": "fruitpipe-train",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source.fingerprint(),
-        "model": spec.manifest_entry(source.runtime()),
-        "classifier": {**chosen.describe(), "spark_model": CLASSIFIER,
-                       "load_with": "fruitpipe.ml.load_logistic_regression", "features_col": VECTOR,
-                       "note": f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"},
-        "selection": {"metric": "validation accuracy, then macro-F1, then log-loss", "validation_fraction": config.validation_fraction,
-                      "seed": config.seed, "candidates": scores, "chosen": chosen.name},
-        "classes": classes,
-        "counts": counts,
-        "metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
-        "timings_s": {**timer.seconds, "total": timer.total()},
-    }
-    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest)
-    sinks.commit(config.output, counts)
+        _write_bundle(config, source, spec, onnx, classifier, chosen, classes, headline)
+    manifest = TrainManifest(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source=source.fingerprint(),
+        model=ModelEntry.of(spec, source.runtime()),
+        classifier=replace(chosen.describe(), spark_model=CLASSIFIER,
+                           load_with="fruitpipe.ml.load_logistic_regression", features_col=VECTOR,
+                           note=f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"),
+        selection=Selection(metric="validation accuracy, then macro-F1, then log-loss",
+                            validation_fraction=config.validation_fraction,
+                            seed=config.seed, candidates=scores, chosen=chosen.name),
+        classes=tuple(classes),
+        counts=counts,
+        metrics=headline,
+        timings_s=timer.timings(),
+    )
+    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest.to_json())
+    sinks.commit(config.output, counts.to_json())
     return manifest
 
 
@@ -226,15 +224,15 @@ def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[D
     return (ranked.where(~F.col("__held")).drop("__held"), ranked.where(F.col("__held")).drop("__held"))
 
 
-def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple[Candidate, dict[str, Any]]:
-    scores: dict[str, Any] = {}
+def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple[Candidate, dict[str, Scores]]:
+    scores: dict[str, Scores] = {}
     best: tuple[float, float] | None = None
     chosen = CANDIDATES[0]
     for candidate in CANDIDATES:
         model = candidate.estimator().fit(fit_part)
         metrics = metrics_from_confusion(confusion_matrix(model, validation, n_classes))
         loss = log_loss(model, validation)
-        scores[candidate.name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "log_loss": loss}
+        scores[candidate.name] = Scores(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], log_loss=loss)
         key = (metrics["accuracy"], metrics["macro_f1"], -round(loss, 6))
         if best is None or key > best:  # strictly better only: ties keep the earlier (default) candidate
             best, chosen = key, candidate
@@ -297,22 +295,22 @@ def _write_evaluation(output: str, metrics: dict[str, Any], classes: list[str]) 
 
 def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
-                  metrics: dict[str, Any]) -> None:
+                  metrics: Metrics) -> None:
     """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
     pca = CentredPCAModel.load(storage.join(config.features, sinks.PCA_MODEL))
     arrays = bundle.Arrays(mean=pca.scaler.mean.toArray(), components=pca.pca.pc.toArray(),
                            coefficients=classifier.coefficientMatrix.toArray(),
                            intercepts=classifier.interceptVector.toArray())
-    limits = DecodeLimits()
-    description = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {key: value for key, value in spec.manifest_entry(source.runtime()).items() if key != "runtime"},
-        "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels},
-        "pca": {"k": pca.components, "variance_kept": round(pca.variance_kept, 6)},
-        "classifier": chosen.describe(),
-        "source": source.fingerprint(),
-        "metrics": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]},
-    }
+    description = BundleDescription(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=replace(ModelEntry.of(spec, source.runtime()), runtime=None),
+        limits=DecodeLimits(),
+        pca=BundlePca(k=pca.components, variance_kept=round(pca.variance_kept, 6)),
+        classifier=chosen.describe(),
+        source=source.fingerprint(),
+        metrics=metrics,
+        classes=tuple(classes),
+    )
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
-        bundle.write(folder, onnx, description, arrays, classes)
+        bundle.write(folder, onnx, description, arrays)
         storage.copy_tree_from_local(folder, storage.join(config.output, bundle.BUNDLE_DIR))

@@ -1,0 +1,364 @@
+"""The run's contracts with its readers: `manifest.json` (`RunManifest`) and `_SUCCESS` (`SuccessMarker`).
+
+Frozen dataclasses written with `to_json` and read back with `from_json`, here and nowhere else, so
+`fruitpipe train`, the CLI summary and the benchmark read attributes, not keys. JSON key names are
+the documented output contract and stay as they are; `schema_version` says which shape a file has:
+absent means 1 (written before versions existed; same keys), and a version newer than this fruitpipe
+knows is refused in one line rather than half-read. `Fields` is the typed JSON reader the other
+contracts (train manifest, `bundle.json`) use too. Stdlib only (plus the model registry's types).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from fruitpipe.image.models import ModelSpec, Preprocessing, package_version
+from fruitpipe.runtime import Runtime
+
+SCHEMA_VERSION = 2  # 2: schema_version recorded (1: the same keys without it)
+
+
+class Fields:
+    """One JSON object of a contract, read with its types checked: any problem is one ValueError that
+    names the file (`where`) and the key."""
+
+    def __init__(self, value: object, where: str, path: str = "") -> None:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: {path or 'the document'} is not a JSON object")  # noqa: TRY004 (a user file)
+        self.value: dict[str, Any] = value
+        self.where = where
+        self.path = path
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def _wrong(self, key: str, expected: str, value: object) -> NoReturn:
+        raise ValueError(f"{self.where}: {self.key_path(key)} should be {expected}, got {type(value).__name__}")
+
+    def has(self, key: str) -> bool:
+        return self.value.get(key) is not None
+
+    def get(self, key: str) -> object:
+        if key not in self.value:
+            raise ValueError(f"{self.where}: {self.key_path(key)} is missing")
+        return self.value[key]
+
+    def text(self, key: str) -> str:
+        value = self.get(key)
+        if not isinstance(value, str):
+            self._wrong(key, "a string", value)
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self._wrong(key, "an integer", value)
+        return value
+
+    def number(self, key: str) -> float:
+        value = self.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            self._wrong(key, "a number", value)
+        return float(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            self._wrong(key, "true or false", value)
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        return self.text(key) if self.has(key) else None
+
+    def optional_integer(self, key: str) -> int | None:
+        return self.integer(key) if self.has(key) else None
+
+    def optional_number(self, key: str) -> float | None:
+        return self.number(key) if self.has(key) else None
+
+    def child(self, key: str) -> Fields:
+        return Fields(self.get(key), self.where, self.key_path(key))
+
+    def optional_child(self, key: str) -> Fields | None:
+        return self.child(key) if self.has(key) else None
+
+    def _items(self, key: str) -> list[Any]:
+        value = self.get(key)
+        if not isinstance(value, list):
+            self._wrong(key, "a list", value)
+        return value
+
+    def children(self, key: str) -> tuple[Fields, ...]:
+        return tuple(Fields(item, self.where, f"{self.key_path(key)}[{index}]")
+                     for index, item in enumerate(self._items(key)))
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        items = self._items(key)
+        if not all(isinstance(item, str) for item in items):
+            self._wrong(key, "a list of strings", items)
+        return tuple(items)
+
+    def numbers(self, key: str) -> tuple[float, ...]:
+        items = self._items(key)
+        if not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items):
+            self._wrong(key, "a list of numbers", items)
+        return tuple(float(item) for item in items)
+
+    def all_texts(self) -> dict[str, str]:
+        """This whole object as name -> string."""
+        return {key: self.text(key) for key in self.value}
+
+    def all_numbers(self) -> dict[str, float]:
+        """This whole object as name -> number."""
+        return {key: self.number(key) for key in self.value}
+
+    def all_integers(self) -> dict[str, int]:
+        """This whole object as name -> integer."""
+        return {key: self.integer(key) for key in self.value}
+
+    def schema_version(self, newest: int) -> int:
+        """The document's schema version (1 when absent); one newer than `newest` is refused in one line."""
+        version = self.optional_integer("schema_version") or 1
+        if version > newest:
+            raise ValueError(f"{self.where} has schema_version {version}; this fruitpipe reads up to {newest}: "
+                             "upgrade fruitpipe")
+        if version < 1:
+            raise ValueError(f"{self.where}: schema_version {version} is not a version")
+        return version
+
+
+def parse(raw: bytes | str, where: str) -> Fields:
+    """A contract file's bytes -> its top-level object; bad JSON is one ValueError naming the file."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{where} is not valid JSON ({exc})") from None
+    return Fields(value, where)
+
+
+def _without_none(document: dict[str, Any], *optional: str) -> dict[str, Any]:
+    """Optional keys are left out when unset, as writers before them did."""
+    return {key: value for key, value in document.items() if key not in optional or value is not None}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """The CNN and the runtime that ran it, as the run records it; `fruitpipe train` and `bundle.json`
+    copy it (same keys). None: a field this record does not carry (the bundle has no `runtime`) or
+    written before it existed (precision: fp32 then)."""
+
+    name: str
+    arch: str
+    weights_sha256: str
+    input_size: int
+    runtime: str | None
+    precision: str | None
+    infer_batch: int | None
+    preprocessing: Preprocessing
+    onnx_input: str | None
+    feature_dim: int
+    onnx_sha256: str | None = None  # the run's only: the graph its executors ran
+
+    @classmethod
+    def of(cls, spec: ModelSpec, runtime: Runtime, onnx_sha256: str | None = None) -> ModelEntry:
+        return cls(name=spec.name, arch=spec.arch, weights_sha256=spec.weights_sha256,
+                   input_size=spec.preprocessing.input_size,
+                   runtime=f"{runtime.engine} {package_version(runtime.engine)}", precision=runtime.precision,
+                   infer_batch=runtime.infer_batch, preprocessing=spec.preprocessing,
+                   onnx_input="float32, normalised by the caller" if spec.kind == "onnx"
+                   else "uint8 NHWC, normalisation inside the graph",
+                   feature_dim=spec.feature_dim, onnx_sha256=onnx_sha256)
+
+    def recorded_runtime(self, what: str) -> Runtime:
+        """The runtime these features were made with, refused if this machine cannot run it."""
+        return Runtime.recorded(self.precision, what)
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none({
+            "name": self.name, "arch": self.arch, "weights_sha256": self.weights_sha256,
+            "input_size": self.input_size, "runtime": self.runtime, "precision": self.precision,
+            "infer_batch": self.infer_batch, "preprocessing": self.preprocessing.to_json(),
+            "onnx_input": self.onnx_input, "feature_dim": self.feature_dim, "onnx_sha256": self.onnx_sha256,
+        }, "runtime", "precision", "infer_batch", "onnx_input", "onnx_sha256")
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> ModelEntry:
+        return cls(name=fields.text("name"), arch=fields.text("arch"), weights_sha256=fields.text("weights_sha256"),
+                   input_size=fields.integer("input_size"), runtime=fields.optional_text("runtime"),
+                   precision=fields.optional_text("precision"), infer_batch=fields.optional_integer("infer_batch"),
+                   preprocessing=Preprocessing.from_json(fields.get("preprocessing"),
+                                                         f"{fields.where}: {fields.key_path('preprocessing')}"),
+                   onnx_input=fields.optional_text("onnx_input"), feature_dim=fields.integer("feature_dim"),
+                   onnx_sha256=fields.optional_text("onnx_sha256"))
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock seconds of each stage, in the order they ran (names are the writer's), and in all."""
+
+    stages: Mapping[str, float]
+    total: float
+
+    def to_json(self) -> dict[str, float]:
+        return {**self.stages, "total": self.total}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Timings:
+        stages = fields.all_numbers()
+        total = fields.number("total")
+        del stages["total"]
+        return cls(stages, total)
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """Images listed, featurized and rejected (one `errors/` row each)."""
+
+    listed: int
+    ok: int
+    rejected: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"listed": self.listed, "ok": self.ok, "rejected": self.rejected}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> RunCounts:
+        return cls(fields.integer("listed"), fields.integer("ok"), fields.integer("rejected"))
+
+
+@dataclass(frozen=True)
+class PcaSummary:
+    """The fitted PCA: k, the variance target in force (None when k was given), the variance kept and
+    the full spectrum (the scree plot's)."""
+
+    k: int
+    variance_target: float | None
+    variance_kept: float
+    explained_variance_ratio: tuple[float, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "variance_target": self.variance_target, "variance_kept": self.variance_kept,
+                "explained_variance_ratio": list(self.explained_variance_ratio)}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> PcaSummary:
+        return cls(fields.integer("k"), fields.optional_number("variance_target"), fields.number("variance_kept"),
+                   fields.numbers("explained_variance_ratio"))
+
+
+@dataclass(frozen=True)
+class Executor:
+    """One executor the application had (alive or lost) and the tasks it ran."""
+
+    id: str
+    host: str
+    active: bool
+    completed_tasks: int
+    failed_tasks: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "host": self.host, "active": self.active, "completed_tasks": self.completed_tasks,
+                "failed_tasks": self.failed_tasks}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Executor:
+        return cls(fields.text("id"), fields.text("host"), fields.flag("active"), fields.integer("completed_tasks"),
+                   fields.integer("failed_tasks"))
+
+
+@dataclass(frozen=True)
+class SparkSummary:
+    """Where the run ran: master, application, executors, parallelism and the listing's partitions."""
+
+    master: str | None  # as the session reports it (pyspark types it optional)
+    application_id: str | None
+    executors: tuple[Executor, ...]
+    default_parallelism: int
+    partitions: int
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none({"master": self.master, "application_id": self.application_id,
+                              "executors": [executor.to_json() for executor in self.executors],
+                              "default_parallelism": self.default_parallelism, "partitions": self.partitions},
+                             "application_id")
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> SparkSummary:
+        return cls(fields.optional_text("master"), fields.optional_text("application_id"),
+                   tuple(Executor.from_json(item) for item in fields.children("executors")),
+                   fields.integer("default_parallelism"), fields.integer("partitions"))
+
+
+@dataclass(frozen=True)
+class RunManifest:
+    """`manifest.json` of a run: what went in, which model and settings, what came out, how fast.
+
+    `schema_version` is the version the value was read from (what `to_json` writes back)."""
+
+    run_id: str
+    input: str
+    output: str
+    layout: str
+    classes: tuple[str, ...]
+    model: ModelEntry
+    feature_dim: int
+    pca: PcaSummary
+    counts: RunCounts
+    timings_s: Timings
+    throughput_img_s: float | None
+    featurize_img_s: float
+    versions: Mapping[str, str]
+    spark: SparkSummary
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version, "run_id": self.run_id, "input": self.input,
+            "output": self.output, "layout": self.layout, "classes": list(self.classes),
+            "model": self.model.to_json(), "feature_dim": self.feature_dim, "pca": self.pca.to_json(),
+            "counts": self.counts.to_json(), "timings_s": self.timings_s.to_json(),
+            "throughput_img_s": self.throughput_img_s, "featurize_img_s": self.featurize_img_s,
+            "versions": dict(self.versions), "spark": self.spark.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> RunManifest:
+        version = fields.schema_version(SCHEMA_VERSION)
+        return cls(
+            run_id=fields.text("run_id"), input=fields.text("input"), output=fields.text("output"),
+            layout=fields.text("layout"), classes=fields.texts("classes"),
+            model=ModelEntry.from_json(fields.child("model")), feature_dim=fields.integer("feature_dim"),
+            pca=PcaSummary.from_json(fields.child("pca")), counts=RunCounts.from_json(fields.child("counts")),
+            timings_s=Timings.from_json(fields.child("timings_s")),
+            throughput_img_s=fields.optional_number("throughput_img_s"),
+            featurize_img_s=fields.number("featurize_img_s"), versions=fields.child("versions").all_texts(),
+            spark=SparkSummary.from_json(fields.child("spark")), schema_version=version)
+
+    @classmethod
+    def loads(cls, raw: bytes | str, where: str) -> RunManifest:
+        """A manifest.json's bytes -> the manifest; `where` names the file in every error."""
+        return cls.from_json(parse(raw, where))
+
+
+@dataclass(frozen=True)
+class SuccessMarker:
+    """`_SUCCESS`, written last: finding it means the rest of the output is complete. Lists every other
+    file of the output and the writer's counts (a run's or `fruitpipe train`'s, by name)."""
+
+    files: tuple[str, ...]
+    counts: Mapping[str, int]
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "files": list(self.files), "counts": dict(self.counts)}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> SuccessMarker:
+        version = fields.schema_version(SCHEMA_VERSION)
+        return cls(fields.texts("files"), fields.child("counts").all_integers(), schema_version=version)
+
+    @classmethod
+    def loads(cls, raw: bytes | str, where: str) -> SuccessMarker:
+        return cls.from_json(parse(raw, where))
