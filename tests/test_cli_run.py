@@ -100,6 +100,19 @@ def test_rerun_refused_without_overwrite(bundled_run) -> None:
     assert (output / "_SUCCESS").exists()
 
 
+def test_manifest_and_success_are_versioned_contracts(bundled_run) -> None:
+    """What a run writes now carries schema_version 2 and reads back as the same typed value."""
+    from fruitpipe.batch.manifest import RunManifest, SuccessMarker
+
+    output, result = bundled_run
+    written = json.loads((output / "manifest.json").read_text())
+    manifest = RunManifest.loads((output / "manifest.json").read_bytes(), "manifest.json")
+    assert written["schema_version"] == manifest.schema_version == 2 and manifest.to_json() == written
+    assert f"fruitpipe run {manifest.run_id} done" in result.stdout  # the summary, from the typed value
+    success = SuccessMarker.loads((output / "_SUCCESS").read_bytes(), "_SUCCESS")
+    assert success.schema_version == 2 and success.counts == manifest.counts.to_json()
+
+
 def test_flat_layout_with_fixed_k_and_overwrite(spark, small_sample: Path, tmp_path: Path) -> None:
     """In process (reuses the test session): the seed's flat layout, --k, --overwrite of our own output."""
     from fruitpipe.batch import pipeline

@@ -247,6 +247,31 @@ def test_load_refuses_unreadable_descriptions(bundle_copy: Path) -> None:
         Bundle.load(bundle_copy)
 
 
+def test_bundle_json_is_versioned_and_an_old_one_still_loads(bundle: Bundle, bundle_copy: Path) -> None:
+    """bundle.json written now says schema_version 2; one from before (no schema_version) loads the same;
+    a newer one is refused in one line."""
+    description = bundle_copy / "bundle.json"
+    document = json.loads(description.read_text())
+    assert document["schema_version"] == 2 and document["format_version"] == 1
+    old = {key: value for key, value in document.items() if key != "schema_version"}
+    description.write_text(json.dumps(old, indent=2))
+    loaded = Bundle.load(bundle_copy)
+    assert loaded.description.schema_version == 1
+    assert {**loaded.describe(), "path": ""} == {**bundle.describe(), "path": ""}
+    description.write_text(json.dumps({**document, "schema_version": 3}))
+    with pytest.raises(ValueError, match=r"bundle.json has schema_version 3; this fruitpipe reads up to 2: upgrade"):
+        Bundle.load(bundle_copy)
+
+
+def test_train_manifest_is_versioned(trained_bundle: Path) -> None:
+    from fruitpipe.recognise.contracts import TrainManifest
+
+    written = json.loads((trained_bundle / "manifest.json").read_text())
+    manifest = TrainManifest.loads((trained_bundle / "manifest.json").read_bytes(), "manifest.json")
+    assert written["schema_version"] == manifest.schema_version == 2 and manifest.to_json() == written
+    assert manifest.selection.chosen == manifest.classifier.name
+
+
 # ---------------------------------------------------------------- the command line
 
 def test_predict_cli_runs_without_spark(trained_bundle: Path, sample_dir: Path) -> None:
