@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import fruitpipe_cli
 
-from fruitpipe.batch.manifest import (SCHEMA_VERSION, Fields, ModelEntry, RunCounts, RunManifest, SuccessMarker,
-                                      parse)
+from fruitpipe.batch.manifest import SCHEMA_VERSION, Fields, ModelEntry, RunCounts, RunManifest, SuccessMarker, parse
 from fruitpipe.config import DecodeLimits
 from fruitpipe.image.models import LITE0_SHA256, Preprocessing
 from fruitpipe.recognise.contracts import BundleDescription, TrainManifest
+from helpers import fruitpipe_cli
 
 SCHEMA1 = Path(__file__).parent / "data" / "schema1"
 RUN, MODEL = SCHEMA1 / "run", SCHEMA1 / "model"
@@ -96,7 +95,8 @@ def test_a_newer_schema_is_refused_in_one_line(contract: Any, path: Path) -> Non
     (lambda d: d.update(run_id=7), "manifest.json of r: run_id should be a string, got int"),
     (lambda d: d["spark"]["executors"][0].update(active="yes"),
      "manifest.json of r: spark.executors[0].active should be true or false, got str"),
-    (lambda d: d["model"]["preprocessing"].pop("mean"), "manifest.json of r: model.preprocessing: invalid preprocessing"),
+    (lambda d: d["model"]["preprocessing"].pop("mean"),
+     "manifest.json of r: model.preprocessing: invalid preprocessing"),
     (lambda d: d.update(counts=[]), "manifest.json of r: counts is not a JSON object"),
 ])
 def test_a_malformed_manifest_is_one_line_naming_the_file_and_key(edit: Any, message: str) -> None:
@@ -105,9 +105,9 @@ def test_a_malformed_manifest_is_one_line_naming_the_file_and_key(edit: Any, mes
     with pytest.raises(ValueError) as caught:
         RunManifest.from_json(Fields(broken, "manifest.json of r"))
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
-    with pytest.raises(ValueError, match="manifest.json of r is not valid JSON"):
+    with pytest.raises(ValueError, match=r"manifest\.json of r is not valid JSON"):
         RunManifest.loads(b"{not json", "manifest.json of r")
-    with pytest.raises(ValueError, match="manifest.json of r: the document is not a JSON object"):
+    with pytest.raises(ValueError, match=r"manifest\.json of r: the document is not a JSON object"):
         parse(b"[]", "manifest.json of r")
 
 
@@ -127,7 +127,8 @@ def test_train_manifest_schema_1_and_round_trip() -> None:
     old = TrainManifest.loads((MODEL / "manifest.json").read_bytes(), "manifest.json of model")
     assert old.schema_version == 1 and old.source.run_id == "20261202T091452Z-de420e53"
     assert old.classifier.name == old.selection.chosen == "lr-l2-0.01-raw" and old.classifier.reg_param == 0.01
-    assert old.selection.candidates["lr-l2-0.01-raw"].log_loss < old.selection.candidates["lr-l2-0.1-standardised"].log_loss
+    candidates = old.selection.candidates
+    assert candidates["lr-l2-0.01-raw"].log_loss < candidates["lr-l2-0.1-standardised"].log_loss
     assert old.counts.validation == 2 and old.metrics.accuracy == 1.0 and old.timings_s.stages["select"] == 19.349
     assert old.to_json() == {"schema_version": 1, **old_document}
     current = replace(old, schema_version=SCHEMA_VERSION)
@@ -165,7 +166,7 @@ def test_preprocessing_is_parsed_in_one_place_with_its_defaults() -> None:
     declared = {"input_size": 160, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     assert Preprocessing.from_json(declared, "x") == Preprocessing(160, "bilinear", (0.5,) * 3, (0.25,) * 3, "NCHW")
     for bad in ({**declared, "mean": [0.5]}, {**declared, "input_size": "big"}, [], None):
-        with pytest.raises(ValueError, match="^sidecar.json: invalid preprocessing"):
+        with pytest.raises(ValueError, match=r"^sidecar\.json: invalid preprocessing"):
             Preprocessing.from_json(bad, "sidecar.json")
 
 

@@ -26,7 +26,7 @@ class Fields:
 
     def __init__(self, value: object, where: str, path: str = "") -> None:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: {path or 'the document'} is not a JSON object")  # noqa: TRY004 (a user file)
+            raise ValueError(f"{where}: {path or 'the document'} is not a JSON object")
         self.value: dict[str, Any] = value
         self.where = where
         self.path = path
