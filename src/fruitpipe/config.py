@@ -4,7 +4,8 @@ Stdlib only: this module is imported everywhere, including in Spark's Python wor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 
 from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 
@@ -85,6 +86,31 @@ class S3Options:
             raise ValueError(f"endpoint URL must start with http:// or https://, got {self.endpoint_url!r}")
         if self.read_attempts < 1:
             raise ValueError("read attempts must be >= 1")
+
+    def to_wire(self) -> str:
+        """Every field as compact JSON: the one string form the options travel in to executors (the
+        featurizer's ML Param, the committer's Data Source option), so a new field reaches them all."""
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_wire(cls, text: str) -> S3Options:
+        """The options `to_wire` wrote (fields it left out keep their defaults); ValueError otherwise."""
+        try:
+            values = json.loads(text)
+        except ValueError:
+            raise ValueError(f"S3 options must be the JSON written by S3Options.to_wire, got {text!r}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"S3 options must be a JSON object, got {text!r}")
+        known = {f.name: f.default for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown S3 options: {', '.join(unknown)}")
+        for name, value in values.items():
+            default = known[name]
+            wanted = int if isinstance(default, int) else str  # the None defaults hold strings
+            if not (value is None and default is None) and (type(value) is not wanted):
+                raise ValueError(f"S3 option {name} must be {wanted.__name__}, got {value!r}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
