@@ -18,6 +18,7 @@ from fruitpipe.image import models
 from fruitpipe.image.decode import decode_rgb, resize_square
 from fruitpipe.image.embed import embed
 from fruitpipe.ml import ImageFeaturizer
+from fruitpipe.storage import Store
 
 GOOD_CLASS = "Apple Red"
 
@@ -40,7 +41,7 @@ def mixed_folder(sample_dir: Path,
 def featurized(spark, mixed_folder) -> dict[str, dict]:
     """Relative path -> output row, from one transform with the limits the bad set is built against."""
     root = mixed_folder[0]
-    listing = sources.list_images(str(root))
+    listing = sources.list_images(Store(), str(root))
     featurizer = ImageFeaturizer(maxBytes=BAD_MAX_BYTES, maxPixels=BAD_MAX_PIXELS, batchSize=8)
     rows = featurizer.transform(sources.to_dataframe(spark, listing)).collect()
     assert len(rows) == len(listing.rows)

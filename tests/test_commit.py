@@ -19,6 +19,7 @@ from fruitpipe.batch import committer
 from fruitpipe.batch import sinks
 from fruitpipe.batch.committer import FORMAT_NAME, StagedPart, StagedWriter, encode
 from fruitpipe.config import S3Options
+from fruitpipe.storage import Store
 
 BUCKET = "commit-tests"
 N, P, EMPTY_PARTITION = 1000, 4, 2  # spark.range(0, N, 1, P): partition i holds ids [i*N/P, (i+1)*N/P)
@@ -52,6 +53,7 @@ RETRY_SCRIPT = textwrap.dedent('''
     from fruitpipe.batch.committer import StagedDataSource, StagedWriter
     from fruitpipe.config import S3Options
     from fruitpipe.batch.session import BASE_CONF
+    from fruitpipe.storage import Store
 
     args = json.loads(sys.argv[1])
     evidence, N, P, EMPTY = args["evidence"], args["n"], args["p"], args["empty"]
@@ -81,7 +83,7 @@ RETRY_SCRIPT = textwrap.dedent('''
             message = super().write(iterator)
             context = TaskContext.get()
             if context.partitionId() == 1 and context.attemptNumber() == 0:
-                assert storage.exists(message.staged)
+                assert self.store.exists(message.staged)
                 with open(os.path.join(evidence, self.tag), "w") as handle:
                     handle.write(message.staged)
                 os._exit(3)
@@ -108,18 +110,15 @@ RETRY_SCRIPT = textwrap.dedent('''
     df = spark.range(0, N, 1, P).where(f"id < {EMPTY * N // P} or id >= {(EMPTY + 1) * N // P}")
     df = df.selectExpr("id", "concat('row-', cast(id as string), '-é') as payload")
     for name, root in (("local", args["local"]), ("s3", args["s3"])):
-        s3 = S3Options(endpoint_url=args["endpoint"]) if name == "s3" else S3Options()
-        storage.configure(s3)
+        store = Store(S3Options(endpoint_url=args["endpoint"]) if name == "s3" else S3Options())
         tag = f"{name}-before-write"
         sinks.write_dataset(df.mapInArrow(kill_first_attempt(tag, dies_at=2), df.schema),
-                            storage.join(root, "before_write"), f"run-{tag}", s3)
+                            storage.join(root, "before_write"), f"run-{tag}", store)
         tag = f"{name}-after-staging"
         writer = (df.write.format(KillAfterStagingSource.name()).mode("append").option("run_id", f"run-{tag}")
-                  .option("tag", tag))
-        if s3.endpoint_url:
-            writer = writer.option("endpoint_url", s3.endpoint_url)
+                  .option("tag", tag).option("s3", store.options.to_wire()))
         writer.save(storage.join(root, "after_staging"))
-        sinks.commit(root, {"rows": df.count()})
+        sinks.commit(store, root, {"rows": df.count()})
     spark.stop()
     print("RETRY-SCRIPT-DONE")
 ''')
@@ -160,18 +159,17 @@ def files_below(root: Path) -> list[str]:
 
 def failing_after_partition_0_staged(staging: str, endpoint: str | None):
     """mapInArrow step: partition 1 waits until partition 0's part is staged, then fails the job."""
+    store = Store(S3Options(endpoint_url=endpoint))
+
     def step(batches):
         import time
 
         from pyspark import TaskContext
 
-        from fruitpipe import storage as worker_storage
-
         if TaskContext.get().partitionId() == 1:
-            worker_storage.configure(S3Options(endpoint_url=endpoint))
             deadline, seen = time.monotonic() + 60, False
             while not seen and time.monotonic() < deadline:
-                seen = any(name.startswith("part-00000-attempt-") for name in worker_storage.list_tree(staging))
+                seen = any(name.startswith("part-00000-attempt-") for name in store.list_tree(staging))
                 time.sleep(0.1)
             raise RuntimeError(f"boom: permanent failure, partition 0 staged={seen}")
         yield from batches
@@ -187,26 +185,25 @@ def aborted_writes(retry_process, spark, tmp_path_factory: pytest.TempPathFactor
     targets = {"local": str(tmp_path_factory.mktemp("abort") / "dataset"), "s3": f"s3://{bucket}/aborted/dataset"}
     df = spark.range(0, 300, 1, 3)
     for where, target in targets.items():
-        s3 = S3Options(endpoint_url=s3_endpoint) if where == "s3" else S3Options()
-        storage.configure(s3)
-        step = failing_after_partition_0_staged(storage.join(target, "_temporary", "run-abort"), s3.endpoint_url)
+        store = Store(S3Options(endpoint_url=s3_endpoint) if where == "s3" else S3Options())
+        step = failing_after_partition_0_staged(storage.join(target, "_temporary", "run-abort"),
+                                                store.options.endpoint_url)
         with pytest.raises(Exception) as info:
-            sinks.write_dataset(df.mapInArrow(step, df.schema), target, "run-abort", s3)
+            sinks.write_dataset(df.mapInArrow(step, df.schema), target, "run-abort", store)
         assert "partition 0 staged=True" in str(info.value), str(info.value)[-2000:]
-    storage.configure(S3Options(endpoint_url=s3_endpoint))
     return targets
 
 
 def test_abort_on_s3_leaves_no_parts_and_no_staging(aborted_writes, s3_endpoint: str) -> None:
     assert s3_keys(s3_endpoint, "aborted/dataset") == []
-    assert not storage.exists(aborted_writes["s3"])
+    assert not Store(S3Options(endpoint_url=s3_endpoint)).exists(aborted_writes["s3"])
 
 
 def test_abort_locally_leaves_no_files(aborted_writes) -> None:
     root = Path(aborted_writes["local"])
     leftovers = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
     assert leftovers == []
-    assert storage.list_tree(aborted_writes["local"]) == []
+    assert Store().list_tree(aborted_writes["local"]) == []
 
 
 def test_abort_locally_leaves_no_temporary_folder(aborted_writes) -> None:
@@ -227,12 +224,11 @@ def stage(writer: StagedWriter, partition: int, attempt: int, ids: list[int]) ->
     table = pa.table({"id": pa.array(ids, pa.int64()), "payload": pa.array([f"p{partition}-a{attempt}" for _ in ids],
                                                                             pa.string())})
     path = storage.join(writer.staging, f"part-{partition:05d}-attempt-{attempt}.parquet")
-    storage.write_bytes(path, encode(table, "parquet"))
+    writer.store.write_bytes(path, encode(table, "parquet"))
     return StagedPart(partition, path, len(ids))
 
 
 def test_commit_publishes_one_part_per_partition_despite_duplicate_messages(tmp_path: Path) -> None:
-    storage.configure(S3Options())
     writer = staged_writer(str(tmp_path / "dataset"))
     first0, first1 = stage(writer, 0, 0, [0, 1, 2]), stage(writer, 1, 1, [3, 4])
     again0 = stage(writer, 0, 7, [0, 1, 2])  # e.g. a speculative copy that also reported success
@@ -248,18 +244,16 @@ def test_commit_publishes_one_part_per_partition_despite_duplicate_messages(tmp_
 
 
 def test_commit_leaves_other_runs_staging_alone(tmp_path: Path) -> None:
-    storage.configure(S3Options())
     target = str(tmp_path / "dataset")
     other = stage(staged_writer(target, run_id="run-other"), 0, 0, [9])
     writer = staged_writer(target)
     writer.commit([stage(writer, 0, 0, [1])])
     assert files_below(tmp_path / "dataset") == ["_temporary/run-other/part-00000-attempt-0.parquet",
                                                  "part-00000.parquet"]
-    assert storage.exists(other.staged) and not os.path.exists(writer.staging)
+    assert Store().exists(other.staged) and not os.path.exists(writer.staging)
 
 
 def test_commit_of_only_empty_parts_publishes_one_readable_part(tmp_path: Path) -> None:
-    storage.configure(S3Options())
     writer = staged_writer(str(tmp_path / "dataset"))
     writer.commit([stage(writer, 3, 3, []), stage(writer, 1, 1, []), None])
     assert len(files_below(tmp_path / "dataset")) == 1
@@ -285,7 +279,6 @@ def check_empty_dataset(folder: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["no_rows", "empty_partitions", "no_partitions"])
 def test_empty_dataframe_gives_readable_empty_dataset(spark, tmp_path: Path, kind: str) -> None:
-    storage.configure(S3Options())
     if kind == "no_rows":
         df = spark.createDataFrame([], EMPTY_DDL)
     elif kind == "empty_partitions":
@@ -295,19 +288,18 @@ def test_empty_dataframe_gives_readable_empty_dataset(spark, tmp_path: Path, kin
     else:
         df = spark.createDataFrame(spark.sparkContext.emptyRDD(), EMPTY_DDL)
         assert df.rdd.getNumPartitions() == 0
-    sinks.write_dataset(df, str(tmp_path / "empty"), f"run-{kind}", S3Options())
+    sinks.write_dataset(df, str(tmp_path / "empty"), f"run-{kind}", Store())
     check_empty_dataset(tmp_path / "empty")
     back = spark.read.parquet(storage.spark_path(str(tmp_path / "empty")))
     assert back.count() == 0 and back.columns == ["path", "label", "width", "features"]
 
 
 def test_nothing_rejected_gives_the_same_empty_errors_dataset_without_a_spark_job(spark, tmp_path: Path) -> None:
-    storage.configure(S3Options())
     errors = spark.createDataFrame([], "path string, stage string, reason string, extra int")
     through_spark, by_driver = tmp_path / "spark" / "errors", tmp_path / "driver" / "errors"
-    sinks.write_dataset(errors.select(*sinks.ERROR_COLUMNS), str(through_spark), "run-spark", S3Options())
+    sinks.write_dataset(errors.select(*sinks.ERROR_COLUMNS), str(through_spark), "run-spark", Store())
     assert jobs_started_by(spark, lambda: sinks.write_errors(errors, str(by_driver.parent), "run-driver",
-                                                             S3Options(), rejected=0)) == []
+                                                             Store(), rejected=0)) == []
     assert files_below(by_driver) == files_below(through_spark) == ["part-00000.parquet"]
     assert pq.read_table(by_driver).schema == pq.read_table(through_spark).schema
     back = spark.read.parquet(storage.spark_path(str(by_driver)))
@@ -315,7 +307,7 @@ def test_nothing_rejected_gives_the_same_empty_errors_dataset_without_a_spark_jo
     # the control: with rejected rows the same call writes through Spark
     rows = spark.createDataFrame([("a.jpg", "decode", "broken", 1)], errors.schema)
     assert jobs_started_by(spark, lambda: sinks.write_errors(rows, str(tmp_path / "rows"), "run-rows",
-                                                             S3Options(), rejected=1))
+                                                             Store(), rejected=1))
     assert pq.read_table(tmp_path / "rows" / "errors").to_pylist() == [
         {"path": "a.jpg", "stage": "decode", "reason": "broken"}]
 
@@ -328,9 +320,8 @@ def test_overwrite_mode_is_refused(spark, tmp_path: Path) -> None:
 
 
 def test_empty_dataframe_on_s3(spark, s3_endpoint: str, bucket: str, tmp_path: Path) -> None:
-    options = S3Options(endpoint_url=s3_endpoint)
-    storage.configure(options)
-    sinks.write_dataset(spark.createDataFrame([], EMPTY_DDL), f"s3://{bucket}/empty/dataset", "run-empty", options)
+    store = Store(S3Options(endpoint_url=s3_endpoint))
+    sinks.write_dataset(spark.createDataFrame([], EMPTY_DDL), f"s3://{bucket}/empty/dataset", "run-empty", store)
     download_prefix(s3_endpoint, bucket, "empty/dataset", tmp_path)
     check_empty_dataset(tmp_path)
 
@@ -386,10 +377,9 @@ def _doubling():
 
 def test_write_transformed_applies_the_transform_once_per_row_and_publishes_one_part_per_partition(
         spark, tmp_path: Path) -> None:
-    storage.configure(S3Options())
     df = spark.range(0, N, 1, P).where(f"id < {EMPTY_PARTITION * N // P} or id >= {(EMPTY_PARTITION + 1) * N // P}")
     target = tmp_path / "features"
-    committer.write_transformed(df, str(target), "run-fused", S3Options(), _doubling())
+    committer.write_transformed(df, str(target), "run-fused", Store(), _doubling())
     assert files_below(target) == EXPECTED_PARTS  # the empty partition publishes nothing, no staging left
     table = pq.read_table(target)
     assert sorted(table.column("id").to_pylist()) == KEPT
@@ -397,8 +387,6 @@ def test_write_transformed_applies_the_transform_once_per_row_and_publishes_one_
 
 
 def test_write_transformed_failure_leaves_no_parts_and_no_staging(spark, tmp_path: Path) -> None:
-    storage.configure(S3Options())
-
     doubled = _doubling()
 
     def failing(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -408,5 +396,5 @@ def test_write_transformed_failure_leaves_no_parts_and_no_staging(spark, tmp_pat
 
     target = tmp_path / "features"
     with pytest.raises(Exception, match="transform failed in a task"):
-        committer.write_transformed(spark.range(0, N, 1, P), str(target), "run-failed", S3Options(), failing)
+        committer.write_transformed(spark.range(0, N, 1, P), str(target), "run-failed", Store(), failing)
     assert files_below(target) == []

@@ -10,6 +10,7 @@ from fruitpipe.config import RunConfig
 from fruitpipe.image import models
 from fruitpipe.image.embed import embed
 from fruitpipe.ml.featurizer import ImageFeaturizer
+from fruitpipe.storage import Store
 from test_parity import reference_input, reference_pixels
 
 SIZE = 160
@@ -47,7 +48,7 @@ def test_bad_sizes_are_value_errors(tmp_path) -> None:
 
 
 def test_spark_path_at_another_size_matches_torch(spark, small_sample, spec: models.ModelSpec) -> None:
-    images = sources.to_dataframe(spark, sources.list_images(str(small_sample)))
+    images = sources.to_dataframe(spark, sources.list_images(Store(), str(small_sample)))
     rows = ImageFeaturizer(imageSize=SIZE, batchSize=8).transform(images).select("path", "features").collect()
     assert len(rows) == 32 and all(row.features is not None for row in rows)
     got = np.array([row.features for row in rows], dtype=np.float32)

@@ -8,11 +8,12 @@ from pyspark.ml import Pipeline, PipelineModel
 from fruitpipe.batch import sources
 from fruitpipe.ml.featurizer import ImageFeaturizer
 from fruitpipe.ml.pca import CentredPCA, CentredPCAModel
+from fruitpipe.storage import Store
 
 
 @pytest.fixture(scope="module")
 def images(spark, small_sample):
-    return sources.to_dataframe(spark, sources.list_images(str(small_sample)))
+    return sources.to_dataframe(spark, sources.list_images(Store(), str(small_sample)))
 
 
 def collected(frame) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -17,6 +17,7 @@ from fruitpipe.image import embed as embed_mod
 from fruitpipe.image import models
 from fruitpipe.ml import featurizer as featurizer_mod
 from fruitpipe.ml.featurizer import ImageFeaturizer
+from fruitpipe.storage import Store
 
 TOL = 1e-4
 
@@ -101,7 +102,7 @@ def test_onnx_matches_torch_on_sample_images(spec, onnx_path, reference, sample_
 
 def test_spark_featurizer_matches_direct_torch_call(spark, small_sample, spec, reference) -> None:
     pre = spec.preprocessing
-    listing = sources.list_images(str(small_sample))
+    listing = sources.list_images(Store(), str(small_sample))
     df = sources.to_dataframe(spark, listing)
     out = ImageFeaturizer(batchSize=5).transform(df)
     rows = out.select("path", "width", "height", "features", "error_stage", "error_reason").collect()
@@ -168,7 +169,7 @@ def test_model_loaded_once_per_worker_not_per_batch(spark, small_sample, tmp_pat
     wrapper = _counting_featurize(featurizer_mod.featurize_partition, str(log), uuid.uuid4().hex)
     monkeypatch.setattr(featurizer_mod, "featurize_partition", wrapper)
 
-    df = sources.to_dataframe(spark, sources.list_images(str(small_sample)))
+    df = sources.to_dataframe(spark, sources.list_images(Store(), str(small_sample)))
     rows = ImageFeaturizer(batchSize=2).transform(df).select("path", "features").collect()
     assert len(rows) == 32 and all(r.features is not None and len(r.features) == 1280 for r in rows)
 
@@ -200,7 +201,7 @@ def test_executors_run_onnx_runtime_and_never_import_torch(spark, small_sample: 
         yield pa.RecordBatch.from_pylist([{"pid": os.getpid(), "has_torch": "torch" in sys.modules,
                                            "has_ort": "onnxruntime" in sys.modules}])
 
-    images = sources.to_dataframe(spark, sources.list_images(str(small_sample)))
+    images = sources.to_dataframe(spark, sources.list_images(Store(), str(small_sample)))
     stages = [row.error_stage for row in ImageFeaturizer().transform(images).select("error_stage").collect()]
     assert stages and not any(stages)
     reports = images.mapInArrow(worker_modules, "pid long, has_torch boolean, has_ort boolean").collect()

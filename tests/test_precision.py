@@ -15,6 +15,7 @@ from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.ml.featurizer import ImageFeaturizer
 from fruitpipe.runtime import Runtime
+from fruitpipe.storage import Store
 
 AMX = frozenset({"avx512f", "avx512_bf16", "amx_bf16"})
 AVX2 = frozenset({"avx2", "fma"})
@@ -99,7 +100,7 @@ def test_bf16_features_close_to_fp32(spec: models.ModelSpec, test_pixels: np.nda
 @needs_bf16
 def test_spark_path_in_bf16_equals_direct_bf16_call(spark, small_sample: Path, spec: models.ModelSpec) -> None:
     pre = spec.preprocessing
-    listing = sources.list_images(str(small_sample))
+    listing = sources.list_images(Store(), str(small_sample))
     featurizer = ImageFeaturizer(precision="bf16", batchSize=8)
     assert featurizer.runtime() == Runtime.for_precision("bf16")
     rows = featurizer.transform(sources.to_dataframe(spark, listing)).select("path", "features").collect()

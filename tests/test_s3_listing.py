@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fruitpipe import storage
 from fruitpipe.batch import sources
 from fruitpipe.config import IMAGE_EXTENSIONS, S3Options
+from fruitpipe.storage import Store
 
 BUCKET = "listing-odd-names"
 PREFIX = "data sets/fruits=360+é ñ"  # odd characters in the listed prefix itself
@@ -70,6 +70,11 @@ def body(key: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
+def store(s3_endpoint: str) -> Store:
+    return Store(S3Options(endpoint_url=s3_endpoint))
+
+
+@pytest.fixture(scope="module")
 def bucket(s3_endpoint: str) -> dict[str, str]:
     """1,234 tiny objects put in parallel; returns {key: expected relative path} of the images."""
     import boto3
@@ -85,7 +90,6 @@ def bucket(s3_endpoint: str) -> dict[str, str]:
         list(pool.map(lambda key: s3.put_object(Bucket=BUCKET, Key=key, Body=body(key)), keys))
     stored = sum(page.get("KeyCount", 0) for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET))
     assert stored == TOTAL_KEYS
-    storage.configure(S3Options(endpoint_url=s3_endpoint))
     return {key: unicodedata.normalize("NFC", key[len(PREFIX) + 1:]) for key in images}
 
 
@@ -94,8 +98,8 @@ def expected_listing(expected: dict[str, str]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("suffix", ["", "/"])
-def test_lists_exactly_the_images_across_pages(bucket: dict[str, str], suffix: str) -> None:
-    listed = storage.list_files(f"s3://{BUCKET}/{PREFIX}{suffix}", IMAGE_EXTENSIONS)
+def test_lists_exactly_the_images_across_pages(bucket: dict[str, str], store: Store, suffix: str) -> None:
+    listed = store.list_files(f"s3://{BUCKET}/{PREFIX}{suffix}", IMAGE_EXTENSIONS)
     assert len(listed) == len(bucket) > 1000  # more than one list_objects_v2 page
     assert len({full for full, _ in listed}) == len(listed)
     extra = {full for full, _ in listed} - {full for full, _ in expected_listing(bucket)}
@@ -106,19 +110,19 @@ def test_lists_exactly_the_images_across_pages(bucket: dict[str, str], suffix: s
     assert not any(SIBLING in full for full, _ in listed)
 
 
-def test_listed_uris_round_trip(bucket: dict[str, str]) -> None:
-    listed = dict(storage.list_files(f"s3://{BUCKET}/{PREFIX}", IMAGE_EXTENSIONS))
+def test_listed_uris_round_trip(bucket: dict[str, str], store: Store) -> None:
+    listed = dict(store.list_files(f"s3://{BUCKET}/{PREFIX}", IMAGE_EXTENSIONS))
     odd = [key for key in bucket if any(c in key for c in "%&@'") or NFD_CLASS in key or "+y" in key]
     picks = [*sorted(odd)[:: max(1, len(odd) // 12)], next(key for key in bucket if NFD_CLASS in key)]
     for key in picks:
         uri = f"s3://{BUCKET}/{key}"
         assert uri in listed, uri
-        assert storage.read_bytes(uri) == body(key), uri
-        assert storage.exists(uri)
+        assert store.read_bytes(uri) == body(key), uri
+        assert store.exists(uri)
 
 
-def test_labels_and_splits_from_s3_listing(bucket: dict[str, str]) -> None:
-    listing = sources.list_images(f"s3://{BUCKET}/{PREFIX}")
+def test_labels_and_splits_from_s3_listing(bucket: dict[str, str], store: Store) -> None:
+    listing = sources.list_images(store, f"s3://{BUCKET}/{PREFIX}")
     assert listing.layout == "fruits360"
     assert len(listing.rows) == len(bucket)
     expected = {f"s3://{BUCKET}/{key}": (relative.split("/")[1], relative.split("/")[0])
@@ -130,28 +134,28 @@ def test_labels_and_splits_from_s3_listing(bucket: dict[str, str]) -> None:
     assert per_split == {split: len(CLASSES) * PER_CLASS_AND_SPLIT for split in SPLITS}
 
 
-def test_missing_bucket_is_a_clear_error(bucket: dict[str, str]) -> None:
+def test_missing_bucket_is_a_clear_error(bucket: dict[str, str], store: Store) -> None:
     uri = "s3://no-such-bucket-fruitpipe/photos"
     with pytest.raises((ValueError, FileNotFoundError)) as info:
-        storage.list_files(uri, IMAGE_EXTENSIONS)
+        store.list_files(uri, IMAGE_EXTENSIONS)
     assert uri in str(info.value)
     with pytest.raises((ValueError, FileNotFoundError), match="no-such-bucket-fruitpipe"):
-        sources.list_images(uri)
+        sources.list_images(store, uri)
 
 
 @pytest.mark.parametrize("prefix", ["nothing-here", f"{PREFIX}/Training/Apple",
                                     f"{PREFIX}/Training/Apple Red/0_100.jpg"])
-def test_empty_prefix_is_a_clear_error(bucket: dict[str, str], prefix: str) -> None:
+def test_empty_prefix_is_a_clear_error(bucket: dict[str, str], store: Store, prefix: str) -> None:
     # A string prefix of real keys ("Training/Apple" of "Training/Apple Red/...") or a file is no folder.
     uri = f"s3://{BUCKET}/{prefix}"
     with pytest.raises((ValueError, FileNotFoundError)) as info:
-        storage.list_files(uri, IMAGE_EXTENSIONS)
+        store.list_files(uri, IMAGE_EXTENSIONS)
     assert uri in str(info.value)
 
 
-def test_folder_without_visible_images(bucket: dict[str, str]) -> None:
+def test_folder_without_visible_images(bucket: dict[str, str], store: Store) -> None:
     uri = f"s3://{BUCKET}/junk only"
-    assert storage.list_files(uri, IMAGE_EXTENSIONS) == []
+    assert store.list_files(uri, IMAGE_EXTENSIONS) == []
     with pytest.raises(ValueError, match="no images") as info:
-        sources.list_images(uri)
+        sources.list_images(store, uri)
     assert uri in str(info.value)

@@ -12,6 +12,7 @@ from fruitpipe.devtools.s3server import download_prefix, upload_folder
 from fruitpipe.batch import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
 from fruitpipe.ml import CentredPCAModel
+from fruitpipe.storage import Store
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,8 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
         np.testing.assert_allclose(projection, local[key][1], atol=1e-4)
     assert manifest.pca.explained_variance_ratio == pytest.approx(local_manifest.pca.explained_variance_ratio, abs=1e-6)
 
-    model = CentredPCAModel.load("s3://fruit-out/runs/r1/pca_model")  # straight from S3, no local copy
+    store = Store(S3Options(endpoint_url=s3_endpoint))
+    model = CentredPCAModel.read().using(store).load("s3://fruit-out/runs/r1/pca_model")  # straight from S3
     again = model.setOutputCol("again").transform(spark.read.parquet(str(tmp_path / "features"))).toPandas()
     np.testing.assert_allclose(np.stack(again["again"]), np.stack(again["pca"]), atol=1e-5)
 

@@ -20,6 +20,7 @@ from fruitpipe.batch import pipeline
 from fruitpipe.batch.session import BASE_CONF
 from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig, S3Options
 from fruitpipe.devtools.s3server import DUMMY_KEY_ID, DUMMY_SECRET, client, download_prefix, upload_folder
+from fruitpipe.storage import Store
 from helpers import copy_subset
 
 pytestmark = pytest.mark.slow
@@ -252,7 +253,7 @@ def test_redact_keeps_the_port() -> None:
 
 
 def test_listing_error_does_not_show_a_password_in_the_uri(s3_endpoint: str) -> None:
-    storage.configure(S3Options(endpoint_url=s3_endpoint))
     with pytest.raises((ValueError, OSError)) as info:
-        storage.list_files("s3://AKIAEXAMPLE:pa55word@secrets-in/nothing", IMAGE_EXTENSIONS)
+        Store(S3Options(endpoint_url=s3_endpoint)).list_files("s3://AKIAEXAMPLE:pa55word@secrets-in/nothing",
+                                                              IMAGE_EXTENSIONS)
     assert "pa55word" not in str(info.value)

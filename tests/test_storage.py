@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from fruitpipe.config import S3Options
+from fruitpipe.storage import Store
 
 
 @pytest.mark.parametrize("options", [
@@ -26,3 +31,94 @@ def test_wire_form_left_out_fields_keep_defaults_and_bad_ones_are_refused() -> N
                 '{"region":3}', '{"read_attempts":0}', '{"addressing_style":"sideways"}'):
         with pytest.raises(ValueError):
             S3Options.from_wire(bad)
+
+
+# ---------------------------------------------------------------- two endpoints in one process
+
+BUCKET, KEY = "same-bucket", "same/key.bin"
+URI = f"s3://{BUCKET}/{KEY}"
+
+
+@pytest.fixture(scope="module")
+def two_servers(s3_endpoint: str):
+    """The session's moto server and a second one, each holding different bytes under the same bucket/key."""
+    from fruitpipe.devtools.s3server import MotoServer, client
+
+    with MotoServer() as other:
+        contents = {}
+        for name, endpoint in (("first", s3_endpoint), ("second", other)):
+            s3 = client(endpoint)
+            s3.create_bucket(Bucket=BUCKET)
+            contents[endpoint] = f"object on the {name} server ({endpoint})".encode()
+            s3.put_object(Bucket=BUCKET, Key=KEY, Body=contents[endpoint])
+        yield contents
+
+
+def test_two_stores_for_two_endpoints_each_read_their_own_server(two_servers: dict[str, bytes]) -> None:
+    """Stores are values: building or using one never changes what another reaches (a process-wide
+    setting, where the last configuration wins, failed this)."""
+    stores = {endpoint: Store(S3Options(endpoint_url=endpoint)) for endpoint in two_servers}
+    assert len(set(two_servers.values())) == 2
+    for _ in range(3):  # interleaved, in both orders
+        for endpoint, store in [*stores.items(), *reversed(stores.items())]:
+            assert store.read_bytes(URI) == two_servers[endpoint]
+            assert store.list_files(f"s3://{BUCKET}/same", [".bin"]) == [(URI, "key.bin")]
+
+    def read(endpoint: str) -> tuple[str, bytes]:
+        return endpoint, stores[endpoint].read_bytes(URI)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(read, [endpoint for _ in range(40) for endpoint in two_servers]))
+    assert len(results) == 80 and all(data == two_servers[endpoint] for endpoint, data in results)
+
+    first, second = stores.values()
+    written = f"s3://{BUCKET}/only-on-one.txt"
+    first.write_bytes(written, b"one")
+    assert first.exists(written) and not second.exists(written)
+    first.remove(written)
+    # a task carries its store to an executor by pickling: the copy still reaches its own server
+    for endpoint, store in stores.items():
+        assert pickle.loads(pickle.dumps(store)).read_bytes(URI) == two_servers[endpoint]
+
+
+def test_two_stores_differ_in_read_attempts_too() -> None:
+    """read_attempts belongs to each store (it was lost on two of the old encodings)."""
+    calls: list[int] = []
+
+    def flaky() -> bytes:
+        calls.append(1)
+        raise ConnectionError("cut")
+
+    for attempts in (1, 3):
+        calls.clear()
+        with pytest.raises(OSError):
+            Store(S3Options(read_attempts=attempts)).with_retries(flaky, "s3://b/k")
+        assert len(calls) == attempts
+
+
+# ---------------------------------------------------------------- the featurizer's one S3 param
+
+def test_featurizer_carries_every_s3_option_and_still_loads_one_saved_with_the_old_params(spark,
+                                                                                         tmp_path: Path) -> None:
+    from fruitpipe.ml.featurizer import ImageFeaturizer
+
+    assert ImageFeaturizer().s3_options() == S3Options()
+    options = S3Options(endpoint_url="http://127.0.0.1:9", region="eu-west-3", addressing_style="virtual",
+                        read_attempts=7)
+    ImageFeaturizer(s3Options=options.to_wire()).save(str(tmp_path / "new"))
+    assert ImageFeaturizer.load(str(tmp_path / "new")).s3_options() == options
+
+    # the metadata an earlier fruitpipe wrote: three separate params, no s3Options, no read_attempts
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "new", old)
+    for checksum in old.rglob("*.crc"):
+        checksum.unlink()
+    part = next((old / "metadata").glob("part-*"))
+    metadata = json.loads(part.read_text())
+    for section in ("paramMap", "defaultParamMap"):
+        metadata[section].pop("s3Options", None)
+        metadata[section].update(s3EndpointUrl="", s3Region="", s3AddressingStyle="")
+    metadata["paramMap"].update(s3EndpointUrl="http://127.0.0.1:9", s3Region="eu-west-3")
+    part.write_text(json.dumps(metadata) + "\n")
+    assert ImageFeaturizer.load(str(old)).s3_options() == S3Options(endpoint_url="http://127.0.0.1:9",
+                                                                    region="eu-west-3")

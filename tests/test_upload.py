@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe import storage
 from fruitpipe.config import S3Options
 from fruitpipe.devtools.s3server import DUMMY_SECRET, client
 from fruitpipe.ops import upload
@@ -27,9 +26,8 @@ HIDDEN = {".hidden": b"skip me", "Apple Red/.DS_Store": b"skip me too", ".cache/
 
 @pytest.fixture
 def s3(s3_endpoint: str):
-    """A boto3 client of our own (independent of fruitpipe.storage); storage options reset afterwards."""
-    yield client(s3_endpoint)
-    storage.configure(S3Options())
+    """A boto3 client of our own (independent of fruitpipe.storage)."""
+    return client(s3_endpoint)
 
 
 def make_bucket(s3, name: str) -> str:

@@ -1,9 +1,12 @@
 """One storage interface for every location: local paths and s3:// (any S3-compatible store).
 
 Used by the driver to list and to write small files, and by executors to read image bytes and
-write part files. Credentials are never handled here: boto3 takes them from the standard AWS chain
-(environment, profile, instance or container role). Reads of whole objects are retried with
-backoff on throttling, 5xx and cut connections, never on 403/404.
+write part files. The operations are methods of `Store`, a frozen value built from `S3Options` and
+passed explicitly to every call site (and in tasks to executors): there is no process-wide "current
+configuration", so two endpoints in one process never overwrite each other's settings. Credentials are
+never handled here: boto3 takes them from the standard AWS chain (environment, profile, instance or
+container role). Reads of whole objects are retried with backoff on throttling, 5xx and cut
+connections, never on 403/404.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,20 +30,13 @@ from fruitpipe.config import S3Options
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_options = S3Options()
-_clients: dict[tuple[Any, ...], Any] = {}
+_clients: dict[tuple[Any, ...], Any] = {}  # boto3 clients by (resolved endpoint, region, style, pid)
 _clients_lock = threading.Lock()
 RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
                    "ServiceUnavailable", "500", "502", "503", "504"}
 DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")  # what botocore accepts (S3 itself is stricter)
-
-
-def configure(options: S3Options) -> None:
-    """Set this process's S3 options (driver at run start, executors at task start)."""
-    global _options
-    _options = options
 
 
 # ---------------------------------------------------------------- URIs
@@ -108,26 +104,7 @@ def spark_path(uri: str) -> str:
     return f"file://{local_path(uri)}"
 
 
-# ---------------------------------------------------------------- S3 client and retries
-
-def s3_client() -> Any:
-    """A thread-safe boto3 S3 client for this process and these options (built once)."""
-    options = _options
-    endpoint = options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    key = (endpoint, options.region, options.addressing_style, os.getpid())
-    with _clients_lock:
-        if key not in _clients:
-            import boto3
-            from botocore.config import Config
-
-            style = options.addressing_style or ("path" if endpoint else "auto")
-            # 3 attempts per request here; whole-object reads add their own attempts around them
-            config = Config(retries={"mode": "standard", "total_max_attempts": 3}, max_pool_connections=64,
-                            connect_timeout=10, read_timeout=60, s3={"addressing_style": style})
-            session = boto3.session.Session(region_name=options.region)
-            _clients[key] = session.client("s3", endpoint_url=endpoint, config=config)
-        return _clients[key]
-
+# ---------------------------------------------------------------- S3 errors and retries
 
 def error_code(exc: BaseException) -> str | None:
     response = getattr(exc, "response", None)
@@ -153,22 +130,6 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
-def with_retries(action: Callable[[], T], what: str, attempts: int | None = None) -> T:
-    """Run `action`, retrying retryable failures with full-jitter exponential backoff."""
-    attempts = attempts or _options.read_attempts
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as exc:
-            if attempt == attempts or not is_retryable(exc):
-                raise _user_error(exc, what) from exc
-            delay = random.uniform(0, min(8.0, 0.1 * 2 ** attempt))
-            logger.debug("retrying %s after %s (attempt %d/%d, %.2fs)", what, type(exc).__name__, attempt,
-                         attempts, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
 def _user_error(exc: Exception, what: str) -> Exception:
     """Map S3 errors to the exceptions users see: PermissionError, FileNotFoundError, OSError."""
     from botocore.exceptions import NoCredentialsError, PartialCredentialsError
@@ -188,170 +149,6 @@ def _user_error(exc: Exception, what: str) -> Exception:
     return OSError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def list_objects(location: S3Location) -> Iterator[dict[str, Any]]:
-    """Every object under the prefix, paginated (1,000 keys a page)."""
-    paginator = s3_client().get_paginator("list_objects_v2")
-    pages = paginator.paginate(Bucket=location.bucket, Prefix=location.prefix)
-    iterator = iter(pages)
-    while True:
-        page = with_retries(lambda: next(iterator, None), f"listing {location.uri}")
-        if page is None:
-            return
-        yield from page.get("Contents", [])
-
-
-# ---------------------------------------------------------------- operations
-
-def list_files(uri: str, extensions: Iterable[str]) -> list[tuple[str, str]]:
-    """All files below `uri` with one of `extensions` (case-insensitive), skipping hidden ones.
-
-    Returns (full URI, path relative to `uri` in NFC) pairs, sorted by relative path.
-    """
-    wanted = tuple(ext.lower() for ext in extensions)
-    found = [(full, unicodedata.normalize("NFC", relative)) for full, relative in _walk(uri)
-             if relative.lower().endswith(wanted)
-             and not any(part.startswith(".") for part in relative.split("/"))]
-    found.sort(key=lambda item: item[1])
-    return found
-
-
-def _walk(uri: str) -> Iterator[tuple[str, str]]:
-    """(full URI, relative path) of every file below `uri`; ValueError when there is no folder."""
-    if is_local(uri):
-        root = Path(local_path(uri))
-        if not root.exists():
-            raise ValueError(f"input not found: {redact(uri)}")
-        if not root.is_dir():
-            raise ValueError(f"input is not a folder: {redact(uri)}")
-        for directory, _, files in os.walk(root):
-            for name in files:
-                full = os.path.join(directory, name)
-                yield full, os.path.relpath(full, root).replace(os.sep, "/")
-        return
-    location = parse_s3(uri)
-    any_object = False
-    for item in list_objects(location):
-        any_object = True
-        relative = item["Key"][len(location.prefix):]
-        if relative and not relative.endswith("/"):
-            yield f"s3://{location.bucket}/{item['Key']}", relative
-    if not any_object:
-        raise ValueError(f"input not found or empty: {redact(uri)}")
-
-
-def read_bytes(uri: str, limit: int | None = None) -> bytes:
-    """Whole object; with `limit`, refuse larger objects without reading their body."""
-    if is_local(uri):
-        path = local_path(uri)
-        if limit is not None and os.path.getsize(path) > limit:
-            raise ValueError(f"file too large: {os.path.getsize(path)} bytes > limit {limit}")
-        with open(path, "rb") as handle:
-            return handle.read()
-    location = parse_s3(uri)
-
-    def get() -> bytes:
-        response = s3_client().get_object(Bucket=location.bucket, Key=location.key)
-        size = int(response.get("ContentLength", -1))
-        if limit is not None and size > limit:
-            response["Body"].close()
-            raise ValueError(f"file too large: {size} bytes > limit {limit}")
-        data = response["Body"].read()
-        if size >= 0 and len(data) != size:
-            from botocore.exceptions import IncompleteReadError
-
-            raise IncompleteReadError(actual_bytes=len(data), expected_bytes=size)
-        return data
-
-    return with_retries(get, uri)
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole file (manifest, plots, part files); parents are created as needed."""
-    if is_local(uri):
-        path = Path(local_path(uri))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-        partial.write_bytes(data)
-        os.replace(partial, path)
-        return
-    location = parse_s3(uri)
-    with_retries(lambda: s3_client().put_object(Bucket=location.bucket, Key=location.key, Body=data), uri)
-
-
-def exists(uri: str) -> bool:
-    """A file, or a folder/prefix holding anything (`prefix` never matches `prefix2/...`)."""
-    if is_local(uri):
-        return os.path.exists(local_path(uri))
-    location = parse_s3(uri)
-    if location.key:
-        try:
-            with_retries(lambda: s3_client().head_object(Bucket=location.bucket, Key=location.key), uri)
-            return True
-        except (FileNotFoundError, PermissionError):
-            # a missing key answers 403 when the role may only list `prefix/`: fall through to that listing
-            pass
-    response = with_retries(lambda: s3_client().list_objects_v2(Bucket=location.bucket, Prefix=location.prefix,
-                                                                 MaxKeys=1), uri)
-    return bool(response.get("KeyCount", len(response.get("Contents", []))))
-
-
-def is_empty_dir(uri: str) -> bool:
-    if is_local(uri):
-        path = local_path(uri)
-        return os.path.isdir(path) and not os.listdir(path)
-    return not exists(uri)
-
-
-def list_tree(uri: str) -> list[str]:
-    """Every file below `uri`, as paths relative to it, sorted."""
-    if is_local(uri) and not os.path.isdir(local_path(uri)):
-        return []
-    try:
-        return sorted(relative for _, relative in _walk(uri))
-    except ValueError:
-        return []
-
-
-def remove_tree(uri: str) -> None:
-    """Delete a folder/prefix and everything below it."""
-    if is_local(uri):
-        path = local_path(uri)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-        return
-    location = parse_s3(uri)
-    keys = [item["Key"] for item in list_objects(location)]
-    for start in range(0, len(keys), 1000):
-        batch = {"Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True}
-        with_retries(lambda b=batch: s3_client().delete_objects(Bucket=location.bucket, Delete=b), uri)
-
-
-def remove(uri: str) -> None:
-    """Delete one file; a missing file is not an error."""
-    if is_local(uri):
-        Path(local_path(uri)).unlink(missing_ok=True)
-        return
-    location = parse_s3(uri)
-    with_retries(lambda: s3_client().delete_object(Bucket=location.bucket, Key=location.key), uri)
-
-
-def move(source: str, target: str) -> None:
-    """Publish a staged file: rename locally, server-side copy + delete on S3."""
-    if is_local(source) and is_local(target):
-        Path(local_path(target)).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(local_path(source), local_path(target))
-        return
-    if is_local(source) or is_local(target):
-        write_bytes(target, read_bytes(source))
-    else:
-        src, dst = parse_s3(source), parse_s3(target)
-        with_retries(lambda: s3_client().copy_object(Bucket=dst.bucket, Key=dst.key,
-                                                     CopySource={"Bucket": src.bucket, "Key": src.key}), target)
-    remove(source)
-
-
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Content checksum of a local file, read in 1 MiB blocks (weights pinning, upload idempotence)."""
     digest = hashlib.sha256()
@@ -361,11 +158,210 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def copy_tree_from_local(folder: str | Path, uri: str) -> None:
-    """Copy a local folder (a bundle written locally) to any location."""
-    for directory, _, files in os.walk(folder):
-        for name in files:
-            full = os.path.join(directory, name)
-            relative = os.path.relpath(full, folder).replace(os.sep, "/")
-            with open(full, "rb") as handle:
-                write_bytes(join(uri, *relative.split("/")), handle.read())
+# ---------------------------------------------------------------- operations
+
+@dataclass(frozen=True)
+class Store:
+    """Local paths, and s3:// through `options`: every read, write and listing of a run goes through one.
+
+    A value, not a setting: the driver builds it from the run's `S3Options` and passes it to each call
+    site, and tasks carry it to executors (it pickles as its options alone), so stores for different
+    endpoints can serve one process side by side. `Store()` is local paths plus the default AWS chain.
+    """
+
+    options: S3Options = field(default_factory=S3Options)
+
+    def client(self) -> Any:
+        """A thread-safe boto3 S3 client for this process and these options (built once, then shared)."""
+        options = self.options
+        endpoint = options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        key = (endpoint, options.region, options.addressing_style, os.getpid())
+        with _clients_lock:
+            if key not in _clients:
+                import boto3
+                from botocore.config import Config
+
+                style = options.addressing_style or ("path" if endpoint else "auto")
+                # 3 attempts per request here; whole-object reads add their own attempts around them
+                config = Config(retries={"mode": "standard", "total_max_attempts": 3}, max_pool_connections=64,
+                                connect_timeout=10, read_timeout=60, s3={"addressing_style": style})
+                session = boto3.session.Session(region_name=options.region)
+                _clients[key] = session.client("s3", endpoint_url=endpoint, config=config)
+            return _clients[key]
+
+    def with_retries(self, action: Callable[[], T], what: str, attempts: int | None = None) -> T:
+        """Run `action`, retrying retryable failures with full-jitter exponential backoff
+        (`attempts`, default the options' read_attempts)."""
+        attempts = attempts or self.options.read_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return action()
+            except Exception as exc:
+                if attempt == attempts or not is_retryable(exc):
+                    raise _user_error(exc, what) from exc
+                delay = random.uniform(0, min(8.0, 0.1 * 2 ** attempt))
+                logger.debug("retrying %s after %s (attempt %d/%d, %.2fs)", what, type(exc).__name__, attempt,
+                             attempts, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def list_objects(self, location: S3Location) -> Iterator[dict[str, Any]]:
+        """Every object under the prefix, paginated (1,000 keys a page)."""
+        paginator = self.client().get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=location.bucket, Prefix=location.prefix)
+        iterator = iter(pages)
+        while True:
+            page = self.with_retries(lambda: next(iterator, None), f"listing {location.uri}")
+            if page is None:
+                return
+            yield from page.get("Contents", [])
+
+    def list_files(self, uri: str, extensions: Iterable[str]) -> list[tuple[str, str]]:
+        """All files below `uri` with one of `extensions` (case-insensitive), skipping hidden ones.
+
+        Returns (full URI, path relative to `uri` in NFC) pairs, sorted by relative path.
+        """
+        wanted = tuple(ext.lower() for ext in extensions)
+        found = [(full, unicodedata.normalize("NFC", relative)) for full, relative in self._walk(uri)
+                 if relative.lower().endswith(wanted)
+                 and not any(part.startswith(".") for part in relative.split("/"))]
+        found.sort(key=lambda item: item[1])
+        return found
+
+    def _walk(self, uri: str) -> Iterator[tuple[str, str]]:
+        """(full URI, relative path) of every file below `uri`; ValueError when there is no folder."""
+        if is_local(uri):
+            root = Path(local_path(uri))
+            if not root.exists():
+                raise ValueError(f"input not found: {redact(uri)}")
+            if not root.is_dir():
+                raise ValueError(f"input is not a folder: {redact(uri)}")
+            for directory, _, files in os.walk(root):
+                for name in files:
+                    full = os.path.join(directory, name)
+                    yield full, os.path.relpath(full, root).replace(os.sep, "/")
+            return
+        location = parse_s3(uri)
+        any_object = False
+        for item in self.list_objects(location):
+            any_object = True
+            relative = item["Key"][len(location.prefix):]
+            if relative and not relative.endswith("/"):
+                yield f"s3://{location.bucket}/{item['Key']}", relative
+        if not any_object:
+            raise ValueError(f"input not found or empty: {redact(uri)}")
+
+    def read_bytes(self, uri: str, limit: int | None = None) -> bytes:
+        """Whole object; with `limit`, refuse larger objects without reading their body."""
+        if is_local(uri):
+            path = local_path(uri)
+            if limit is not None and os.path.getsize(path) > limit:
+                raise ValueError(f"file too large: {os.path.getsize(path)} bytes > limit {limit}")
+            with open(path, "rb") as handle:
+                return handle.read()
+        location = parse_s3(uri)
+
+        def get() -> bytes:
+            response = self.client().get_object(Bucket=location.bucket, Key=location.key)
+            size = int(response.get("ContentLength", -1))
+            if limit is not None and size > limit:
+                response["Body"].close()
+                raise ValueError(f"file too large: {size} bytes > limit {limit}")
+            data: bytes = response["Body"].read()
+            if size >= 0 and len(data) != size:
+                from botocore.exceptions import IncompleteReadError
+
+                raise IncompleteReadError(actual_bytes=len(data), expected_bytes=size)
+            return data
+
+        return self.with_retries(get, uri)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write a whole file (manifest, plots, part files); parents are created as needed."""
+        if is_local(uri):
+            path = Path(local_path(uri))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+            return
+        location = parse_s3(uri)
+        self.with_retries(lambda: self.client().put_object(Bucket=location.bucket, Key=location.key, Body=data), uri)
+
+    def exists(self, uri: str) -> bool:
+        """A file, or a folder/prefix holding anything (`prefix` never matches `prefix2/...`)."""
+        if is_local(uri):
+            return os.path.exists(local_path(uri))
+        location = parse_s3(uri)
+        if location.key:
+            try:
+                self.with_retries(lambda: self.client().head_object(Bucket=location.bucket, Key=location.key), uri)
+                return True
+            except (FileNotFoundError, PermissionError):
+                # a missing key answers 403 when the role may only list `prefix/`: fall through to that listing
+                pass
+        response = self.with_retries(lambda: self.client().list_objects_v2(Bucket=location.bucket,
+                                                                           Prefix=location.prefix, MaxKeys=1), uri)
+        return bool(response.get("KeyCount", len(response.get("Contents", []))))
+
+    def is_empty_dir(self, uri: str) -> bool:
+        if is_local(uri):
+            path = local_path(uri)
+            return os.path.isdir(path) and not os.listdir(path)
+        return not self.exists(uri)
+
+    def list_tree(self, uri: str) -> list[str]:
+        """Every file below `uri`, as paths relative to it, sorted."""
+        if is_local(uri) and not os.path.isdir(local_path(uri)):
+            return []
+        try:
+            return sorted(relative for _, relative in self._walk(uri))
+        except ValueError:
+            return []
+
+    def remove_tree(self, uri: str) -> None:
+        """Delete a folder/prefix and everything below it."""
+        if is_local(uri):
+            path = local_path(uri)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+            return
+        location = parse_s3(uri)
+        keys = [item["Key"] for item in self.list_objects(location)]
+        for start in range(0, len(keys), 1000):
+            batch = {"Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True}
+            self.with_retries(lambda b=batch: self.client().delete_objects(Bucket=location.bucket, Delete=b), uri)
+
+    def remove(self, uri: str) -> None:
+        """Delete one file; a missing file is not an error."""
+        if is_local(uri):
+            Path(local_path(uri)).unlink(missing_ok=True)
+            return
+        location = parse_s3(uri)
+        self.with_retries(lambda: self.client().delete_object(Bucket=location.bucket, Key=location.key), uri)
+
+    def move(self, source: str, target: str) -> None:
+        """Publish a staged file: rename locally, server-side copy + delete on S3."""
+        if is_local(source) and is_local(target):
+            Path(local_path(target)).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local_path(source), local_path(target))
+            return
+        if is_local(source) or is_local(target):
+            self.write_bytes(target, self.read_bytes(source))
+        else:
+            src, dst = parse_s3(source), parse_s3(target)
+            self.with_retries(lambda: self.client().copy_object(Bucket=dst.bucket, Key=dst.key,
+                                                                CopySource={"Bucket": src.bucket, "Key": src.key}),
+                              target)
+        self.remove(source)
+
+    def copy_tree_from_local(self, folder: str | Path, uri: str) -> None:
+        """Copy a local folder (a bundle written locally) to any location."""
+        for directory, _, files in os.walk(folder):
+            for name in files:
+                full = os.path.join(directory, name)
+                relative = os.path.relpath(full, folder).replace(os.sep, "/")
+                with open(full, "rb") as handle:
+                    self.write_bytes(join(uri, *relative.split("/")), handle.read())

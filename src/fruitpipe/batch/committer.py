@@ -21,6 +21,7 @@ from pyspark.sql.types import StructType
 
 from fruitpipe import storage
 from fruitpipe.config import S3Options
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 FORMAT_NAME = "fruitpipe_staged"
@@ -38,7 +39,7 @@ class StagedPart(WriterCommitMessage):
 
 class StagedDataSource(DataSource):
     """`df.write.format("fruitpipe_staged").option("run_id", ...).save(uri)`; options:
-    format (parquet | csv), run_id, and the S3 options endpoint_url / region / addressing_style."""
+    format (parquet | csv), run_id, and s3 (`S3Options.to_wire`; absent: the default AWS chain)."""
 
     @classmethod
     def name(cls) -> str:
@@ -57,9 +58,7 @@ class StagedWriter(DataSourceArrowWriter):
         self.format = options.get("format", "parquet")
         if self.format not in EXTENSIONS:
             raise ValueError(f"unknown format {self.format!r}")
-        self.s3 = S3Options(endpoint_url=options.get("endpoint_url") or None,
-                            region=options.get("region") or None,
-                            addressing_style=options.get("addressing_style") or None)
+        self.store = Store(S3Options.from_wire(options["s3"])) if options.get("s3") else Store()
         self.schema = schema
 
     @property
@@ -70,39 +69,36 @@ class StagedWriter(DataSourceArrowWriter):
         return part_name(self.target, partition, self.format)
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> StagedPart:
-        storage.configure(self.s3)
         batches = list(iterator)
         table = pa.Table.from_batches(batches) if batches else empty_table(self.schema)
-        return stage_part(self.target, self.run_id, self.format, table)
+        return stage_part(self.store, self.target, self.run_id, self.format, table)
 
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         """Publish one staged part per partition (empty ones skipped unless all are), then clean up."""
-        storage.configure(self.s3)
-        publish(self.target, self.run_id, self.format, [m for m in messages if isinstance(m, StagedPart)],
+        publish(self.store, self.target, self.run_id, self.format, [m for m in messages if isinstance(m, StagedPart)],
                 empty_table(self.schema).schema)
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
-        storage.configure(self.s3)
         logger.warning("write to %s aborted; removing staged parts", storage.redact(self.target))
-        remove_staging(self.target, self.run_id)
+        remove_staging(self.store, self.target, self.run_id)
 
 
 def staging_folder(target: str, run_id: str) -> str:
     return storage.join(target, "_temporary", run_id)
 
 
-def stage_part(target: str, run_id: str, fmt: str, table: pa.Table) -> StagedPart:
+def stage_part(store: Store, target: str, run_id: str, fmt: str, table: pa.Table) -> StagedPart:
     """Write this task attempt's part under the staging folder (executor side)."""
     from pyspark import TaskContext
 
     context = TaskContext.get()
     partition, attempt = context.partitionId(), context.taskAttemptId()
     staged = storage.join(staging_folder(target, run_id), f"part-{partition:05d}-attempt-{attempt}.{EXTENSIONS[fmt]}")
-    storage.write_bytes(staged, encode(table, fmt))
+    store.write_bytes(staged, encode(table, fmt))
     return StagedPart(partition, staged, table.num_rows)
 
 
-def publish(target: str, run_id: str, fmt: str, staged: list[StagedPart], schema: pa.Schema) -> None:
+def publish(store: Store, target: str, run_id: str, fmt: str, staged: list[StagedPart], schema: pa.Schema) -> None:
     """Driver side: one staged part per partition (the first reported; empty ones skipped unless all
     are) moved to its final name, then the staging removed."""
     parts: dict[int, StagedPart] = {}
@@ -110,20 +106,20 @@ def publish(target: str, run_id: str, fmt: str, staged: list[StagedPart], schema
         parts.setdefault(part.partition, part)
     published = [part for part in parts.values() if part.rows] or list(parts.values())[:1]
     for part in sorted(published, key=lambda p: p.partition):
-        storage.move(part.staged, part_name(target, part.partition, fmt))
+        store.move(part.staged, part_name(target, part.partition, fmt))
     if not parts:  # no partitions at all: still leave a readable, empty dataset
-        _write_empty_table(target, schema, fmt)
-    remove_staging(target, run_id)
+        _write_empty_table(store, target, schema, fmt)
+    remove_staging(store, target, run_id)
     logger.info("published %d parts, %d rows to %s", max(1, len(published)),
                 sum(p.rows for p in parts.values()), storage.redact(target))
 
 
-def remove_staging(target: str, run_id: str) -> None:
+def remove_staging(store: Store, target: str, run_id: str) -> None:
     """This run's staging area, and the `_temporary` folder once no other run uses it."""
-    storage.remove_tree(staging_folder(target, run_id))
+    store.remove_tree(staging_folder(target, run_id))
     parent = storage.join(target, "_temporary")
-    if not storage.list_tree(parent):
-        storage.remove_tree(parent)
+    if not store.list_tree(parent):
+        store.remove_tree(parent)
 
 
 BatchTransform = Callable[[pa.RecordBatch], pa.RecordBatch]
@@ -138,19 +134,18 @@ class StageTransformed:
     target: str
     run_id: str
     fmt: str
-    s3: S3Options
+    store: Store
     transform: BatchTransform
     schema: pa.Schema  # of the transformed batches (an empty partition still gets a typed table)
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        storage.configure(self.s3)
         table = pa.Table.from_batches([self.transform(batch) for batch in batches], schema=self.schema)
-        part = stage_part(self.target, self.run_id, self.fmt, table)
+        part = stage_part(self.store, self.target, self.run_id, self.fmt, table)
         yield pa.RecordBatch.from_pylist([{"partition": part.partition, "staged": part.staged, "rows": part.rows}],
                                          schema=STAGED_ARROW)
 
 
-def write_transformed(df: DataFrame, target: str, run_id: str, s3: S3Options, transform: BatchTransform,
+def write_transformed(df: DataFrame, target: str, run_id: str, store: Store, transform: BatchTransform,
                       fmt: str = "parquet") -> None:
     """The same staged commit as the Data Source, fused with a per-batch transform in ONE Python pass.
 
@@ -161,12 +156,12 @@ def write_transformed(df: DataFrame, target: str, run_id: str, s3: S3Options, tr
     from pyspark.sql.pandas.types import to_arrow_schema
 
     schema = transform(pa.RecordBatch.from_pylist([], schema=to_arrow_schema(df.schema))).schema
-    task = StageTransformed(target, run_id, fmt, s3, transform, schema)
+    task = StageTransformed(target, run_id, fmt, store, transform, schema)
     try:
         rows = df.mapInArrow(task, STAGED_SCHEMA).collect()
-        publish(target, run_id, fmt, [StagedPart(r["partition"], r["staged"], r["rows"]) for r in rows], schema)
+        publish(store, target, run_id, fmt, [StagedPart(r["partition"], r["staged"], r["rows"]) for r in rows], schema)
     except BaseException:
-        remove_staging(target, run_id)
+        remove_staging(store, target, run_id)
         raise
 
 
@@ -180,13 +175,13 @@ def empty_table(schema: StructType) -> pa.Table:
     return to_arrow_schema(schema).empty_table()
 
 
-def write_empty(target: str, schema: StructType, fmt: str = "parquet") -> None:
+def write_empty(store: Store, target: str, schema: StructType, fmt: str = "parquet") -> None:
     """A readable dataset with no rows (one empty part), written by the driver: no Spark job needed."""
-    _write_empty_table(target, empty_table(schema).schema, fmt)
+    _write_empty_table(store, target, empty_table(schema).schema, fmt)
 
 
-def _write_empty_table(target: str, schema: pa.Schema, fmt: str) -> None:
-    storage.write_bytes(part_name(target, 0, fmt), encode(schema.empty_table(), fmt))
+def _write_empty_table(store: Store, target: str, schema: pa.Schema, fmt: str) -> None:
+    store.write_bytes(part_name(target, 0, fmt), encode(schema.empty_table(), fmt))
 
 
 def encode(table: pa.Table, fmt: str) -> bytes:

@@ -27,6 +27,7 @@ from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.runtime import Runtime, resolve
+from fruitpipe.storage import Store
 from fruitpipe.batch.session import executors, java_version, spark_session
 
 logger = logging.getLogger(__name__)
@@ -58,54 +59,53 @@ class StageTimer:
 def run(config: RunConfig) -> RunManifest:
     """Run the whole chain; returns the manifest (also written to the output)."""
     timer = StageTimer()
-    storage.configure(config.s3)
+    store = Store(config.s3)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spec = models.with_input_size(models.resolve(config.model), config.image_size)
     runtime = resolve(config.precision, config.executor.infer_batch)  # before Spark: a bad choice fails now
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
-    sinks.check_output(config.output, config.overwrite)
+    sinks.check_output(store, config.output, config.overwrite)
     with timer.stage("list"):
-        listing = sources.list_images(config.input)
-    sinks.prepare_output(config.output, config.overwrite)
+        listing = sources.list_images(store, config.input)
+    sinks.prepare_output(store, config.output, config.overwrite)
     with timer.stage("model"):
         models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
     with ExitStack() as stack:
         with timer.stage("spark_start"):
             spark = stack.enter_context(spark_session(config.master, config.spark_conf))
-        return _run_in_session(spark, config, spec, runtime, listing, timer, run_id)
+        return _run_in_session(spark, store, config, spec, runtime, listing, timer, run_id)
 
 
-def _run_in_session(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
+def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
                     listing: sources.ImageListing, timer: StageTimer, run_id: str) -> RunManifest:
     images = sources.to_dataframe(spark, listing, config.executor.rows_per_partition)
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
                                  precision=runtime.precision, inferBatch=runtime.infer_batch,
                                  batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
-                                 maxPixels=config.limits.max_pixels, s3EndpointUrl=config.s3.endpoint_url or "",
-                                 s3Region=config.s3.region or "", s3AddressingStyle=config.s3.addressing_style or "")
+                                 maxPixels=config.limits.max_pixels, s3Options=store.options.to_wire())
     featurized = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        ok_count, rejected, pca = _featurize_fit_write(featurized, config, listing, timer, run_id)
+        ok_count, rejected, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist()
     counts = RunCounts(listed=len(listing.rows), ok=ok_count, rejected=rejected)
     manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
-    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest.to_json())
-    sinks.commit(config.output, counts.to_json())
+    sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
+    sinks.commit(store, config.output, counts.to_json())
     return manifest
 
 
-def _featurize_fit_write(featurized: DataFrame, config: RunConfig, listing: sources.ImageListing, timer: StageTimer,
-                         run_id: str) -> tuple[int, int, CentredPCAModel]:
+def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig, listing: sources.ImageListing,
+                         timer: StageTimer, run_id: str) -> tuple[int, int, CentredPCAModel]:
     """featurize (counted) -> errors/ -> PCA fit -> features/ + model + scree; (ok, rejected, model)."""
     with timer.stage("featurize"):
         ok_count, rejected = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
     with timer.stage("write_errors"):
-        sinks.write_errors(errors, config.output, run_id, config.s3, rejected)
+        sinks.write_errors(errors, config.output, run_id, store, rejected)
     if ok_count < 2:
         raise ValueError(f"only {ok_count} of {len(listing.rows)} images could be featurized "
                          f"(reasons in {storage.join(config.output, sinks.ERRORS)}); PCA needs at least 2")
@@ -114,7 +114,7 @@ def _featurize_fit_write(featurized: DataFrame, config: RunConfig, listing: sour
         pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
                          varianceTarget=config.pca.variance_target).fit(ok)
     with timer.stage("write"):
-        _write_outputs(ok, pca, config, run_id)
+        _write_outputs(ok, pca, store, config, run_id)
     return ok_count, rejected, pca
 
 
@@ -127,13 +127,13 @@ def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
     return int(row["ok"]), int(row["rejected"])
 
 
-def _write_outputs(ok: DataFrame, pca: CentredPCAModel, config: RunConfig, run_id: str) -> None:
-    sinks.write_features(ok, config.output, run_id, config.s3, pca.projection().apply)
+def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str) -> None:
+    sinks.write_features(ok, config.output, run_id, store, pca.projection().apply)
     if config.csv:
-        sinks.write_csv(pca.transform(ok), config.output, pca.components, run_id, config.s3)
-    pca.save(storage.join(config.output, sinks.PCA_MODEL))  # by the driver, see ml.persist
+        sinks.write_csv(pca.transform(ok), config.output, pca.components, run_id, store)
+    pca.write().using(store).save(storage.join(config.output, sinks.PCA_MODEL))  # by the driver, see ml.persist
     scree = plots.scree_png(pca.spectrum, pca.components, config.pca.variance_target)
-    storage.write_bytes(storage.join(config.output, sinks.SCREE), scree)
+    store.write_bytes(storage.join(config.output, sinks.SCREE), scree)
 
 
 def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,

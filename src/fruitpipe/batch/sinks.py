@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from fruitpipe import storage
 from fruitpipe.batch.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
 from fruitpipe.batch.manifest import SuccessMarker
-from fruitpipe.config import S3Options
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -27,39 +27,36 @@ FEATURE_COLUMNS = ("path", "label", "split", "width", "height", "features", "pca
 ERROR_COLUMNS = ("path", "stage", "reason")
 
 
-def check_output(uri: str, overwrite: bool) -> bool:
+def check_output(store: Store, uri: str, overwrite: bool) -> bool:
     """Refuse an existing output unless overwrite, and never one fruitpipe did not write.
 
     Returns whether an old output must be removed; changes nothing (cheap, before listing)."""
-    if not storage.exists(uri) or storage.is_empty_dir(uri):
+    if not store.exists(uri) or store.is_empty_dir(uri):
         return False
     if not overwrite:
         raise ValueError(f"output {uri} already exists; pass --overwrite to replace it")
-    if not any(storage.exists(storage.join(uri, marker)) for marker in (MANIFEST, SUCCESS)):
+    if not any(store.exists(storage.join(uri, marker)) for marker in (MANIFEST, SUCCESS)):
         raise ValueError(f"output {uri} is not empty and is not a fruitpipe output; refusing to overwrite it")
     return True
 
 
-def prepare_output(uri: str, overwrite: bool) -> None:
+def prepare_output(store: Store, uri: str, overwrite: bool) -> None:
     """Clear an old output (when allowed), then check that we can write, so a missing bucket or a
     permission problem fails now rather than after featurizing."""
-    if check_output(uri, overwrite):
+    if check_output(store, uri, overwrite):
         logger.info("removing previous output %s", uri)
-        storage.remove_tree(uri)
+        store.remove_tree(uri)
     probe = storage.join(uri, WRITE_CHECK)
-    storage.write_bytes(probe, b"fruitpipe write check\n")
-    storage.remove(probe)
+    store.write_bytes(probe, b"fruitpipe write check\n")
+    store.remove(probe)
 
 
-def write_dataset(df: DataFrame, uri: str, run_id: str, s3: S3Options, fmt: str = "parquet") -> None:
+def write_dataset(df: DataFrame, uri: str, run_id: str, store: Store, fmt: str = "parquet") -> None:
     """Write through the staged committer (any storage; only successful task attempts are published,
     one part per partition)."""
     _register(df.sparkSession)
-    writer = df.write.format(FORMAT_NAME).mode("append").option("run_id", run_id).option("format", fmt)
-    for key, value in (("endpoint_url", s3.endpoint_url), ("region", s3.region),
-                       ("addressing_style", s3.addressing_style)):
-        if value:
-            writer = writer.option(key, value)
+    writer = (df.write.format(FORMAT_NAME).mode("append").option("run_id", run_id).option("format", fmt)
+              .option("s3", store.options.to_wire()))
     writer.save(storage.canonical(uri))
 
 
@@ -74,43 +71,43 @@ def _register(spark: SparkSession) -> None:
         _registered.add(application)
 
 
-def write_features(df: DataFrame, output: str, run_id: str, s3: S3Options, projection: BatchTransform) -> None:
+def write_features(df: DataFrame, output: str, run_id: str, store: Store, projection: BatchTransform) -> None:
     """features/: the featurized rows with their `pca` column added by `projection`, in one pass."""
     columns = [name for name in FEATURE_COLUMNS if name != "pca"]
-    write_transformed(df.select(*columns), storage.join(output, FEATURES), run_id, s3, projection)
+    write_transformed(df.select(*columns), storage.join(output, FEATURES), run_id, store, projection)
 
 
-def write_errors(df: DataFrame, output: str, run_id: str, s3: S3Options, rejected: int) -> None:
+def write_errors(df: DataFrame, output: str, run_id: str, store: Store, rejected: int) -> None:
     """One row per rejected input; written even when empty so readers always find the dataset.
     With nothing rejected the driver writes the empty dataset itself: no Spark job for no rows."""
     errors = df.select(*ERROR_COLUMNS)
     if rejected == 0:
-        write_empty(storage.join(output, ERRORS), errors.schema)
+        write_empty(store, storage.join(output, ERRORS), errors.schema)
     else:
-        write_dataset(errors, storage.join(output, ERRORS), run_id, s3)
+        write_dataset(errors, storage.join(output, ERRORS), run_id, store)
 
 
-def write_csv(df: DataFrame, output: str, k: int, run_id: str, s3: S3Options) -> None:
+def write_csv(df: DataFrame, output: str, k: int, run_id: str, store: Store) -> None:
     """path, label, split and one column per PCA component (the seed's CSV)."""
     columns = [F.col("path"), F.col("label"), F.col("split")]
     columns += [F.col("pca")[i].alias(f"pc{i + 1}") for i in range(k)]
-    write_dataset(df.select(*columns), storage.join(output, CSV), run_id, s3, fmt="csv")
+    write_dataset(df.select(*columns), storage.join(output, CSV), run_id, store, fmt="csv")
 
 
-def write_json(uri: str, document: dict[str, Any]) -> None:
-    storage.write_bytes(uri, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+def write_json(store: Store, uri: str, document: dict[str, Any]) -> None:
+    store.write_bytes(uri, (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def commit(output: str, counts: Mapping[str, int]) -> None:
+def commit(store: Store, output: str, counts: Mapping[str, int]) -> None:
     """Write _SUCCESS last: the run's files and counts."""
-    files = [path for path in storage.list_tree(output) if path != SUCCESS and "/_temporary/" not in f"/{path}"]
-    write_json(storage.join(output, SUCCESS), SuccessMarker(tuple(files), counts).to_json())
+    files = [path for path in store.list_tree(output) if path != SUCCESS and "/_temporary/" not in f"/{path}"]
+    write_json(store, storage.join(output, SUCCESS), SuccessMarker(tuple(files), counts).to_json())
 
 
-def read_success(output: str) -> SuccessMarker | None:
+def read_success(store: Store, output: str) -> SuccessMarker | None:
     """The output's _SUCCESS, or None when there is none (an incomplete output)."""
     try:
-        raw = storage.read_bytes(storage.join(output, SUCCESS))
+        raw = store.read_bytes(storage.join(output, SUCCESS))
     except FileNotFoundError:
         return None
     return SuccessMarker.loads(raw, f"{SUCCESS} of {storage.redact(output)}")

@@ -14,6 +14,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from fruitpipe import storage
 from fruitpipe.config import IMAGE_EXTENSIONS, ExecutorSettings
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ class ImageListing:
         return sorted({label for _, label, _ in self.rows if label is not None})
 
 
-def list_images(uri: str) -> ImageListing:
+def list_images(store: Store, uri: str) -> ImageListing:
     """List jpg/jpeg/png files below `uri`; ValueError for a missing or image-less folder."""
-    files = storage.list_files(uri, IMAGE_EXTENSIONS)
+    files = store.list_files(uri, IMAGE_EXTENSIONS)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
     layout = detect_layout([relative for _, relative in files])

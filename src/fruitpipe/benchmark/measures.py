@@ -27,6 +27,7 @@ from fruitpipe.image import models
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed, normalise
 from fruitpipe.runtime import Runtime
+from fruitpipe.storage import Store
 
 WHOLE_BATCH = Runtime("fp32", "onnxruntime", 1 << 20)  # one model call per batch, as the peers' recipes do
 SLOW_IMG_S = 50.0  # a loop slower than this may stop at the subset (the issue's rule)
@@ -39,7 +40,7 @@ def _model(params: Params) -> tuple[models.ModelSpec, str]:
 
 
 def _paths(folder: str) -> list[str]:
-    return [path for path, _, _ in sources.list_images(folder).rows]
+    return [path for path, _, _ in sources.list_images(Store(), folder).rows]
 
 
 def _pixels(data: bytes, pre: models.Preprocessing) -> np.ndarray:

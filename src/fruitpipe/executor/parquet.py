@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from fruitpipe import storage
-from fruitpipe.config import S3Options
+from fruitpipe.storage import Store
 
 URI_COLUMN = "uri"
 
@@ -22,15 +21,14 @@ class ReadTask:
     """Which columns to read; small and picklable, built on the driver."""
 
     columns: tuple[str, ...]
-    s3: S3Options = field(default_factory=S3Options)
+    store: Store = field(default_factory=Store)  # where the part files are (pickled with the task)
 
 
 def read_parts(task: ReadTask, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: rows naming part files in, those files' rows (selected columns) out."""
     import pyarrow.parquet as pq
 
-    storage.configure(task.s3)
     for batch in batches:
         for uri in batch.column(URI_COLUMN).to_pylist():
-            table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=list(task.columns))
+            table = pq.read_table(io.BytesIO(task.store.read_bytes(uri)), columns=list(task.columns))
             yield from table.to_batches()

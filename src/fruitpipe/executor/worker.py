@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from fruitpipe import storage
-from fruitpipe.config import DecodeLimits, ExecutorSettings, S3Options
+from fruitpipe.config import DecodeLimits, ExecutorSettings
 from fruitpipe.image.decode import DecodeError, decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.image.models import Preprocessing
 from fruitpipe.runtime import Runtime
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class FeaturizeTask:
     batch_size: int = ExecutorSettings.batch_size  # images read ahead per chunk; model calls: runtime.infer_batch
     read_threads: int = ExecutorSettings.read_threads
     threads: int = 1  # intra-op threads of the model (spark.task.cpus)
-    s3: S3Options = field(default_factory=S3Options)
+    store: Store = field(default_factory=Store)  # where the images are read from (pickled with the task)
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Loaded:
 def load_image(uri: str, task: FeaturizeTask) -> Loaded:
     """Read and decode one image; never raises (failures become a stage and a reason)."""
     try:
-        data = storage.read_bytes(uri, limit=task.limits.max_bytes)
+        data = task.store.read_bytes(uri, limit=task.limits.max_bytes)
     except Exception as exc:
         return Loaded(stage="read", reason=f"{type(exc).__name__}: {exc}")
     try:
@@ -93,7 +93,6 @@ def model_path(model_file: str) -> str:
 
 def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: every input row comes out once, with features or with an error."""
-    storage.configure(task.s3)
     onnx_path = model_path(task.model_file)
     log = BatchLog.from_environment()
     with ThreadPoolExecutor(max_workers=task.read_threads) as pool:

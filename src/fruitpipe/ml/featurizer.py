@@ -22,6 +22,7 @@ from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Op
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 from fruitpipe.ml.columns import HasColumns
 from fruitpipe.runtime import DEFAULT_PRECISION, Runtime, resolve
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,15 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
                       TypeConverters.toString)
     inferBatch = Param(Params._dummy(), "inferBatch", "images per model call (0 = the engine's measured best)",
                        TypeConverters.toInt)
-    s3EndpointUrl = Param(Params._dummy(), "s3EndpointUrl", "S3-compatible endpoint ('' = AWS chain default)",
+    s3Options = Param(Params._dummy(), "s3Options", "S3 options as S3Options.to_wire() writes them",
+                      TypeConverters.toString)
+    # Read only: featurizers saved before s3Options held these three (and no read_attempts); declared so
+    # that they still load, and used only when such a featurizer has no s3Options set.
+    s3EndpointUrl = Param(Params._dummy(), "s3EndpointUrl", "legacy: S3-compatible endpoint ('' = AWS chain default)",
                           TypeConverters.toString)
-    s3Region = Param(Params._dummy(), "s3Region", "S3 region ('' = AWS chain default)", TypeConverters.toString)
-    s3AddressingStyle = Param(Params._dummy(), "s3AddressingStyle", "path, virtual or auto ('' = default)",
+    s3Region = Param(Params._dummy(), "s3Region", "legacy: S3 region ('' = AWS chain default)",
+                     TypeConverters.toString)
+    s3AddressingStyle = Param(Params._dummy(), "s3AddressingStyle", "legacy: path, virtual or auto ('' = default)",
                               TypeConverters.toString)
 
     @keyword_only
@@ -62,22 +68,26 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
                  batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
                  maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels,
                  imageSize: int = 0, precision: str = DEFAULT_PRECISION, inferBatch: int = 0,
-                 s3EndpointUrl: str = "", s3Region: str = "", s3AddressingStyle: str = "") -> None:
+                 s3Options: str = S3Options().to_wire()) -> None:
         super().__init__()
         self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
                          batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
                          imageSize=0, precision=DEFAULT_PRECISION, inferBatch=0,
-                         s3EndpointUrl="", s3Region="", s3AddressingStyle="")
+                         s3Options=S3Options().to_wire())
         self._set(**self._input_kwargs)
 
     def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
         return self._set(modelName=value)
 
     def s3_options(self) -> S3Options:
-        return S3Options(endpoint_url=self.getOrDefault(self.s3EndpointUrl) or None,
-                         region=self.getOrDefault(self.s3Region) or None,
-                         addressing_style=self.getOrDefault(self.s3AddressingStyle) or None)
+        """From s3Options; from the legacy params only for a featurizer saved with them and without it."""
+        legacy = [self.getOrDefault(param) if self.isDefined(param) else ""
+                  for param in (self.s3EndpointUrl, self.s3Region, self.s3AddressingStyle)]
+        if self.isSet(self.s3Options) or not any(legacy):
+            return S3Options.from_wire(self.getOrDefault(self.s3Options))
+        endpoint_url, region, addressing_style = (value or None for value in legacy)
+        return S3Options(endpoint_url=endpoint_url, region=region, addressing_style=addressing_style)
 
     def spec(self) -> models.ModelSpec:
         """The resolved model spec (raises ValueError for an unknown model)."""
@@ -105,7 +115,7 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
             batch_size=settings.batch_size,
             read_threads=settings.read_threads,
             threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
-            s3=self.s3_options(),
+            store=Store(self.s3_options()),
         )
         added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
         schema = StructType(dataset.schema.fields + added)

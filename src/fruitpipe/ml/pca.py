@@ -25,7 +25,7 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLReader, MLWritable, MLWriter
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLReader, MLWritable
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
@@ -33,6 +33,7 @@ from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 from fruitpipe.config import DEFAULT_VARIANCE
 from fruitpipe.ml import persist
 from fruitpipe.ml.columns import HasColumns
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 _VECTOR, _CENTRED, _PROJECTED = "__fp_vector", "__fp_centred", "__fp_projected"
@@ -242,26 +243,26 @@ class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
                              StructField(self.getOutputCol(), ArrayType(FloatType(), False), True)])
         return dataset.mapInArrow(projection, schema)
 
-    def write(self) -> MLWriter:
+    def write(self) -> persist.DriverWriter:
         return persist.DriverWriter(self._save)
 
     @classmethod
-    def read(cls) -> MLReader:
+    def read(cls) -> _CentredPCAModelReader:
         return _CentredPCAModelReader(cls)
 
-    def _save(self, path: str, overwrite: bool) -> None:
+    def _save(self, store: Store, path: str, overwrite: bool) -> None:
         arrays = {"mean": self.scaler.mean.toArray(), "std": self.scaler.std.toArray(),
                   "components": self.pca.pc.toArray(), "explained_variance": self.pca.explainedVariance.toArray()}
-        persist.save(self, path, arrays, extra={"spectrum": self.spectrum}, overwrite=overwrite)
+        persist.save(store, self, path, arrays, extra={"spectrum": self.spectrum}, overwrite=overwrite)
 
 
-class _CentredPCAModelReader(MLReader):
+class _CentredPCAModelReader(MLReader, persist.UsesStore):
     def __init__(self, cls: type[CentredPCAModel]) -> None:
         super().__init__()
         self.cls = cls
 
     def load(self, path: str) -> Any:
-        metadata, arrays = persist.load(path, f"{self.cls.__module__}.{self.cls.__name__}")
+        metadata, arrays = persist.load(self.store, path, f"{self.cls.__module__}.{self.cls.__name__}")
         spark = self.sparkSession
         model = self.cls(scaler=_scaler_model(spark, arrays["mean"], arrays["std"]),
                          pca=_pca_model(spark, arrays["components"], arrays["explained_variance"].tolist()),

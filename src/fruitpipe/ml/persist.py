@@ -3,11 +3,13 @@
 Spark ML's own writers save a model from executor tasks through Hadoop: on a cluster whose
 executors run on other hosts those parts land on the executors' disks, and pip's pyspark has no
 S3 connector. fruitpipe's models are a few small arrays, so the driver writes them itself, to any
-URI `storage` knows (local or s3://): the arrays first, then the metadata with their sha256. The
+URI a `Store` knows (local or s3://): the arrays first, then the metadata with their sha256. The
 metadata is Spark's DefaultParams JSON line (class, uid, params) in Spark's place, so Spark's
 Pipeline reader finds a `CentredPCAModel` stage in a pipeline saved with Spark's writer (the
 pipeline's own metadata is then Spark-written). A folder without metadata is incomplete and one
-whose arrays do not match is damaged: both are refused on load.
+whose arrays do not match is damaged: both are refused on load. Spark ML's `save(path)` / `load(path)`
+take no store: they use `Store()` (the default AWS chain); `write().using(store)` and `read().using(store)`
+name one.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import hashlib
 import io
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -23,26 +25,28 @@ from pyspark.ml.param import Params
 from pyspark.ml.util import MLWriter
 
 from fruitpipe import storage
+from fruitpipe.storage import Store
 
 FORMAT, FORMAT_VERSION = "fruitpipe-model", 1
 METADATA, ARRAYS = ("metadata", "part-00000"), "arrays.npz"
 _JSON_TYPES = (str, int, float, bool)
+S = TypeVar("S", bound="UsesStore")
 
 
-def save(instance: Params, uri: str, arrays: dict[str, np.ndarray], extra: dict[str, Any] | None = None,
+def save(store: Store, instance: Params, uri: str, arrays: dict[str, np.ndarray], extra: dict[str, Any] | None = None,
          class_name: str | None = None, overwrite: bool = False) -> None:
     """Write `instance` (uid, params) and its arrays from the driver; an existing folder is
     replaced only when `overwrite`."""
     from pyspark import __version__ as spark_version
 
-    if storage.exists(uri) and not storage.is_empty_dir(uri):
+    if store.exists(uri) and not store.is_empty_dir(uri):
         if not overwrite:
             raise ValueError(f"{uri} already exists; use write().overwrite().save(path) to replace it")
-        storage.remove_tree(uri)
+        store.remove_tree(uri)
     buffer = io.BytesIO()
     np.savez(buffer, **{name: np.asarray(values) for name, values in arrays.items()})
     data = buffer.getvalue()
-    storage.write_bytes(storage.join(uri, ARRAYS), data)
+    store.write_bytes(storage.join(uri, ARRAYS), data)
     metadata = {
         "class": class_name or f"{type(instance).__module__}.{type(instance).__name__}",
         "timestamp": int(time.time() * 1000),
@@ -54,15 +58,15 @@ def save(instance: Params, uri: str, arrays: dict[str, np.ndarray], extra: dict[
                       "arrays": {"file": ARRAYS, "sha256": hashlib.sha256(data).hexdigest(),
                                  "shapes": {name: list(np.shape(values)) for name, values in arrays.items()}}},
     }
-    storage.write_bytes(storage.join(uri, *METADATA), (json.dumps(metadata) + "\n").encode("utf-8"))
+    store.write_bytes(storage.join(uri, *METADATA), (json.dumps(metadata) + "\n").encode("utf-8"))
 
 
-def load(uri: str, class_name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def load(store: Store, uri: str, class_name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The metadata and arrays of a folder written by `save`, its class and checksum checked."""
     try:
-        metadata = json.loads(storage.read_bytes(storage.join(uri, *METADATA)))
+        metadata = json.loads(store.read_bytes(storage.join(uri, *METADATA)))
     except FileNotFoundError:
-        if storage.list_tree(storage.join(uri, METADATA[0])):
+        if store.list_tree(storage.join(uri, METADATA[0])):
             raise ValueError(f"{uri} holds a model saved by Spark ML's own writer, not a fruitpipe-saved "
                              f"{class_name} (written by an older fruitpipe: run it again)") from None
         raise FileNotFoundError(f"{uri} is not a saved {class_name} ({'/'.join(METADATA)} is missing: "
@@ -73,7 +77,7 @@ def load(uri: str, class_name: str) -> tuple[dict[str, Any], dict[str, np.ndarra
                          f"{'fruitpipe' if own else 'Spark ML'}, not a fruitpipe-saved {class_name}")
     if own.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{uri} was written by a newer fruitpipe (model format {own['format_version']})")
-    data = storage.read_bytes(storage.join(uri, ARRAYS))
+    data = store.read_bytes(storage.join(uri, ARRAYS))
     if hashlib.sha256(data).hexdigest() != own["arrays"]["sha256"]:
         raise ValueError(f"{uri} is damaged: {ARRAYS} does not match the sha256 in its metadata")
     with np.load(io.BytesIO(data), allow_pickle=False) as stored:
@@ -101,15 +105,27 @@ def _json_values(params: dict[Any, Any], strict: bool) -> dict[str, Any]:
     return values
 
 
-class DriverWriter(MLWriter):
+class UsesStore:
+    """`.using(store)` on a model writer or reader: the store the folder is written to or read from.
+    Spark ML's own entry points (`save(path)`, `load(path)`, a Pipeline's writer) cannot pass one, so
+    `Store()`, the default AWS chain, stands in."""
+
+    store: Store = Store()
+
+    def using(self: S, store: Store) -> S:
+        self.store = store
+        return self
+
+
+class DriverWriter(MLWriter, UsesStore):
     """`model.write()` for models saved by `save`: `.overwrite()` honoured, s3:// paths accepted."""
 
-    def __init__(self, save_to: Callable[[str, bool], None]) -> None:
+    def __init__(self, save_to: Callable[[Store, str, bool], None]) -> None:
         super().__init__()
         self.save_to = save_to
 
     def save(self, path: str) -> None:
-        self.save_to(path, self.shouldOverwrite)
+        self.save_to(self.store, path, self.shouldOverwrite)
 
     def saveImpl(self, path: str) -> None:
-        self.save_to(path, False)
+        self.save_to(self.store, path, False)

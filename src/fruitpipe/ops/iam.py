@@ -24,7 +24,7 @@ prefix stays read-only. `*`, `?` and `$` in a prefix are written as the IAM poli
 Nothing here grants the bare key `<prefix>` (no slash) or a listing of `Prefix=<prefix>`, which would
 reveal the keys of `<prefix>2/`. So a HeadObject on `<prefix>` answers 403, and so does a HeadObject on
 a missing key below it (S3 answers 404 only with an s3:ListBucket that applies); readers of S3 must
-treat that 403 as "absent" where they only probe for existence (see `storage.exists`).
+treat that 403 as "absent" where they only probe for existence (see `storage.Store.exists`).
 """
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from fruitpipe import storage
 from fruitpipe.config import S3Options
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class _LocalFile:
 def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: int = DEFAULT_WORKERS,
                   progress: bool = True, *, s3: S3Options | None = None) -> UploadSummary:
     """Upload every non-hidden file below `local_dir` to `target_uri` (s3://bucket/prefix), skipping
-    files already there with the same size and sha256. `s3`, when given, configures the storage layer
-    (endpoint, region, addressing) first. `progress` shows a tqdm bar on stderr if it is a terminal.
+    files already there with the same size and sha256. `s3` says how to reach the store (endpoint,
+    region, addressing; None: the AWS chain). `progress` shows a tqdm bar on stderr if it is a terminal.
     """
     started = time.monotonic()
     if workers < 1:
@@ -102,9 +103,8 @@ def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: i
     location = _target(target_uri)
     files, failed = _local_files(local_dir)
     entries = len(files) + len(failed)  # walk problems (broken links, unreadable folders) count as entries
-    if s3 is not None:
-        storage.configure(s3)
-    remote = _remote_sizes(location)
+    store = Store(s3 or S3Options())
+    remote = _remote_sizes(store, location)
     keys: dict[str, str] = {}
     todo: list[tuple[_LocalFile, str]] = []
     for item in files:
@@ -120,12 +120,11 @@ def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: i
 
     counts = {UPLOADED: 0, SKIPPED: 0}
     sizes = {UPLOADED: 0, SKIPPED: 0}
-    client = storage.s3_client()
     bar = _progress_bar(sum(item.size for item, _ in todo), progress)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fruitpipe-upload")
     try:
         futures: dict[Future[tuple[str, int]], _LocalFile] = {
-            pool.submit(_upload_one, client, location.bucket, key, item, remote.get(key)): item for item, key in todo}
+            pool.submit(_upload_one, store, location.bucket, key, item, remote.get(key)): item for item, key in todo}
         for future in as_completed(futures):
             item = futures[future]
             try:
@@ -213,10 +212,10 @@ def _target(uri: str) -> storage.S3Location:
     return location
 
 
-def _remote_sizes(location: storage.S3Location) -> dict[str, int]:
+def _remote_sizes(store: Store, location: storage.S3Location) -> dict[str, int]:
     """key -> size of every object already under the prefix (one paginated listing)."""
     try:
-        return {item["Key"]: int(item.get("Size", -1)) for item in storage.list_objects(location)}
+        return {item["Key"]: int(item.get("Size", -1)) for item in store.list_objects(location)}
     except FileNotFoundError as exc:
         if storage.error_code(exc.__cause__ or exc) == "NoSuchBucket":
             raise FileNotFoundError(f"bucket not found: s3://{location.bucket} (create it first; "
@@ -226,9 +225,9 @@ def _remote_sizes(location: storage.S3Location) -> dict[str, int]:
         raise type(exc)(_one_line(exc)) from exc
 
 
-def _upload_one(client: Any, bucket: str, key: str, item: _LocalFile, remote_size: int | None) -> tuple[str, int]:
+def _upload_one(store: Store, bucket: str, key: str, item: _LocalFile, remote_size: int | None) -> tuple[str, int]:
     """(UPLOADED or SKIPPED, bytes) for one file; raises on failure."""
-    uri = f"s3://{bucket}/{key}"
+    uri, client = f"s3://{bucket}/{key}", store.client()
     small = item.size <= MULTIPART_THRESHOLD
     data = b""
     if small:
@@ -238,23 +237,23 @@ def _upload_one(client: Any, bucket: str, key: str, item: _LocalFile, remote_siz
         size = len(data)
     else:
         digest, size = storage.file_sha256(item.path), os.path.getsize(item.path)
-    if remote_size == size and _remote_sha256(client, bucket, key, uri) == digest:
+    if remote_size == size and _remote_sha256(store, client, bucket, key, uri) == digest:
         return SKIPPED, size
     extra: dict[str, Any] = {"Metadata": {"sha256": digest}}
     content_type = mimetypes.guess_type(item.relative)[0]
     if content_type:
         extra["ContentType"] = content_type
     if small:
-        storage.with_retries(lambda: client.put_object(Bucket=bucket, Key=key, Body=data, **extra), uri,
-                             attempts=PUT_ATTEMPTS)
+        store.with_retries(lambda: client.put_object(Bucket=bucket, Key=key, Body=data, **extra), uri,
+                           attempts=PUT_ATTEMPTS)
     else:
-        storage.with_retries(lambda: _multipart(client, item.path, bucket, key, extra), uri, attempts=PUT_ATTEMPTS)
+        store.with_retries(lambda: _multipart(client, item.path, bucket, key, extra), uri, attempts=PUT_ATTEMPTS)
     return UPLOADED, size
 
 
-def _remote_sha256(client: Any, bucket: str, key: str, uri: str) -> str | None:
+def _remote_sha256(store: Store, client: Any, bucket: str, key: str, uri: str) -> str | None:
     try:
-        head = storage.with_retries(lambda: client.head_object(Bucket=bucket, Key=key), uri)
+        head = store.with_retries(lambda: client.head_object(Bucket=bucket, Key=key), uri)
     except FileNotFoundError:  # deleted since the listing
         return None
     recorded = head.get("Metadata", {}).get("sha256")

@@ -22,7 +22,7 @@ import numpy as np
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.recognise.contracts import BundleDescription
-from fruitpipe.storage import file_sha256, read_bytes
+from fruitpipe.storage import Store, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,10 @@ class PhotoResult:
         return {"photo": self.photo, "predictions": [asdict(p) for p in self.predictions]}
 
 
-def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5) -> list[PhotoResult]:
-    """Photos (local paths or s3:// URIs) -> one result each, in order; a bad photo never stops the others.
+def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
+                   store: Store = Store()) -> list[PhotoResult]:
+    """Photos (local paths or s3:// URIs, read through `store`) -> one result each, in order; a bad photo
+    never stops the others.
 
     Photos are read and decoded one by one and embedded BATCH_SIZE at a time, so memory stays bounded."""
     if top_k < 1:
@@ -198,7 +200,7 @@ def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5) -> list
         errors: dict[int, str] = {}
         for index, photo in enumerate(chunk):
             try:
-                decoded[index] = model.pixels(read_bytes(photo, limit=model.limits.max_bytes))
+                decoded[index] = model.pixels(store.read_bytes(photo, limit=model.limits.max_bytes))
             except (OSError, ValueError) as exc:  # DecodeError is a ValueError; missing files are OSErrors
                 errors[index] = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
         probabilities = dict(zip(decoded, model.probabilities_of_pixels(list(decoded.values()))))

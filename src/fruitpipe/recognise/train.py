@@ -38,6 +38,7 @@ from fruitpipe.ml import CentredPCAModel, save_logistic_regression
 from fruitpipe.batch.pipeline import StageTimer
 from fruitpipe.runtime import Runtime
 from fruitpipe.batch.session import spark_session
+from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -93,26 +94,26 @@ class Source:
 def train(config: TrainConfig) -> TrainManifest:
     """Fit, choose, evaluate, write MODEL_DIR; returns its manifest (metrics included)."""
     timer = StageTimer()
-    storage.configure(config.s3)
+    store = Store(config.s3)
     _refuse_overlap(config.features, config.output)
-    source = read_source(config.features)
+    source = read_source(store, config.features)
     spec = _model_spec(source.manifest)
     source.runtime()  # refused before Spark starts if the bundle could not embed photos as the run did
-    sinks.check_output(config.output, config.overwrite)
+    sinks.check_output(store, config.output, config.overwrite)
     onnx = models.onnx_file(spec)
     _check_onnx(source.manifest, onnx)
-    sinks.prepare_output(config.output, config.overwrite)
+    sinks.prepare_output(store, config.output, config.overwrite)
     with spark_session(config.master, config.spark_conf) as spark:
-        return _train_in_session(spark, config, source, spec, str(onnx), timer)
+        return _train_in_session(spark, store, config, source, spec, str(onnx), timer)
 
 
-def read_source(run_output: str) -> Source:
+def read_source(store: Store, run_output: str) -> Source:
     """The run's manifest; only a complete fruitpipe run (with _SUCCESS) is accepted."""
     try:
-        raw = storage.read_bytes(storage.join(run_output, sinks.MANIFEST))
+        raw = store.read_bytes(storage.join(run_output, sinks.MANIFEST))
     except FileNotFoundError:
         raise ValueError(f"{storage.redact(run_output)} is not a fruitpipe run output (no {sinks.MANIFEST})") from None
-    if sinks.read_success(run_output) is None:
+    if sinks.read_success(store, run_output) is None:
         raise ValueError(f"{storage.redact(run_output)} is an incomplete run (no {sinks.SUCCESS}); run it again")
     manifest = RunManifest.loads(raw, f"{sinks.MANIFEST} of {storage.redact(run_output)}")
     return Source(run_output, manifest, hashlib.sha256(raw).hexdigest())
@@ -145,9 +146,9 @@ def _check_onnx(manifest: RunManifest, onnx: Path) -> None:
 
 
 def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataFrame:
-    """features/ of a run (path, label, split, pca), read in executors through storage."""
+    """features/ of a run (path, label, split, pca), read in executors through the task's store."""
     folder = storage.join(run_output, sinks.FEATURES)
-    parts = [storage.join(folder, *relative.split("/")) for relative in storage.list_tree(folder)
+    parts = [storage.join(folder, *relative.split("/")) for relative in task.store.list_tree(folder)
              if relative.rsplit("/", 1)[-1].startswith("part-") and relative.endswith(".parquet")]
     if not parts:
         raise ValueError(f"{storage.redact(folder)} holds no Parquet part files")
@@ -156,10 +157,10 @@ def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataF
     return uris.mapInArrow(functools.partial(read_parts, task), FEATURE_SCHEMA)
 
 
-def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, spec: models.ModelSpec,
-                      onnx: str, timer: StageTimer) -> TrainManifest:
+def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, source: Source,
+                      spec: models.ModelSpec, onnx: str, timer: StageTimer) -> TrainManifest:
     with timer.stage("read"):
-        data = read_features(spark, config.features, ReadTask(("path", "label", "split", "pca"), config.s3))
+        data = read_features(spark, config.features, ReadTask(("path", "label", "split", "pca"), store))
         classes = _classes(data)
         indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
         prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
@@ -176,9 +177,9 @@ def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, 
     prepared.unpersist()
     headline = Metrics(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
     with timer.stage("write"):
-        _write_evaluation(config.output, metrics, classes)
-        save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER))
-        _write_bundle(config, source, spec, onnx, classifier, chosen, classes, headline)
+        _write_evaluation(store, config.output, metrics, classes)
+        save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER), store=store)
+        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline)
     manifest = TrainManifest(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=source.fingerprint(),
@@ -194,8 +195,8 @@ def _train_in_session(spark: SparkSession, config: TrainConfig, source: Source, 
         metrics=headline,
         timings_s=timer.timings(),
     )
-    sinks.write_json(storage.join(config.output, sinks.MANIFEST), manifest.to_json())
-    sinks.commit(config.output, counts.to_json())
+    sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
+    sinks.commit(store, config.output, counts.to_json())
     return manifest
 
 
@@ -281,23 +282,23 @@ def metrics_from_confusion(counts: np.ndarray, classes: list[str] | None = None)
     return metrics
 
 
-def _write_evaluation(output: str, metrics: dict[str, Any], classes: list[str]) -> None:
-    sinks.write_json(storage.join(output, METRICS), metrics)
+def _write_evaluation(store: Store, output: str, metrics: dict[str, Any], classes: list[str]) -> None:
+    sinks.write_json(store, storage.join(output, METRICS), metrics)
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["class", "precision", "recall", "f1", "support"])
     for name, row in metrics["per_class"].items():
         writer.writerow([name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", row["support"]])
-    storage.write_bytes(storage.join(output, PER_CLASS), table.getvalue().encode("utf-8"))
-    storage.write_bytes(storage.join(output, CONFUSION),
-                        plots.confusion_matrix_png(metrics["confusion_matrix"]["counts"], classes))
+    store.write_bytes(storage.join(output, PER_CLASS), table.getvalue().encode("utf-8"))
+    store.write_bytes(storage.join(output, CONFUSION),
+                      plots.confusion_matrix_png(metrics["confusion_matrix"]["counts"], classes))
 
 
-def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
+def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
                   metrics: Metrics) -> None:
     """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
-    pca = CentredPCAModel.load(storage.join(config.features, sinks.PCA_MODEL))
+    pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL))
     arrays = bundle.Arrays(mean=pca.scaler.mean.toArray(), components=pca.pca.pc.toArray(),
                            coefficients=classifier.coefficientMatrix.toArray(),
                            intercepts=classifier.interceptVector.toArray())
@@ -313,4 +314,4 @@ def _write_bundle(config: TrainConfig, source: Source, spec: models.ModelSpec, o
     )
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
         bundle.write(folder, onnx, description, arrays)
-        storage.copy_tree_from_local(folder, storage.join(config.output, bundle.BUNDLE_DIR))
+        store.copy_tree_from_local(folder, storage.join(config.output, bundle.BUNDLE_DIR))
