@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fruitpipe.storage import Store
 from fruitpipe.batch import sources
 from fruitpipe.config import IMAGE_EXTENSIONS
+from fruitpipe.storage import Store
 
 JPEG = b"\xff\xd8\xff\xe0 not decoded by listing"
 

@@ -17,20 +17,21 @@ CLASS_NAME = "pyspark.ml.classification.LogisticRegressionModel"
 
 
 def save_logistic_regression(model: LogisticRegressionModel, uri: str, overwrite: bool = False, *,
-                             store: Store = Store()) -> None:
-    """Coefficients, intercepts, class count and family from the driver (local or s3://).
+                             store: Store | None = None) -> None:
+    """Coefficients, intercepts, class count and family from the driver (local or s3://; `store`
+    None: `Store()`, the default AWS chain).
 
     Spark's own `LogisticRegressionModel.load` cannot read the folder: use `load_logistic_regression`."""
     family = model.getOrDefault("family")
     multinomial = family == "multinomial" or (family == "auto" and model.numClasses > 2)  # Spark's rule
     arrays = {"coefficients": model.coefficientMatrix.toArray(), "intercepts": model.interceptVector.toArray()}
-    persist.save(store, model, uri, arrays, extra={"num_classes": model.numClasses, "multinomial": multinomial},
-                 class_name=CLASS_NAME, overwrite=overwrite)
+    extra = {"num_classes": model.numClasses, "multinomial": multinomial}
+    persist.save(store or Store(), model, uri, arrays, extra=extra, class_name=CLASS_NAME, overwrite=overwrite)
 
 
-def load_logistic_regression(uri: str, *, store: Store = Store()) -> LogisticRegressionModel:
+def load_logistic_regression(uri: str, *, store: Store | None = None) -> LogisticRegressionModel:
     """A model saved by `save_logistic_regression` (local or s3://), in the active SparkSession."""
-    metadata, arrays = persist.load(store, uri, CLASS_NAME)
+    metadata, arrays = persist.load(store or Store(), uri, CLASS_NAME)
     coefficients, intercepts = arrays["coefficients"], arrays["intercepts"]
     sc = SparkSession.active().sparkContext
     # row major, as Spark's binomial models require (one row; one per class when multinomial)

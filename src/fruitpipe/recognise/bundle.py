@@ -186,13 +186,14 @@ class PhotoResult:
 
 
 def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
-                   store: Store = Store()) -> list[PhotoResult]:
-    """Photos (local paths or s3:// URIs, read through `store`) -> one result each, in order; a bad photo
-    never stops the others.
+                   store: Store | None = None) -> list[PhotoResult]:
+    """Photos (local paths or s3:// URIs, read through `store`; None: the default AWS chain) -> one result
+    each, in order; a bad photo never stops the others.
 
     Photos are read and decoded one by one and embedded BATCH_SIZE at a time, so memory stays bounded."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    store = store or Store()
     results: list[PhotoResult] = []
     for start in range(0, len(photos), BATCH_SIZE):
         chunk = photos[start:start + BATCH_SIZE]
