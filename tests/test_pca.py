@@ -141,3 +141,18 @@ def test_save_load_round_trip(fitted, frame, tmp_path) -> None:
     np.testing.assert_array_equal(loaded.scaler.mean.toArray(), fitted.scaler.mean.toArray())
     np.testing.assert_array_equal(loaded.pca.pc.toArray(), fitted.pca.pc.toArray())
     np.testing.assert_array_equal(projections(loaded, frame), projections(fitted, frame))
+
+
+def test_the_model_is_its_arrays(fitted, features) -> None:
+    """arrays(): the typed, read-only value persist and train read (no Spark model needed)."""
+    from fruitpipe.ml.pca import PcaArrays
+
+    arrays = fitted.arrays()
+    assert arrays.components.shape == (DIM, 5) and arrays.k == 5 and len(arrays.spectrum) == DIM
+    np.testing.assert_allclose(arrays.mean, features.astype(np.float64).mean(axis=0), atol=1e-9)
+    np.testing.assert_array_equal(arrays.components, fitted.pca.pc.toArray())  # the Spark model, built from them
+    np.testing.assert_array_equal(arrays.mean, fitted.scaler.mean.toArray())
+    with pytest.raises(ValueError):
+        arrays.mean[0] = 1.0  # read-only
+    with pytest.raises(ValueError, match="inconsistent"):
+        PcaArrays.of(arrays.mean, arrays.std, arrays.components[:-1], arrays.spectrum)

@@ -1,12 +1,15 @@
 """CentredPCA: Spark MLlib PCA on mean-centred vectors, with k fixed or chosen by variance.
 
-Spark's PCAModel projects raw vectors (it does not subtract the mean), so the model here is a
-StandardScalerModel (withMean, withStd=False) followed by a Spark PCAModel. Fitting is ONE Spark job
+Spark's PCAModel projects raw vectors (it does not subtract the mean). The fitted model is its numpy
+arrays (`PcaArrays`: mean, std, components, spectrum), always whole; its transform is `Projection`
+(numpy in the Python workers). The same model as Spark ML stages (a StandardScalerModel withMean,
+withStd=False, then a PCAModel) is built from those arrays only when a caller asks for it, on a classic
+session: Spark Connect has no JVM to build them in. Fitting is ONE Spark job
 (per-partition X^T X and column sums in numpy, added on the driver) and one driver-side
 eigendecomposition that yields the full explained-variance spectrum and any k at once. Input and output are array<float>
 columns, the form fruitpipe stores; conversion to ML vectors stays inside. The fitted model is saved
 by the driver alone (`ml.persist`: mean, components, spectrum), so it is complete on any cluster and
-on s3://; loading rebuilds the two Spark models from those arrays.
+on s3://; loading reads the arrays back.
 """
 from __future__ import annotations
 
@@ -163,16 +166,14 @@ class CentredPCA(Estimator, _PcaParams, DefaultParamsReadable, DefaultParamsWrit
     def _fit(self, dataset: DataFrame) -> CentredPCAModel:
         _, mean, covariance = moments(dataset, self.getInputCol())
         std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
-        scaler = _scaler_model(dataset.sparkSession, mean, std)
         eigenvalues, components = principal_axes(covariance)
         total = float(eigenvalues.sum())
         if total <= 0.0:
             raise ValueError("the features have no variance (all images gave the same vector); PCA is undefined")
         ratios = [float(v) for v in eigenvalues / total]
         k = self._choose_k(ratios)
-        pca = _pca_model(dataset.sparkSession, components[:, :k], ratios[:k])
         logger.info("PCA: k=%d keeps %.4f of the variance", k, sum(ratios[:k]))
-        return self._copyValues(CentredPCAModel(scaler=scaler, pca=pca, spectrum=ratios))
+        return self._copyValues(CentredPCAModel(PcaArrays.of(mean, std, components[:, :k], ratios)))
 
     def _choose_k(self, ratios: list[float]) -> int:
         if self.isSet(self.k):
@@ -209,33 +210,107 @@ class Projection:
         return pa.RecordBatch.from_arrays([*batch.columns, column], names=[*batch.schema.names, self.output_col])
 
 
-class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
-    """Centre with the fitted mean, project on the top k components; array<float> out."""
+def _frozen(values: Any, dims: int) -> np.ndarray:
+    """A read-only float64 copy: a PcaArrays value cannot change under the model that holds it."""
+    array = np.array(values, dtype=np.float64)
+    if array.ndim != dims:
+        raise ValueError(f"expected a {dims}-d array, got shape {array.shape}")
+    array.setflags(write=False)
+    return array
 
-    def __init__(self, scaler: StandardScalerModel | None = None, pca: PCAModel | None = None,
-                 spectrum: list[float] | None = None) -> None:
-        super().__init__()
-        self.scaler, self.pca = scaler, pca
-        self.spectrum = list(spectrum or [])
 
-    def projection(self) -> Projection:
-        """The projection as a picklable Arrow batch function (transform, and the fused features write)."""
-        return Projection(self.getInputCol(), self.getOutputCol(), self.scaler.mean.toArray(), self.pca.pc.toArray())
+@dataclass(frozen=True)
+class PcaArrays:
+    """What a fitted centred PCA is: column means and standard deviations (d), the kept axes (d x k, unit
+    columns) and the full explained-variance-ratio spectrum (d values, descending).
+
+    The one description every consumer reads (the projection, `ml.persist`, train's bundle), so none of
+    them reaches into Spark models, which exist only on a classic session."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    components: np.ndarray
+    spectrum: tuple[float, ...]
+
+    @classmethod
+    def of(cls, mean: Any, std: Any, components: Any, spectrum: Any) -> PcaArrays:
+        """Checked, read-only float64 copies (shapes must agree: d, d, d x k with 1 <= k <= len(spectrum))."""
+        arrays = cls(_frozen(mean, 1), _frozen(std, 1), _frozen(components, 2), tuple(float(v) for v in spectrum))
+        dim, k = arrays.components.shape
+        if arrays.mean.shape != (dim,) or arrays.std.shape != (dim,) or not 1 <= k <= len(arrays.spectrum):
+            raise ValueError(f"inconsistent PCA arrays: mean {arrays.mean.shape}, std {arrays.std.shape}, "
+                             f"components {arrays.components.shape}, spectrum of {len(arrays.spectrum)}")
+        return arrays
 
     @property
-    def components(self) -> int:
-        return self.pca.getK()
+    def k(self) -> int:
+        return int(self.components.shape[1])
 
     @property
     def variance_kept(self) -> float:
-        return float(sum(self.spectrum[: self.components]))
+        """Share of the variance the k kept components explain."""
+        return float(sum(self.spectrum[: self.k]))
+
+    @property
+    def explained_variance(self) -> np.ndarray:
+        """Ratios of the kept components (Spark's PCAModel.explainedVariance)."""
+        return np.asarray(self.spectrum[: self.k], dtype=np.float64)
+
+    def saved(self) -> dict[str, np.ndarray]:
+        """The arrays `ml.persist` writes (names and shapes are the on-disk format: arrays.npz)."""
+        return {"mean": self.mean, "std": self.std, "components": self.components,
+                "explained_variance": self.explained_variance}
+
+
+class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
+    """Centre with the fitted mean, project on the top k components; array<float> out."""
+
+    def __init__(self, arrays: PcaArrays) -> None:
+        super().__init__()
+        self._arrays = arrays
+
+    def arrays(self) -> PcaArrays:
+        """The fitted model's arrays (read-only)."""
+        return self._arrays
+
+    @property
+    def spectrum(self) -> list[float]:
+        return list(self._arrays.spectrum)
+
+    @property
+    def scaler(self) -> StandardScalerModel:
+        """The centring step as a Spark StandardScalerModel, built on first use (classic sessions only)."""
+        if self._spark_models is None:
+            self._spark_models = _spark_models(self._arrays)
+        return self._spark_models[0]
+
+    @property
+    def pca(self) -> PCAModel:
+        """The projection as a Spark PCAModel on the centred vectors, built on first use (classic sessions only)."""
+        if self._spark_models is None:
+            self._spark_models = _spark_models(self._arrays)
+        return self._spark_models[1]
+
+    _spark_models: tuple[StandardScalerModel, PCAModel] | None = None
+
+    def projection(self) -> Projection:
+        """The projection as a picklable Arrow batch function (transform, and the fused features write)."""
+        return Projection(self.getInputCol(), self.getOutputCol(), self._arrays.mean, self._arrays.components)
+
+    @property
+    def components(self) -> int:
+        return self._arrays.k
+
+    @property
+    def variance_kept(self) -> float:
+        return self._arrays.variance_kept
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        """(x - mean) @ components with numpy in the Python workers, from the Spark models' own arrays.
+        """(x - mean) @ components with numpy in the Python workers.
 
-        The same arithmetic as `self.scaler` then `self.pca` (the JVM path through ML vectors, kept inside
-        for Spark ML users), without their per-row vector conversions (that path alone took 3.2 s at 10k
-        images, docs/performance.md)."""
+        The same arithmetic as `self.scaler` then `self.pca` (the JVM path through ML vectors, kept for
+        Spark ML users on classic sessions), without their per-row vector conversions (that path alone
+        took 3.2 s at 10k images, docs/performance.md), and on Spark Connect too."""
         if self.getOutputCol() in dataset.columns:
             raise ValueError(f"column {self.getOutputCol()} already exists")
         projection = self.projection()
@@ -251,9 +326,13 @@ class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
         return _CentredPCAModelReader(cls)
 
     def _save(self, store: Store, path: str, overwrite: bool) -> None:
-        arrays = {"mean": self.scaler.mean.toArray(), "std": self.scaler.std.toArray(),
-                  "components": self.pca.pc.toArray(), "explained_variance": self.pca.explainedVariance.toArray()}
-        persist.save(store, self, path, arrays, extra={"spectrum": self.spectrum}, overwrite=overwrite)
+        persist.save(store, self, path, self._arrays.saved(), extra={"spectrum": self.spectrum}, overwrite=overwrite)
+
+
+def _spark_models(arrays: PcaArrays) -> tuple[StandardScalerModel, PCAModel]:
+    spark = SparkSession.active()
+    return (_scaler_model(spark, arrays.mean, arrays.std),
+            _pca_model(spark, arrays.components, arrays.explained_variance.tolist()))
 
 
 class _CentredPCAModelReader(MLReader, persist.UsesStore):
@@ -263,9 +342,7 @@ class _CentredPCAModelReader(MLReader, persist.UsesStore):
 
     def load(self, path: str) -> Any:
         metadata, arrays = persist.load(self.store, path, f"{self.cls.__module__}.{self.cls.__name__}")
-        spark = self.sparkSession
-        model = self.cls(scaler=_scaler_model(spark, arrays["mean"], arrays["std"]),
-                         pca=_pca_model(spark, arrays["components"], arrays["explained_variance"].tolist()),
-                         spectrum=metadata["fruitpipe"]["spectrum"])
+        model = self.cls(PcaArrays.of(arrays["mean"], arrays["std"], arrays["components"],
+                                      metadata["fruitpipe"]["spectrum"]))
         persist.apply_params(model, metadata)
         return model

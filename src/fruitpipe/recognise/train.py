@@ -298,15 +298,15 @@ def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: model
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
                   metrics: Metrics) -> None:
     """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
-    pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL))
-    arrays = bundle.Arrays(mean=pca.scaler.mean.toArray(), components=pca.pca.pc.toArray(),
+    pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL)).arrays()
+    arrays = bundle.Arrays(mean=pca.mean, components=pca.components,
                            coefficients=classifier.coefficientMatrix.toArray(),
                            intercepts=classifier.interceptVector.toArray())
     description = BundleDescription(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         model=replace(ModelEntry.of(spec, source.runtime()), runtime=None),
         limits=DecodeLimits(),
-        pca=BundlePca(k=pca.components, variance_kept=round(pca.variance_kept, 6)),
+        pca=BundlePca(k=pca.k, variance_kept=round(pca.variance_kept, 6)),
         classifier=chosen.describe(),
         source=source.fingerprint(),
         metrics=metrics,
