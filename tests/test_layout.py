@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fruitpipe.storage",),
     ("fruitpipe.image",),
     ("fruitpipe.executor",),
+    ("fruitpipe.sparkapi",),  # every use of Spark beyond the DataFrame API (classic and Spark Connect)
     ("fruitpipe.ml",),
     ("fruitpipe.batch",),
     ("fruitpipe.recognise", "fruitpipe.ops"),
@@ -39,6 +41,10 @@ ONLY_IN: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("fruitpipe.image.embed", "fruitpipe.image.models", "fruitpipe.benchmark.measures"),
     "openvino": ("fruitpipe.image.embed",),
 }
+
+
+# Spark beyond the DataFrame API (absent on Spark Connect): only fruitpipe.sparkapi may use it.
+SPARK_INTERNALS = re.compile(r"\.sparkContext\b|\b_jvm\b|\b_jsc\b|\b_py2java\b|\baddFile\(|\bstatusStore\(")
 
 
 def module_name(path: Path) -> str:
@@ -125,3 +131,12 @@ def test_the_rule_catches_wrong_imports() -> None:
                                                           "fruitpipe.ops", "fruitpipe.ops.upload"]
     assert upward("fruitpipe.recognise.train", ["fruitpipe.ops.upload"]) == ["fruitpipe.ops.upload"]
     assert upward("fruitpipe.recognise.train", ["fruitpipe.batch.sinks", "fruitpipe.storage"]) == []
+
+
+@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+def test_spark_internals_only_in_sparkapi(path: Path) -> None:
+    """SparkContext and the JVM do not exist on Spark Connect: every use goes through fruitpipe.sparkapi."""
+    if module_name(path) == "fruitpipe.sparkapi":
+        return
+    code = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    assert SPARK_INTERNALS.findall(code) == [], f"{module_name(path)} uses Spark internals; go through sparkapi"

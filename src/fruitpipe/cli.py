@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -78,6 +79,28 @@ def _s3_options(args: argparse.Namespace) -> S3Options:
     return S3Options(endpoint_url=args.endpoint_url, region=args.region, addressing_style=args.addressing_style)
 
 
+def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--master", help=f"Spark master URL (default: {DEFAULT_MASTER})")
+    parser.add_argument("--remote", metavar="sc://HOST:PORT",
+                        help="run on a Spark Connect server instead of a session of our own (default: $SPARK_REMOTE); "
+                             "the server's master and settings apply")
+    parser.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
+
+
+def _session(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(master, remote) of a command: --remote or $SPARK_REMOTE picks a Spark Connect server, which
+    owns the master; asking for both is refused rather than one silently ignored."""
+    remote = args.remote or os.environ.get("SPARK_REMOTE") or None
+    if remote and args.master:
+        source = "--remote" if args.remote else "SPARK_REMOTE"
+        raise ValueError(f"--master cannot apply with {source} (the Spark Connect server has its own master); "
+                         "give one of them")
+    if remote and getattr(args, "env_archive", None):
+        raise ValueError("--env-archive cannot apply to a Spark Connect server (its executors' environment is the "
+                         "server's); install fruitpipe there instead")
+    return args.master or DEFAULT_MASTER, remote
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="fruitpipe", description="Image features at scale with Spark.")
     parser.add_argument("--version", action="version", version=f"fruitpipe {__version__}")
@@ -98,8 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
                      help="fp32 (reference), bf16 (OpenVINO, CPUs with AMX/AVX512-BF16: ~2x faster, features' "
                           "cosine to fp32 >= 0.99) or auto (bf16 where the CPU has it); default: %(default)s")
-    run.add_argument("--master", default=DEFAULT_MASTER, help="Spark master URL (default: %(default)s)")
-    run.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
+    _add_session_arguments(run)
     run.add_argument("--env-archive", metavar="PATH", help="environment archive from 'fruitpipe package' for "
                      "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
     _add_s3_arguments(run)
@@ -132,8 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fit a classifier on a run's PCA features; metrics + portable bundle")
     train.add_argument("--features", required=True, metavar="RUN_OUTPUT", help="output folder of 'fruitpipe run'")
     train.add_argument("--output", required=True, metavar="MODEL_DIR", help="model folder to write")
-    train.add_argument("--master", default=DEFAULT_MASTER, help="Spark master URL (default: %(default)s)")
-    train.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
+    _add_session_arguments(train)
     _add_s3_arguments(train)
     train.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe model folder")
     train.add_argument("--json", action="store_true", help="print the model manifest as JSON instead of a summary")
@@ -195,18 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from fruitpipe.batch import pipeline
 
+    master, remote = _session(args)
     config = RunConfig(
         input=args.input or _bundled_sample(),
         output=args.output,
         model=args.model,
         pca=PcaSettings(k=args.k, variance=args.variance),
-        master=args.master,
+        master=master,
         overwrite=args.overwrite,
         csv=args.csv,
         spark_conf=_run_spark_conf(args),
         s3=_s3_options(args),
         image_size=args.image_size,
         precision=args.precision,
+        remote=remote,
     )
     manifest = pipeline.run(config)
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
@@ -219,7 +242,7 @@ def _run_spark_conf(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
         return conf
     from fruitpipe.ops import package
 
-    return package.with_env_archive(conf, args.env_archive, args.master)
+    return package.with_env_archive(conf, args.env_archive, args.master or DEFAULT_MASTER)
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
@@ -296,9 +319,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fruitpipe.recognise import train
     from fruitpipe.config import TrainConfig
 
+    master, remote = _session(args)
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
-                                       master=args.master, spark_conf=parse_spark_conf(args.conf),
-                                       s3=_s3_options(args)))
+                                       master=master, spark_conf=parse_spark_conf(args.conf),
+                                       s3=_s3_options(args), remote=remote))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
           else train_summary(manifest, args.output))
     return 0

@@ -130,8 +130,10 @@ class RunConfig:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     image_size: int | None = None  # square model input side; None = the model's own (speed vs accuracy)
     precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (fruitpipe.runtime)
+    remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
 
     def __post_init__(self) -> None:
+        check_remote(self.remote)
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.image_size is not None and self.image_size < 1:
@@ -158,14 +160,22 @@ class TrainConfig:
     s3: S3Options = field(default_factory=S3Options)
     validation_fraction: float = 0.2  # of Training, per class, to choose the classifier (Test is never used)
     seed: int = 0
+    remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
 
     def __post_init__(self) -> None:
+        check_remote(self.remote)
         if not self.features:
             raise ValueError("a run output is required (--features)")
         if not self.output:
             raise ValueError("a model folder is required (--output)")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+
+
+def check_remote(remote: str | None) -> None:
+    """A Spark Connect URL is sc://HOST:PORT (optionally /;name=value parameters)."""
+    if remote is not None and (not remote.startswith("sc://") or len(remote) <= len("sc://")):
+        raise ValueError(f"--remote expects a Spark Connect URL sc://HOST:PORT, got {remote.split(';', 1)[0]!r}")
 
 
 def parse_spark_conf(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:

@@ -274,20 +274,21 @@ class SparkSummary:
 
     master: str | None  # as the session reports it (pyspark types it optional)
     application_id: str | None
-    executors: tuple[Executor, ...]
+    executors: tuple[Executor, ...] | None  # None (null): Spark Connect does not expose the executor list
     default_parallelism: int
     partitions: int
 
     def to_json(self) -> dict[str, Any]:
         return _without_none({"master": self.master, "application_id": self.application_id,
-                              "executors": [executor.to_json() for executor in self.executors],
+                              "executors": None if self.executors is None else [e.to_json() for e in self.executors],
                               "default_parallelism": self.default_parallelism, "partitions": self.partitions},
                              "application_id")
 
     @classmethod
     def from_json(cls, fields: Fields) -> SparkSummary:
         return cls(fields.optional_text("master"), fields.optional_text("application_id"),
-                   tuple(Executor.from_json(item) for item in fields.children("executors")),
+                   tuple(Executor.from_json(item) for item in fields.children("executors"))
+                   if fields.has("executors") else None,
                    fields.integer("default_parallelism"), fields.integer("partitions"))
 
 

@@ -17,7 +17,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruitpipe import __version__, storage
+from fruitpipe import __version__, sparkapi, storage
 from fruitpipe.image import models
 from fruitpipe.batch import plots
 from fruitpipe.batch import sinks
@@ -28,7 +28,7 @@ from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.runtime import Runtime, resolve
 from fruitpipe.storage import Store
-from fruitpipe.batch.session import executors, java_version, spark_session
+from fruitpipe.batch.session import java_version, spark_session
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def run(config: RunConfig) -> RunManifest:
         models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
     with ExitStack() as stack:
         with timer.stage("spark_start"):
-            spark = stack.enter_context(spark_session(config.master, config.spark_conf))
+            spark = stack.enter_context(spark_session(config.master, config.spark_conf, remote=config.remote))
         return _run_in_session(spark, store, config, spec, runtime, listing, timer, run_id)
 
 
@@ -141,6 +141,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, ru
               run_id: str) -> RunManifest:
     timings = timer.timings()
     total = timings.total
+    listed = sparkapi.executors(spark)
     return RunManifest(
         run_id=run_id,
         input=storage.redact(listing.root),
@@ -159,20 +160,23 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, ru
         timings_s=timings,
         throughput_img_s=round(counts.listed / total, 2) if total else None,
         featurize_img_s=round(counts.listed / timer.seconds["featurize"], 2),
-        versions=_versions(),
+        versions=_versions(sparkapi.is_connect(spark)),
         spark=SparkSummary(
-            master=spark.sparkContext.master,
-            application_id=spark.sparkContext.applicationId,
-            executors=tuple(Executor(**row) for row in executors(spark)),
-            default_parallelism=spark.sparkContext.defaultParallelism,
-            partitions=sources.partition_count(counts.listed, spark.sparkContext.defaultParallelism,
+            master=sparkapi.master(spark),
+            application_id=sparkapi.application_id(spark),
+            executors=None if listed is None else tuple(Executor(**row) for row in listed),  # None: Spark Connect
+            default_parallelism=sparkapi.default_parallelism(spark),
+            partitions=sources.partition_count(counts.listed, sparkapi.default_parallelism(spark),
                                                config.executor.rows_per_partition),
         ),
     )
 
 
-def _versions() -> dict[str, str]:
+def _versions(connect: bool = False) -> dict[str, str]:
+    """The driver's versions; a Spark Connect client runs no JVM (it needs no Java): no java then."""
     packages = ("pyspark", "onnxruntime", "openvino", "numpy", "pillow", "pyarrow")
-    versions = {"fruitpipe": __version__, "python": platform.python_version(), "java": str(java_version())}
+    versions = {"fruitpipe": __version__, "python": platform.python_version()}
+    if not connect:
+        versions["java"] = str(java_version())
     versions.update({name: models.package_version(name) for name in packages})
     return versions

@@ -1,6 +1,8 @@
 """The SparkSession of a run: checked Java, Arrow on, secrets redacted; stops only what it started.
 
 Under spark-submit the master and deploy settings are spark-submit's; elsewhere `--master` chooses.
+With `--remote sc://HOST:PORT` the session is a Spark Connect client of that server: no local JVM, the
+server's master and settings; only the client session is stopped afterwards.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from pyspark.sql import SparkSession
+
+from fruitpipe import sparkapi
+from fruitpipe.config import check_remote
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +68,13 @@ def check_java() -> None:
 
 @contextmanager
 def spark_session(master: str, conf: tuple[tuple[str, str], ...] = (), app_name: str = "fruitpipe",
-                  ) -> Iterator[SparkSession]:
-    """Reuse the active session (a notebook's, a test's) or start one and stop it afterwards."""
+                  remote: str | None = None) -> Iterator[SparkSession]:
+    """Reuse the active session (a notebook's, a test's) or start one and stop it afterwards;
+    with `remote` (sc://HOST:PORT), a new Spark Connect client session of that server."""
+    if remote:
+        with connect_session(remote, conf) as spark:
+            yield spark
+        return
     active = SparkSession.getActiveSession()
     if active is not None:
         yield active
@@ -84,13 +93,57 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...] = (), app_name:
     with _driver_side_python(os.environ.get("PYSPARK_PYTHON", "")) as jvm_cwd:
         spark = builder.getOrCreate()
     _record_dumping_jvm(spark, dict(conf).get("spark.driver.extraJavaOptions", java_options))
-    spark.sparkContext.setLogLevel("WARN")
+    sparkapi.quiet_logs(spark, "WARN")
     try:
         yield spark
     finally:
         spark.stop()
         if jvm_cwd:
             shutil.rmtree(jvm_cwd, ignore_errors=True)
+
+
+@contextmanager
+def connect_session(remote: str, conf: tuple[tuple[str, str], ...] = ()) -> Iterator[SparkSession]:
+    """A new Spark Connect client session of the server at `remote`, stopped (released) afterwards.
+
+    The server owns its SparkContext, master, executors' Python and core settings, and keeps running.
+    Of BASE_CONF, the SQL settings a session may change are applied (Arrow batch size, Parquet codec,
+    redaction of SQL text); `conf` pairs must all apply to the session: one that the server refuses (a
+    core or static setting such as spark.executor.memory) is a one-line error, not silently dropped."""
+    check_remote(remote)
+    spark = SparkSession.builder.remote(remote).create()
+    try:
+        try:
+            server = spark.version
+        except Exception as exc:
+            raise ValueError(f"cannot reach the Spark Connect server at {_redact_url(remote)}: "
+                             f"{_first_line(exc)}") from None
+        logger.info("Spark Connect session of %s (Spark %s)", _redact_url(remote), server)
+        for key, value in BASE_CONF.items():
+            if key.startswith("spark.sql."):
+                try:
+                    spark.conf.set(key, value)
+                except Exception as exc:  # the server's own value stands; nothing a user asked for
+                    logger.debug("Spark Connect: %s not set: %s", key, _first_line(exc))
+        for key, value in conf:
+            try:
+                spark.conf.set(key, value)
+            except Exception as exc:
+                raise ValueError(f"--conf {key} cannot apply to a Spark Connect session ({_first_line(exc)}); "
+                                 "set it on the server") from None
+        yield spark
+    finally:
+        spark.stop()
+
+
+def _redact_url(remote: str) -> str:
+    """sc://HOST:PORT without its parameters (`;token=...` must never reach a log or an error)."""
+    return remote.split(";", 1)[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 CDS_ENV = "FRUITPIPE_JVM_CDS"  # "off" disables the driver JVM's class-data-sharing archive
@@ -164,7 +217,7 @@ def _record_dumping_jvm(spark: SparkSession, java_options: str) -> None:
     if not match:
         return
     try:
-        pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
+        pid = sparkapi.driver_jvm_pid(spark)
         Path(match.group(1) + ".jvm").write_text(str(pid), encoding="utf-8")
     except Exception as exc:  # an optimisation only: the run goes on; the dump is simply never adopted
         logger.debug("cannot record the JVM that writes %s: %s", match.group(1), exc)
@@ -219,16 +272,3 @@ def _driver_side_python(python: str) -> Iterator[str | None]:
         yield scratch
     finally:
         os.chdir(previous)
-
-
-def executors(spark: SparkSession) -> list[dict[str, Any]]:
-    """Every executor the application had, alive or lost, with the tasks it ran (the driver in local mode).
-
-    From Spark's status store, the data behind the UI's Executors tab and the REST API."""
-    summaries = spark.sparkContext._jsc.sc().statusStore().executorList(False)
-    rows = []
-    for index in range(summaries.size()):
-        summary = summaries.apply(index)
-        rows.append({"id": summary.id(), "host": summary.hostPort(), "active": bool(summary.isActive()),
-                     "completed_tasks": int(summary.completedTasks()), "failed_tasks": int(summary.failedTasks())})
-    return sorted(rows, key=lambda row: (row["id"] != "driver", row["id"].zfill(8)))

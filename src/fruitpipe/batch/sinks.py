@@ -13,7 +13,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruitpipe import storage
+from fruitpipe import sparkapi, storage
 from fruitpipe.batch.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
 from fruitpipe.batch.manifest import SuccessMarker
 from fruitpipe.storage import Store
@@ -64,8 +64,8 @@ _registered: set[str] = set()
 
 
 def _register(spark: SparkSession) -> None:
-    """Register the committer once per Spark application (registering again logs a warning)."""
-    application = spark.sparkContext.applicationId
+    """Register the committer once per Spark application or Connect session (registering again logs a warning)."""
+    application = sparkapi.session_key(spark)
     if application not in _registered:
         spark.dataSource.register(StagedDataSource)
         _registered.add(application)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StringType, StructField, StructType
 
-from fruitpipe import storage
+from fruitpipe import sparkapi, storage
 from fruitpipe.config import IMAGE_EXTENSIONS, ExecutorSettings
 from fruitpipe.storage import Store
 
@@ -76,6 +76,5 @@ def partition_count(images: int, cores: int, rows_per_partition: int = ROWS_PER_
 
 def to_dataframe(spark: SparkSession, listing: ImageListing, rows_per_partition: int = ROWS_PER_PARTITION) -> DataFrame:
     """Contiguous slices of the listing, one per partition (neighbouring files stay together)."""
-    partitions = partition_count(len(listing.rows), max(1, spark.sparkContext.defaultParallelism), rows_per_partition)
-    rdd = spark.sparkContext.parallelize(listing.rows, partitions)
-    return spark.createDataFrame(rdd, SCHEMA)
+    partitions = partition_count(len(listing.rows), max(1, sparkapi.default_parallelism(spark)), rows_per_partition)
+    return sparkapi.parallelize(spark, listing.rows, SCHEMA, partitions)

@@ -1,7 +1,9 @@
 """Start a Python subprocess alongside the tests or the benchmark, its output kept in files, stopped if left running."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,12 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def signal_group(pid: int, signal_number: int) -> None:
+    """Signal a child's whole process group (started with start_new_session); gone already is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal_number)
 
 
 @contextmanager

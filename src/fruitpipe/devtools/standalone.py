@@ -7,7 +7,6 @@ runs in its own process group, so `kill_worker` takes its executor and Python wo
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 
 import pyspark
 
-from fruitpipe.devtools.processes import free_port
+from fruitpipe.devtools.processes import free_port, signal_group
 
 SPARK_HOME = Path(pyspark.__file__).parent
 SPARK_CLASS = SPARK_HOME / "bin" / "spark-class"
@@ -158,16 +157,11 @@ class StandaloneCluster:
         """SIGTERM every daemon's process group (also when the daemon itself has exited: its executor
         and Python workers may not have), then SIGKILL what is left after 20 s."""
         for daemon in reversed(self.daemons):
-            _signal_group(daemon.process.pid, signal.SIGTERM)
+            signal_group(daemon.process.pid, signal.SIGTERM)
         for daemon in self.daemons:
             try:
                 daemon.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                _signal_group(daemon.process.pid, signal.SIGKILL)
+                signal_group(daemon.process.pid, signal.SIGKILL)
                 daemon.process.wait(timeout=10)
         self.daemons.clear()
-
-
-def _signal_group(pid: int, signal_number: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal_number)

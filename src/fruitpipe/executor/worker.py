@@ -45,7 +45,7 @@ def output_fields(features_col: str) -> list[pa.Field]:
 class FeaturizeTask:
     """What a worker needs; small and picklable, built on the driver."""
 
-    model_file: str  # absolute path, or a name registered with SparkContext.addFile
+    model_file: str  # absolute path, or the name sparkapi.ship_file returned (addFile / Connect file artifact)
     preprocessing: Preprocessing
     runtime: Runtime
     feature_dim: int

@@ -1,6 +1,7 @@
 """ImageFeaturizer: a pyspark.ml Transformer from image paths to CNN features.
 
-The driver resolves the model and ships its ONNX file with SparkContext.addFile; executors
+The driver resolves the model and ships its ONNX file (`sparkapi.ship_file`: addFile, or a Spark Connect
+file artifact); executors
 read, decode and embed (fruitpipe.executor). Rows that fail keep their place with a null
 feature vector and an error stage and reason, so nothing is silently dropped.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 
-from pyspark import SparkContext, keyword_only
+from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
@@ -17,6 +18,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
+from fruitpipe import sparkapi
 from fruitpipe.image import models
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
@@ -25,17 +27,6 @@ from fruitpipe.runtime import DEFAULT_PRECISION, Runtime, resolve
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
-
-
-_shipped: set[tuple[str, str]] = set()
-
-
-def _ship_once(sc: SparkContext, path: str) -> None:
-    """addFile once per application: Spark refuses to re-add a path (and warns)."""
-    key = (sc.applicationId, path)
-    if key not in _shipped:
-        sc.addFile(path)
-        _shipped.add(key)
 
 
 class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultParamsWritable):
@@ -102,10 +93,9 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
         spec = self.spec()
         onnx_path = models.onnx_file(spec)
         spark = dataset.sparkSession
-        _ship_once(spark.sparkContext, str(onnx_path))
         settings = ExecutorSettings(self.getOrDefault(self.batchSize), self.getOrDefault(self.readThreads))
         task = FeaturizeTask(
-            model_file=onnx_path.name,
+            model_file=sparkapi.ship_file(spark, str(onnx_path)),
             preprocessing=spec.preprocessing,
             runtime=self.runtime(),
             feature_dim=spec.feature_dim,

@@ -6,10 +6,10 @@ driver writes them and loading rebuilds a genuine LogisticRegressionModel (JVM t
 from __future__ import annotations
 
 from pyspark.ml.classification import LogisticRegressionModel
-from pyspark.ml.common import _py2java
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import SparkSession
 
+from fruitpipe import sparkapi
 from fruitpipe.ml import persist
 from fruitpipe.storage import Store
 
@@ -33,13 +33,12 @@ def load_logistic_regression(uri: str, *, store: Store | None = None) -> Logisti
     """A model saved by `save_logistic_regression` (local or s3://), in the active SparkSession."""
     metadata, arrays = persist.load(store or Store(), uri, CLASS_NAME)
     coefficients, intercepts = arrays["coefficients"], arrays["intercepts"]
-    sc = SparkSession.active().sparkContext
     # row major, as Spark's binomial models require (one row; one per class when multinomial)
     matrix = DenseMatrix(*coefficients.shape, coefficients.flatten(order="C").tolist(), isTransposed=True)
     saved = metadata["fruitpipe"]
-    java_model = sc._jvm.org.apache.spark.ml.classification.LogisticRegressionModel(
-        metadata["uid"], _py2java(sc, matrix), _py2java(sc, DenseVector(intercepts)), int(saved["num_classes"]),
-        bool(saved["multinomial"]))
+    java_model = sparkapi.java_model(
+        SparkSession.active(), "org.apache.spark.ml.classification.LogisticRegressionModel", metadata["uid"], matrix,
+        DenseVector(intercepts), int(saved["num_classes"]), bool(saved["multinomial"]))
     model = LogisticRegressionModel(java_model)
     persist.apply_params(model, metadata)
     return model

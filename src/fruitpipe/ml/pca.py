@@ -25,7 +25,6 @@ import pyarrow as pa
 
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
-from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLReader, MLWritable
@@ -33,6 +32,7 @@ from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
+from fruitpipe import sparkapi
 from fruitpipe.config import DEFAULT_VARIANCE
 from fruitpipe.ml import persist
 from fruitpipe.ml.columns import HasColumns
@@ -88,13 +88,6 @@ def _gram_partition(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[
         yield pa.RecordBatch.from_pydict({"rows": [rows], "sums": [sums.tobytes()], "gram": [gram.tobytes()]})
 
 
-def _parallelism(spark: SparkSession) -> int:
-    try:
-        return int(spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect has no SparkContext
-        return MAX_PARTIALS
-
-
 def moments(dataset: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarray]:
     """(n, mean, sample covariance) of an array<float> column in ONE pass over the data.
 
@@ -103,7 +96,7 @@ def moments(dataset: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarra
     Replaces MLlib's mean pass + Pearson correlation (four jobs, 13.4 s at 10k images on 2 cores; this
     pass: 2.3 s, docs/performance.md). Float64 throughout, so the uncentred Gramian loses nothing
     that the sklearn parity tests (<= 1e-4) would see."""
-    data = dataset.select(column).coalesce(min(MAX_PARTIALS, _parallelism(dataset.sparkSession)))
+    data = dataset.select(column).coalesce(min(MAX_PARTIALS, sparkapi.default_parallelism(dataset.sparkSession)))
     partials = data.mapInArrow(functools.partial(_gram_partition, column), GRAM_SCHEMA).toArrow().to_pylist()
     n = sum(int(row["rows"]) for row in partials)
     if n < 2:
@@ -118,9 +111,8 @@ def moments(dataset: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarra
 
 def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> StandardScalerModel:
     """The centring step as a genuine Spark StandardScalerModel (withMean, withStd=False)."""
-    sc = spark.sparkContext
-    java_model = sc._jvm.org.apache.spark.ml.feature.StandardScalerModel(
-        f"StandardScaler_{uuid.uuid4().hex[:12]}", _py2java(sc, DenseVector(std)), _py2java(sc, DenseVector(mean)))
+    java_model = sparkapi.java_model(spark, "org.apache.spark.ml.feature.StandardScalerModel",
+                                     f"StandardScaler_{uuid.uuid4().hex[:12]}", DenseVector(std), DenseVector(mean))
     model = StandardScalerModel(java_model)
     model._set(withMean=True, withStd=False, inputCol=_VECTOR, outputCol=_CENTRED)
     return model
@@ -128,12 +120,10 @@ def _scaler_model(spark: SparkSession, mean: np.ndarray, std: np.ndarray) -> Sta
 
 def _pca_model(spark: SparkSession, components: np.ndarray, ratios: list[float]) -> PCAModel:
     """A genuine Spark ML PCAModel (JVM transform, save/load) built from the given axes."""
-    sc = spark.sparkContext
     rows, k = components.shape
     matrix = DenseMatrix(rows, k, components.flatten(order="F").tolist())
-    java_model = sc._jvm.org.apache.spark.ml.feature.PCAModel(
-        f"PCA_{uuid.uuid4().hex[:12]}",
-        _py2java(sc, matrix), _py2java(sc, DenseVector(ratios)))
+    java_model = sparkapi.java_model(spark, "org.apache.spark.ml.feature.PCAModel", f"PCA_{uuid.uuid4().hex[:12]}",
+                                     matrix, DenseVector(ratios))
     model = PCAModel(java_model)
     model._set(k=k, inputCol=_CENTRED, outputCol=_PROJECTED)
     return model

@@ -11,6 +11,8 @@ What is left out, and why:
   running inside the archive (cluster deploy mode) never needs torch.
 - pyspark and py4j: every Spark installation puts its own `pyspark.zip` and py4j on the Python
   workers' PYTHONPATH, so the cluster's Spark version is the one that runs (and 490 MB of jars stay home).
+  fruitpipe requires `pyspark[connect]`: the Spark Connect client's packages (grpcio, zstandard, ~45 MB)
+  come with that extra, so they stay out too (an executor is never a Connect client).
 - serving, packaging and test tooling (fastapi, uvicorn, venv-pack, pytest, moto, selenium, ray ...):
   only what fruitpipe's own requirements pull in is packed, by following Requires-Dist.
 

@@ -24,7 +24,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from fruitpipe import storage
+from fruitpipe import sparkapi, storage
 from fruitpipe.recognise import bundle
 from fruitpipe.recognise.contracts import (BundleDescription, BundlePca, Classifier, Metrics, Scores, Selection,
                                            SourceRun, TrainCounts, TrainManifest)
@@ -103,7 +103,7 @@ def train(config: TrainConfig) -> TrainManifest:
     onnx = models.onnx_file(spec)
     _check_onnx(source.manifest, onnx)
     sinks.prepare_output(store, config.output, config.overwrite)
-    with spark_session(config.master, config.spark_conf) as spark:
+    with spark_session(config.master, config.spark_conf, remote=config.remote) as spark:
         return _train_in_session(spark, store, config, source, spec, str(onnx), timer)
 
 
@@ -153,7 +153,7 @@ def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataF
     if not parts:
         raise ValueError(f"{storage.redact(folder)} holds no Parquet part files")
     uris = spark.createDataFrame([(part,) for part in parts], f"{URI_COLUMN} string")
-    uris = uris.repartition(min(len(parts), spark.sparkContext.defaultParallelism))
+    uris = uris.repartition(min(len(parts), sparkapi.default_parallelism(spark)))
     return uris.mapInArrow(functools.partial(read_parts, task), FEATURE_SCHEMA)
 
 

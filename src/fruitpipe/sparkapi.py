@@ -1,0 +1,145 @@
+"""Every use of Spark beyond the DataFrame API, in one place: classic sessions and Spark Connect alike.
+
+A classic session has a SparkContext and a JVM behind py4j; a Spark Connect session (`sc://HOST:PORT`)
+has neither: it talks gRPC to a server whose driver runs the jobs. What fruitpipe needs from that
+context (the cores, the application's id and master, the executor list, shipping the model file,
+building Spark ML models inside the JVM) is asked here, so the rest of the code is the same for both
+and the classic behaviour is exactly what it was (same calls, same values). What Connect cannot give
+is None, with the reason logged once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+logger = logging.getLogger(__name__)
+
+CONNECT_ONLY_CLASSIC = "needs a classic Spark session (Spark Connect has no JVM access): run it without --remote"
+_INDEX = "__fp_index"
+_shipped: set[tuple[str, str]] = set()
+_parallelism: dict[str, int] = {}
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """Whether `spark` is a Spark Connect client session (checked by class, so grpc is never imported here)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def session_key(spark: SparkSession) -> str:
+    """What per-application registrations (shipped files, data sources) are kept under: the application
+    on classic, the server-side session on Connect (artifacts and data sources belong to it)."""
+    return f"connect:{spark.session_id}" if is_connect(spark) else str(spark.sparkContext.applicationId)
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The cores Spark plans with (SparkContext.defaultParallelism).
+
+    On Connect there is no SparkContext: `spark.default.parallelism` when the server sets it, else the
+    number of partitions Spark gives a `range` (the same default: one tiny job, asked once per session)."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    key = session_key(spark)
+    if key not in _parallelism:
+        configured = spark.conf.get("spark.default.parallelism", None)
+        if configured:
+            _parallelism[key] = int(configured)
+        else:
+            from pyspark.sql import functions as F
+
+            partition = spark.range(0, 1 << 20).select(F.spark_partition_id().alias("p")).agg(F.max("p")).first()
+            _parallelism[key] = int(partition[0]) + 1
+    return _parallelism[key]
+
+
+def application_id(spark: SparkSession) -> str | None:
+    """The Spark application's id (on Connect: the server's, from its conf)."""
+    if not is_connect(spark):
+        return str(spark.sparkContext.applicationId)
+    return spark.conf.get("spark.app.id", None)
+
+
+def master(spark: SparkSession) -> str | None:
+    """The master URL the application runs on (on Connect: the server's)."""
+    if not is_connect(spark):
+        return str(spark.sparkContext.master)
+    return spark.conf.get("spark.master", None)
+
+
+def executors(spark: SparkSession) -> list[dict[str, Any]] | None:
+    """Every executor the application had, alive or lost, with the tasks it ran (the driver in local mode).
+
+    From Spark's status store, the data behind the UI's Executors tab and the REST API. None on
+    Connect: the status store lives in the server's JVM and the protocol does not expose it."""
+    if is_connect(spark):
+        logger.info("executor list: not available through Spark Connect (recorded as null)")
+        return None
+    summaries = spark.sparkContext._jsc.sc().statusStore().executorList(False)
+    rows = []
+    for index in range(summaries.size()):
+        summary = summaries.apply(index)
+        rows.append({"id": summary.id(), "host": summary.hostPort(), "active": bool(summary.isActive()),
+                     "completed_tasks": int(summary.completedTasks()), "failed_tasks": int(summary.failedTasks())})
+    return sorted(rows, key=lambda row: (row["id"] != "driver", row["id"].zfill(8)))
+
+
+def ship_file(spark: SparkSession, path: str) -> str:
+    """Make a driver-side file readable by every executor; returns the name `SparkFiles.get` resolves there.
+
+    Classic: SparkContext.addFile. Connect: a file artifact of the session (the server adds it to the
+    session's files, which its Python workers find with SparkFiles.get as well). Once per
+    application/session: Spark refuses to re-add a path (and warns)."""
+    key = (session_key(spark), path)
+    if key not in _shipped:
+        if is_connect(spark):
+            spark.addArtifacts(path, file=True)
+        else:
+            spark.sparkContext.addFile(path)
+        _shipped.add(key)
+    return os.path.basename(path)
+
+
+def parallelize(spark: SparkSession, rows: list[tuple[Any, ...]], schema: StructType, partitions: int) -> DataFrame:
+    """`rows` as a DataFrame of `partitions` contiguous slices (neighbouring rows stay together).
+
+    Classic: SparkContext.parallelize, exactly as before. Connect has no RDDs: the rows go up as a local
+    relation with their index, and a range repartition on it gives contiguous slices in order."""
+    if not is_connect(spark):
+        return spark.createDataFrame(spark.sparkContext.parallelize(rows, partitions), schema)
+    indexed = StructType([*schema.fields]).add(_INDEX, "long", False)
+    frame = spark.createDataFrame([(*row, index) for index, row in enumerate(rows)], indexed)
+    return frame.repartitionByRange(partitions, _INDEX).sortWithinPartitions(_INDEX).drop(_INDEX)
+
+
+def quiet_logs(spark: SparkSession, level: str = "WARN") -> None:
+    """The driver's log level (classic). A Connect server's logging is the server's business."""
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel(level)
+
+
+def driver_jvm_pid(spark: SparkSession) -> int:
+    """The pid of the classic session's driver JVM."""
+    _require_classic(spark, "the driver JVM's pid")
+    return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+
+
+def java_model(spark: SparkSession, class_name: str, *args: Any) -> Any:
+    """A JVM Spark ML model `class_name(*args)`, Python values (ML vectors, matrices) converted for py4j.
+
+    Classic only: fruitpipe's own transforms are numpy, so only callers who ask for Spark's models need this."""
+    _require_classic(spark, f"building {class_name.rsplit('.', 1)[-1]}")
+    from pyspark.ml.common import _py2java
+
+    sc = spark.sparkContext
+    java_class = sc._jvm
+    for part in class_name.split("."):
+        java_class = getattr(java_class, part)
+    return java_class(*(_py2java(sc, arg) for arg in args))
+
+
+def _require_classic(spark: SparkSession, what: str) -> None:
+    if is_connect(spark):
+        raise ValueError(f"{what} {CONNECT_ONLY_CLASSIC}")
