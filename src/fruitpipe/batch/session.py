@@ -111,13 +111,10 @@ def connect_session(remote: str, conf: tuple[tuple[str, str], ...] = ()) -> Iter
     redaction of SQL text); `conf` pairs must all apply to the session: one that the server refuses (a
     core or static setting such as spark.executor.memory) is a one-line error, not silently dropped."""
     check_remote(remote)
+    _check_reachable(remote)
     spark = SparkSession.builder.remote(remote).create()
     try:
-        try:
-            server = spark.version
-        except Exception as exc:
-            raise ValueError(f"cannot reach the Spark Connect server at {_redact_url(remote)}: "
-                             f"{_first_line(exc)}") from None
+        server = spark.version
         logger.info("Spark Connect session of %s (Spark %s)", _redact_url(remote), server)
         for key, value in BASE_CONF.items():
             if key.startswith("spark.sql."):
@@ -134,6 +131,24 @@ def connect_session(remote: str, conf: tuple[tuple[str, str], ...] = ()) -> Iter
         yield spark
     finally:
         spark.stop()
+
+
+CONNECT_PORT = 15002  # Spark Connect's default port, when the URL names none
+REACH_TIMEOUT_S = 10.0
+
+
+def _check_reachable(remote: str) -> None:
+    """Fail in seconds, in one line, when nothing listens at the URL's host and port: the Connect client
+    itself retries an unavailable server for minutes before it reports anything."""
+    import socket
+
+    address = remote[len("sc://"):].split("/", 1)[0].split(";", 1)[0]
+    host, _, port = address.rpartition(":") if address.rpartition(":")[2].isdigit() else (address, "", "")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port or CONNECT_PORT)), timeout=REACH_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Spark Connect server at {_redact_url(remote)} ({exc})") from None
 
 
 def _redact_url(remote: str) -> str:
