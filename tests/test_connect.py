@@ -46,12 +46,16 @@ def connect_run(connect_url: str, small_sample: Path, tmp_path_factory: pytest.T
     return output
 
 
-def rows_by_path(folder: Path, strip: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+Rows = dict[str, tuple[np.ndarray, np.ndarray]]  # relative path -> (features, pca)
+
+
+def rows_by_path(folder: Path, strip: str) -> Rows:
     table = pq.read_table(folder / "features").to_pydict()
-    return {p[len(strip):]: (np.asarray(f), np.asarray(c)) for p, f, c in zip(table["path"], table["features"], table["pca"])}
+    return {p[len(strip):]: (np.asarray(f), np.asarray(c))
+            for p, f, c in zip(table["path"], table["features"], table["pca"])}
 
 
-def assert_same_run(ours: dict[str, tuple[np.ndarray, np.ndarray]], reference: dict[str, tuple[np.ndarray, np.ndarray]]):
+def assert_same_run(ours: Rows, reference: Rows) -> None:
     """Features within 1e-5, PCA projections within 1e-4 once each component's sign is aligned."""
     assert ours.keys() == reference.keys()
     paths = sorted(ours)

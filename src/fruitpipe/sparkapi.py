@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
@@ -32,7 +32,9 @@ def is_connect(spark: SparkSession) -> bool:
 def session_key(spark: SparkSession) -> str:
     """What per-application registrations (shipped files, data sources) are kept under: the application
     on classic, the server-side session on Connect (artifacts and data sources belong to it)."""
-    return f"connect:{spark.session_id}" if is_connect(spark) else str(spark.sparkContext.applicationId)
+    if is_connect(spark):
+        return f"connect:{cast(Any, spark).session_id}"  # a Connect session's attribute, not on the classic type
+    return str(spark.sparkContext.applicationId)
 
 
 def default_parallelism(spark: SparkSession) -> int:
@@ -50,8 +52,8 @@ def default_parallelism(spark: SparkSession) -> int:
         else:
             from pyspark.sql import functions as F
 
-            partition = spark.range(0, 1 << 20).select(F.spark_partition_id().alias("p")).agg(F.max("p")).first()
-            _parallelism[key] = int(partition[0]) + 1
+            last = spark.range(0, 1 << 20).select(F.spark_partition_id().alias("p")).agg(F.max("p")).collect()[0][0]
+            _parallelism[key] = int(last) + 1
     return _parallelism[key]
 
 
@@ -123,7 +125,8 @@ def quiet_logs(spark: SparkSession, level: str = "WARN") -> None:
 def driver_jvm_pid(spark: SparkSession) -> int:
     """The pid of the classic session's driver JVM."""
     _require_classic(spark, "the driver JVM's pid")
-    return int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    jvm: Any = spark.sparkContext._jvm
+    return int(jvm.java.lang.ProcessHandle.current().pid())
 
 
 def java_model(spark: SparkSession, class_name: str, *args: Any) -> Any:
@@ -134,7 +137,7 @@ def java_model(spark: SparkSession, class_name: str, *args: Any) -> Any:
     from pyspark.ml.common import _py2java
 
     sc = spark.sparkContext
-    java_class = sc._jvm
+    java_class: Any = sc._jvm
     for part in class_name.split("."):
         java_class = getattr(java_class, part)
     return java_class(*(_py2java(sc, arg) for arg in args))
