@@ -133,7 +133,7 @@ def test_the_rule_catches_wrong_imports() -> None:
     assert upward("fruitpipe.recognise.train", ["fruitpipe.batch.sinks", "fruitpipe.storage"]) == []
 
 
-@pytest.mark.parametrize("path", sources(), ids=lambda p: module_name(p))
+@pytest.mark.parametrize("path", sources(), ids=module_name)
 def test_spark_internals_only_in_sparkapi(path: Path) -> None:
     """SparkContext and the JVM do not exist on Spark Connect: every use goes through fruitpipe.sparkapi."""
     if module_name(path) == "fruitpipe.sparkapi":
