@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import copy_subset, fruitpipe_cli
 
 from fruitpipe.batch.session import BASE_CONF
+from helpers import copy_subset, fruitpipe_cli
 
 TEST_CONF = {
     **BASE_CONF,

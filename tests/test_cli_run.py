@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import fruitpipe_cli
 
 from fruitpipe.config import IMAGE_EXTENSIONS, PcaSettings, RunConfig
+from helpers import fruitpipe_cli
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_counts_and_dimensions(bundled_run, sample_dir: Path) -> None:
     assert {len(v) for v in features["pca"]} == {manifest["pca"]["k"]}
     assert set(features["label"]) == {p.name for p in (sample_dir / "Training").iterdir()}
     assert set(features["split"]) == {"Training", "Test"}
-    assert set(zip(features["width"], features["height"])) == {(100, 100)}
+    assert set(zip(features["width"], features["height"], strict=True)) == {(100, 100)}
     assert f"{len(features)} ok" in result.stdout and str(output) in result.stdout
 
 
@@ -66,7 +66,8 @@ def test_manifest_is_consistent(bundled_run, sample_dir: Path) -> None:
     assert target == 0.95 and np.sum(ratios[:k]) >= target > np.sum(ratios[: k - 1])
     assert manifest["timings_s"]["total"] >= sum(v for key, v in manifest["timings_s"].items() if key != "total")
     assert manifest["spark"]["master"] == "local[2]" and manifest["spark"]["executors"]
-    assert manifest["throughput_img_s"] == pytest.approx(manifest["counts"]["listed"] / manifest["timings_s"]["total"], rel=0.01)
+    expected_rate = manifest["counts"]["listed"] / manifest["timings_s"]["total"]
+    assert manifest["throughput_img_s"] == pytest.approx(expected_rate, rel=0.01)
 
 
 def test_csv_matches_parquet(bundled_run) -> None:
@@ -154,7 +155,6 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
     import shutil
 
     from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, write_bad_images
-
     from fruitpipe.batch import pipeline
     from fruitpipe.config import DecodeLimits
 
@@ -167,7 +167,7 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
     manifest = pipeline.run(RunConfig(input=str(folder.parent), output=str(output), pca=PcaSettings(k=2),
                                       limits=DecodeLimits(BAD_MAX_BYTES, BAD_MAX_PIXELS)))
     errors = pq.read_table(output / "errors").to_pandas()
-    assert {Path(p).name: stage for p, stage in zip(errors["path"], errors["stage"])} == expected
+    assert {Path(p).name: stage for p, stage in zip(errors["path"], errors["stage"], strict=True)} == expected
     assert errors["reason"].str.len().min() > 0
     assert manifest.counts.to_json() == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected)}
     assert (output / "_SUCCESS").exists()

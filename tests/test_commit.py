@@ -10,16 +10,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from background import background_python
-from helpers import jobs_started_by
-from fruitpipe.devtools.s3server import client, download_prefix
 
+from background import background_python
 from fruitpipe import storage
-from fruitpipe.batch import committer
-from fruitpipe.batch import sinks
+from fruitpipe.batch import committer, sinks
 from fruitpipe.batch.committer import FORMAT_NAME, StagedPart, StagedWriter, encode
 from fruitpipe.config import S3Options
+from fruitpipe.devtools.s3server import client, download_prefix
 from fruitpipe.storage import Store
+from helpers import jobs_started_by
 
 BUCKET = "commit-tests"
 N, P, EMPTY_PARTITION = 1000, 4, 2  # spark.range(0, N, 1, P): partition i holds ids [i*N/P, (i+1)*N/P)
@@ -383,7 +382,8 @@ def test_write_transformed_applies_the_transform_once_per_row_and_publishes_one_
     assert files_below(target) == EXPECTED_PARTS  # the empty partition publishes nothing, no staging left
     table = pq.read_table(target)
     assert sorted(table.column("id").to_pylist()) == KEPT
-    assert all(twice == 2 * i for i, twice in zip(table.column("id").to_pylist(), table.column("twice").to_pylist()))
+    pairs = zip(table.column("id").to_pylist(), table.column("twice").to_pylist(), strict=True)
+    assert all(twice == 2 * i for i, twice in pairs)
 
 
 def test_write_transformed_failure_leaves_no_parts_and_no_staging(spark, tmp_path: Path) -> None:

@@ -6,18 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fruitpipe.ml import CentredPCA, CentredPCAModel, load_logistic_regression, persist, save_logistic_regression
 from helpers import jobs_started_by
 from test_pca import make_features
-
-from fruitpipe.ml import CentredPCA, CentredPCAModel, load_logistic_regression, save_logistic_regression
-from fruitpipe.ml import persist
 
 
 @pytest.fixture(scope="module")
 def frame(spark):
     features = make_features(rows=120, dim=12, seed=3)
     labels = np.argmax(features[:, :3] - features[:, :3].mean(axis=0), axis=1)  # 3 classes from the data
-    rows = [(i, row.tolist(), float(label)) for i, (row, label) in enumerate(zip(features, labels))]
+    rows = [(i, row.tolist(), float(label)) for i, (row, label) in enumerate(zip(features, labels, strict=True))]
     return spark.createDataFrame(rows, "id long, features array<float>, label double").cache()
 
 
@@ -127,7 +126,7 @@ def test_damaged_incomplete_and_foreign_folders_are_refused(pca, tmp_path: Path)
     with pytest.raises(FileNotFoundError, match="missing"):
         CentredPCAModel.load(str(incomplete))
 
-    with pytest.raises(ValueError, match="not a fruitpipe-saved pyspark.ml.classification.LogisticRegressionModel"):
+    with pytest.raises(ValueError, match=r"not a fruitpipe-saved pyspark\.ml\.classification\.LogisticRegressionModel"):
         load_logistic_regression(str(damaged))
     spark_saved = tmp_path / "spark-saved"
     pca.pca.save(str(spark_saved))

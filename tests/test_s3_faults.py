@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fruitpipe.devtools.faultproxy import GET_OBJECT, LIST, FaultProxy
-from fruitpipe.devtools.s3server import upload_folder
 
 from fruitpipe.batch import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
+from fruitpipe.devtools.faultproxy import GET_OBJECT, LIST, FaultProxy
+from fruitpipe.devtools.s3server import upload_folder
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def fault_free(spark, s3_endpoint: str, uploaded: list[str], tmp_path_factory: p
                                       s3=S3Options(endpoint_url=s3_endpoint)))
     assert manifest.counts.to_json() == {"listed": len(uploaded), "ok": len(uploaded), "rejected": 0}
     table = pq.read_table(output / "features").to_pandas()
-    return {path: np.asarray(vector) for path, vector in zip(table["path"], table["features"])}
+    return {path: np.asarray(vector) for path, vector in zip(table["path"], table["features"], strict=True)}
 
 
 def test_run_completes_under_throttling_cuts_and_a_failing_key(spark, s3_endpoint: str, uploaded: list[str],
@@ -70,7 +70,7 @@ def test_run_completes_under_throttling_cuts_and_a_failing_key(spark, s3_endpoin
     assert row["stage"] == "read"
     assert "InternalError" in row["reason"] and "\n" not in row["reason"], row["reason"]
 
-    for path, vector in zip(features["path"], features["features"]):
+    for path, vector in zip(features["path"], features["features"], strict=True):
         np.testing.assert_allclose(np.asarray(vector), fault_free[path], atol=1e-5, err_msg=path)
     assert (output / "_SUCCESS").exists()
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fruitpipe.devtools.s3server import download_prefix, upload_folder
 
 from fruitpipe.batch import pipeline
 from fruitpipe.config import PcaSettings, RunConfig, S3Options
+from fruitpipe.devtools.s3server import download_prefix, upload_folder
 from fruitpipe.ml import CentredPCAModel
 from fruitpipe.storage import Store
 
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 def features_by_path(folder: Path, strip: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     table = pq.read_table(folder / "features").to_pandas()
-    return {p[len(strip):]: (np.asarray(f), np.asarray(c)) for p, f, c in zip(table["path"], table["features"], table["pca"])}
+    columns = zip(table["path"], table["features"], table["pca"], strict=True)
+    return {p[len(strip):]: (np.asarray(f), np.asarray(c)) for p, f, c in columns}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def local_reference(spark, small_sample: Path, tmp_path_factory: pytest.TempPath
     return output, manifest
 
 
-def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, local_reference, tmp_path: Path) -> None:
+def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, local_reference,
+                                   tmp_path: Path) -> None:
     uploaded = upload_folder(s3_endpoint, small_sample, "fruit-in", "datasets/fruits 360")
     _bucket(s3_endpoint, "fruit-out")
     manifest = pipeline.run(RunConfig(input="s3://fruit-in/datasets/fruits 360", output="s3://fruit-out/runs/r1",

@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, EXIF_ORIENTATION, bad_image_bytes, encode
-from helpers import fruitpipe_cli
 from PIL import Image
-from trained import run_output_of
 
+from badimages import BAD_MAX_BYTES, BAD_MAX_PIXELS, EXIF_ORIENTATION, bad_image_bytes, encode
 from fruitpipe import runtime
-from fruitpipe.recognise.bundle import Bundle
 from fruitpipe.config import DecodeLimits
 from fruitpipe.image.decode import DecodeError
 from fruitpipe.image.models import LITE0_SHA256
+from fruitpipe.recognise.bundle import Bundle
 from fruitpipe.recognise.train import metrics_from_confusion
+from helpers import fruitpipe_cli
+from trained import run_output_of
 
 pytestmark = pytest.mark.slow
 
@@ -212,12 +212,12 @@ def test_load_refuses_missing_and_broken_bundles(bundle_copy: Path, tmp_path: Pa
     arrays = bundle_copy / "arrays.npz"
     original = arrays.read_bytes()
     arrays.write_bytes(original[:-10] + bytes(10))
-    with pytest.raises(ValueError, match="arrays.npz does not match"):
+    with pytest.raises(ValueError, match=r"arrays\.npz does not match"):
         Bundle.load(bundle_copy)
     arrays.write_bytes(original)
     Bundle.load(bundle_copy)
     (bundle_copy / "model.onnx").unlink()
-    with pytest.raises(FileNotFoundError, match="model.onnx is missing"):
+    with pytest.raises(FileNotFoundError, match=r"model\.onnx is missing"):
         Bundle.load(bundle_copy)
 
 
@@ -310,7 +310,8 @@ def test_predict_cli_reports_bad_photos_and_classifies_the_rest(trained_bundle: 
 def test_predict_cli_missing_model_is_one_line(tmp_path: Path) -> None:
     result = fruitpipe("predict", "--model", str(tmp_path / "nothing"), str(tmp_path / "x.jpg"))
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"fruitpipe predict: error: model folder not found: {tmp_path / 'nothing'}"]
+    expected = f"fruitpipe predict: error: model folder not found: {tmp_path / 'nothing'}"
+    assert result.stderr.strip().splitlines() == [expected]
 
 
 def test_train_cli_refuses_what_it_cannot_use(trained_bundle: Path, tmp_path: Path) -> None:
@@ -337,11 +338,13 @@ def test_train_refuses_a_run_made_with_another_onnx_graph(trained_bundle: Path, 
     (run / "manifest.json").write_text(json.dumps(manifest))
     result = fruitpipe("train", "--features", str(run), "--output", str(tmp_path / "model"))
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and len(lines) == 1 and "differs from this fruitpipe's export" in lines[0], result.stderr
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "differs from this fruitpipe's export" in lines[0], result.stderr
     assert not (tmp_path / "model").exists()
 
 
-def test_train_cli_on_a_small_run(spark, small_sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_cli_on_a_small_run(spark, small_sample: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The command as a user types it (in process, reusing the test session): summary, files, metrics."""
     from fruitpipe.batch import pipeline
     from fruitpipe.cli import main
@@ -353,16 +356,16 @@ def test_train_cli_on_a_small_run(spark, small_sample: Path, tmp_path: Path, cap
     out = capsys.readouterr().out
     metrics = json.loads((model / "metrics.json").read_text())
     assert f"accuracy {metrics['accuracy']:.2%}" in out and f"{model}/bundle" in out
-    assert metrics["count"] == 8 and set(metrics["per_class"]) == {p.name for p in (small_sample / "Training").iterdir()}
+    assert metrics["count"] == 8
+    assert set(metrics["per_class"]) == {p.name for p in (small_sample / "Training").iterdir()}
     assert Bundle.load(model).describe()["k"] == 8
 
 
 def test_train_reads_and_writes_s3(spark, s3_endpoint: str, trained_bundle: Path, tmp_path: Path) -> None:
     """A run output in S3 in, MODEL_DIR in S3 out: the same model as from local files."""
-    from fruitpipe.devtools.s3server import client, download_prefix, upload_folder
-
-    from fruitpipe.recognise import train
     from fruitpipe.config import S3Options, TrainConfig
+    from fruitpipe.devtools.s3server import client, download_prefix, upload_folder
+    from fruitpipe.recognise import train
 
     upload_folder(s3_endpoint, run_output_of(trained_bundle), "train-runs", "runs/sample")
     client(s3_endpoint).create_bucket(Bucket="train-models")

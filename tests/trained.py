@@ -10,8 +10,8 @@ from pathlib import Path
 
 def train_on(run_output: Path, model_dir: Path, master: str = "local[2]") -> Path:
     """`fruitpipe train` on a run output; returns the model folder (MODEL_DIR)."""
-    from fruitpipe.recognise import train
     from fruitpipe.config import TrainConfig
+    from fruitpipe.recognise import train
 
     train.train(TrainConfig(features=str(run_output), output=str(model_dir), master=master))
     return model_dir

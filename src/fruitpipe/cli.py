@@ -5,6 +5,7 @@ User errors (bad flag, bad path, no Java, unknown model) print one line and exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify photos with a trained bundle (in process, no Spark)")
     predict.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by 'fruitpipe train'")
     predict.add_argument("photos", nargs="+", metavar="PHOTO", help="photos (.jpg, .png, ...; any size)")
-    predict.add_argument("--top-k", type=_positive_int, default=5, help="classes shown per photo (default: %(default)s)")
+    predict.add_argument("--top-k", type=_positive_int, default=5,
+                         help="classes shown per photo (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
     predict.set_defaults(handler=_cmd_predict)
 
@@ -173,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scaling", default="2000,10000,20000", help="fruitpipe run sizes (default: %(default)s)")
     bench.add_argument("--subset", type=_positive_int, default=1_000,
                        help="images for baselines slower than 50 img/s (default: %(default)s)")
-    bench.add_argument("--s3-images", type=_positive_int, default=2_000, help="images read from S3 (default: %(default)s)")
+    bench.add_argument("--s3-images", type=_positive_int, default=2_000,
+                       help="images read from S3 (default: %(default)s)")
     bench.add_argument("--latency-ms", type=float, default=20.0, help="added per S3 request (default: %(default)g)")
     bench.add_argument("--limit-images", type=_positive_int, default=1_280,
                        help="images pushed through the raw model (default: %(default)s)")
@@ -182,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "[1 vs 2 standalone workers] and serve [fruitpipe serve's latency])")
     bench.add_argument("--resume", action="store_true", help="keep finished measurements of an interrupted run")
     bench.add_argument("--results", default="bench/results.json", help="results file (default: %(default)s)")
-    bench.add_argument("--doc", default="docs/performance.md", help="markdown to update ('' for none; default: %(default)s)")
+    bench.add_argument("--doc", default="docs/performance.md",
+                       help="markdown to update ('' for none; default: %(default)s)")
     bench.add_argument("--data-dir", help="where the synthetic images are kept (default: $FRUITPIPE_CACHE/bench-data)")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -316,8 +320,8 @@ def _cmd_iam_policy(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fruitpipe.recognise import train
     from fruitpipe.config import TrainConfig
+    from fruitpipe.recognise import train
 
     master, remote = _session(args)
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
@@ -376,8 +380,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         s3_images=args.s3_images, latency_ms=args.latency_ms, limit_images=args.limit_images,
         only=tuple(args.only.split(",")) if args.only else DEFAULT_MEASUREMENTS, resume=args.resume,
         results=Path(args.results), doc=Path(args.doc) if args.doc else None,
-        **({"data_dir": Path(args.data_dir)} if args.data_dir else {}), command=" ".join(["fruitpipe", *sys.argv[1:]]),
+        command=" ".join(["fruitpipe", *sys.argv[1:]]),
     )
+    if args.data_dir:
+        options = dataclasses.replace(options, data_dir=Path(args.data_dir))
     results = harness.run(options)
     print(report.table(results))
     failed = [key for key, result in results["measurements"].items() if "error" in result]

@@ -10,6 +10,7 @@ connections, never on 403/404.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -121,10 +122,7 @@ def is_retryable(exc: BaseException) -> bool:
 
     if isinstance(exc, boto.ClientError):
         return error_code(exc) in RETRYABLE_CODES
-    try:
-        from urllib3.exceptions import HTTPError
-    except ImportError:  # pragma: no cover - urllib3 ships with botocore
-        HTTPError = ()  # noqa: N806
+    from urllib3.exceptions import HTTPError  # urllib3 ships with botocore
     transient = (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError,
                  boto.ResponseStreamingError, HTTPError, ConnectionError, TimeoutError)
     return isinstance(exc, transient)
@@ -332,7 +330,8 @@ class Store:
         keys = [item["Key"] for item in self.list_objects(location)]
         for start in range(0, len(keys), 1000):
             batch = {"Objects": [{"Key": key} for key in keys[start:start + 1000]], "Quiet": True}
-            self.with_retries(lambda b=batch: self.client().delete_objects(Bucket=location.bucket, Delete=b), uri)
+            delete = functools.partial(self.client().delete_objects, Bucket=location.bucket, Delete=batch)
+            self.with_retries(delete, uri)
 
     def remove(self, uri: str) -> None:
         """Delete one file; a missing file is not an error."""

@@ -92,6 +92,8 @@ def stage_part(store: Store, target: str, run_id: str, fmt: str, table: pa.Table
     from pyspark import TaskContext
 
     context = TaskContext.get()
+    if context is None:
+        raise RuntimeError("stage_part runs inside a Spark task (it names the part by partition and attempt)")
     partition, attempt = context.partitionId(), context.taskAttemptId()
     staged = storage.join(staging_folder(target, run_id), f"part-{partition:05d}-attempt-{attempt}.{EXTENSIONS[fmt]}")
     store.write_bytes(staged, encode(table, fmt))

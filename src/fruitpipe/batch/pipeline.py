@@ -11,24 +11,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import __version__, sparkapi, storage
-from fruitpipe.image import models
-from fruitpipe.batch import plots
-from fruitpipe.batch import sinks
-from fruitpipe.batch import sources
+from fruitpipe.batch import plots, sinks, sources
 from fruitpipe.batch.manifest import Executor, ModelEntry, PcaSummary, RunCounts, RunManifest, SparkSummary, Timings
+from fruitpipe.batch.session import java_version, spark_session
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
+from fruitpipe.image import models
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.runtime import Runtime, resolve
 from fruitpipe.storage import Store
-from fruitpipe.batch.session import java_version, spark_session
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def run(config: RunConfig) -> RunManifest:
     """Run the whole chain; returns the manifest (also written to the output)."""
     timer = StageTimer()
     store = Store(config.s3)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spec = models.with_input_size(models.resolve(config.model), config.image_size)
     runtime = resolve(config.precision, config.executor.infer_batch)  # before Spark: a bad choice fails now
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
@@ -124,7 +122,7 @@ def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
         F.count(F.when(F.col(ERROR_STAGE).isNull(), 1)).alias("ok"),
         F.count(F.when(F.col(ERROR_STAGE).isNotNull(), 1)).alias("rejected"),
     ).first()
-    return int(row["ok"]), int(row["rejected"])
+    return (int(row["ok"]), int(row["rejected"])) if row is not None else (0, 0)
 
 
 def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str) -> None:

@@ -136,15 +136,16 @@ def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
             start, step = start + step, size
 
 
-def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch, futures: list[Future[Loaded]]) -> pa.RecordBatch:
+def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch,
+            futures: list[Future[Loaded]]) -> pa.RecordBatch:
     loaded = [future.result() for future in futures]
     good = [i for i, item in enumerate(loaded) if item.pixels is not None]
+    pixels = [item.pixels for item in loaded if item.pixels is not None]
     features = np.zeros((0, task.feature_dim), dtype=np.float32)
     if good:
         started = time.perf_counter()
         try:
-            features = embed(np.stack([loaded[i].pixels for i in good]), task.preprocessing, onnx_path, task.threads,
-                             task.runtime)
+            features = embed(np.stack(pixels), task.preprocessing, onnx_path, task.threads, task.runtime)
             _check_dim(features, task.feature_dim)
         except Exception as exc:  # a model failure rejects this chunk's images, with the reason
             for i in good:

@@ -7,8 +7,8 @@ from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 
 
 class HasColumns(HasInputCol, HasOutputCol):
-    def setInputCol(self, value: str) -> Any:  # noqa: N802 - pyspark.ml naming
+    def setInputCol(self, value: str) -> Any:
         return self._set(inputCol=value)
 
-    def setOutputCol(self, value: str) -> Any:  # noqa: N802
+    def setOutputCol(self, value: str) -> Any:
         return self._set(outputCol=value)

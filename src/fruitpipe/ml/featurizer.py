@@ -19,9 +19,9 @@ from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
 from fruitpipe import sparkapi
-from fruitpipe.image import models
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
+from fruitpipe.image import models
 from fruitpipe.ml.columns import HasColumns
 from fruitpipe.runtime import DEFAULT_PRECISION, Runtime, resolve
 from fruitpipe.storage import Store
@@ -29,7 +29,7 @@ from fruitpipe.storage import Store
 logger = logging.getLogger(__name__)
 
 
-class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultParamsWritable):
+class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeaturizer"], DefaultParamsWritable):
     """Adds width, height, features (array<float>), error_stage and error_reason columns."""
 
     modelName = Param(Params._dummy(), "modelName", "registry name of the model", TypeConverters.toString)
@@ -66,9 +66,9 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable, DefaultPar
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
                          imageSize=0, precision=DEFAULT_PRECISION, inferBatch=0,
                          s3Options=S3Options().to_wire())
-        self._set(**self._input_kwargs)
+        self._set(**self._input_kwargs)  # type: ignore[attr-defined]  # set by pyspark's @keyword_only
 
-    def setModelName(self, value: str) -> ImageFeaturizer:  # noqa: N802 - pyspark.ml naming
+    def setModelName(self, value: str) -> ImageFeaturizer:
         return self._set(modelName=value)
 
     def s3_options(self) -> S3Options:

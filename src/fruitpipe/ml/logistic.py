@@ -34,7 +34,8 @@ def load_logistic_regression(uri: str, *, store: Store | None = None) -> Logisti
     metadata, arrays = persist.load(store or Store(), uri, CLASS_NAME)
     coefficients, intercepts = arrays["coefficients"], arrays["intercepts"]
     # row major, as Spark's binomial models require (one row; one per class when multinomial)
-    matrix = DenseMatrix(*coefficients.shape, coefficients.flatten(order="C").tolist(), isTransposed=True)
+    rows, columns = coefficients.shape
+    matrix = DenseMatrix(rows, columns, coefficients.flatten(order="C").tolist(), isTransposed=True)
     saved = metadata["fruitpipe"]
     java_model = sparkapi.java_model(
         SparkSession.active(), "org.apache.spark.ml.classification.LogisticRegressionModel", metadata["uid"], matrix,

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.feature import PCAModel, StandardScalerModel
+from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable, MLReadable, MLReader, MLWritable
-from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
@@ -84,7 +83,7 @@ def _gram_partition(column: str, batches: Iterator[pa.RecordBatch]) -> Iterator[
             rows += len(x)
             sums += x.sum(axis=0)
             gram += x.T @ x
-    if gram is not None:
+    if sums is not None and gram is not None:
         yield pa.RecordBatch.from_pydict({"rows": [rows], "sums": [sums.tobytes()], "gram": [gram.tobytes()]})
 
 
@@ -101,9 +100,10 @@ def moments(dataset: DataFrame, column: str) -> tuple[int, np.ndarray, np.ndarra
     n = sum(int(row["rows"]) for row in partials)
     if n < 2:
         raise ValueError(f"PCA needs at least 2 vectors, got {n}")
-    sums = sum(np.frombuffer(row["sums"], dtype=np.float64) for row in partials)
+    sums: np.ndarray = functools.reduce(np.add, (np.frombuffer(row["sums"], dtype=np.float64) for row in partials))
     dim = len(sums)
-    gram = sum(np.frombuffer(row["gram"], dtype=np.float64).reshape(dim, dim) for row in partials)
+    gram: np.ndarray = functools.reduce(
+        np.add, (np.frombuffer(row["gram"], dtype=np.float64).reshape(dim, dim) for row in partials))
     mean = sums / n
     covariance = (gram - n * np.outer(mean, mean)) / (n - 1)
     return n, mean, (covariance + covariance.T) / 2
@@ -135,22 +135,24 @@ class _PcaParams(HasColumns):
     varianceTarget = Param(Params._dummy(), "varianceTarget",
                            "smallest k reaching this share of variance, when k is not set", TypeConverters.toFloat)
 
-    def setK(self, value: int) -> Any:  # noqa: N802 - pyspark.ml naming
+    def setK(self, value: int) -> Any:
         return self._set(k=value)
 
-    def setVarianceTarget(self, value: float) -> Any:  # noqa: N802
+    def setVarianceTarget(self, value: float) -> Any:
         return self._set(varianceTarget=value)
 
 
-class CentredPCA(Estimator, _PcaParams, DefaultParamsReadable, DefaultParamsWritable):
+class CentredPCA(Estimator["CentredPCAModel"], _PcaParams, DefaultParamsReadable["CentredPCA"], DefaultParamsWritable):
     """Fits the mean, the full explained-variance spectrum, and the k-component projection."""
 
     @keyword_only
     def __init__(self, *, inputCol: str = "features", outputCol: str = "pca", k: int | None = None,
-                 varianceTarget: float = DEFAULT_VARIANCE) -> None:
+                 varianceTarget: float | None = DEFAULT_VARIANCE) -> None:
+        """k wins over varianceTarget; None for either means "not given" (the CLI passes its settings as is)."""
         super().__init__()
         self._setDefault(inputCol="features", outputCol="pca", varianceTarget=DEFAULT_VARIANCE)
-        kwargs = {key: value for key, value in self._input_kwargs.items() if value is not None}
+        given = self._input_kwargs  # type: ignore[attr-defined]  # set by pyspark's @keyword_only
+        kwargs = {key: value for key, value in given.items() if value is not None}
         self._set(**kwargs)
 
     def _fit(self, dataset: DataFrame) -> CentredPCAModel:
@@ -252,7 +254,7 @@ class PcaArrays:
                 "explained_variance": self.explained_variance}
 
 
-class CentredPCAModel(Model, _PcaParams, MLReadable, MLWritable):
+class CentredPCAModel(Model, _PcaParams, MLReadable["CentredPCAModel"], MLWritable):
     """Centre with the fitted mean, project on the top k components; array<float> out."""
 
     def __init__(self, arrays: PcaArrays) -> None:
@@ -325,7 +327,7 @@ def _spark_models(arrays: PcaArrays) -> tuple[StandardScalerModel, PCAModel]:
             _pca_model(spark, arrays.components, arrays.explained_variance.tolist()))
 
 
-class _CentredPCAModelReader(MLReader, persist.UsesStore):
+class _CentredPCAModelReader(MLReader[CentredPCAModel], persist.UsesStore):
     def __init__(self, cls: type[CentredPCAModel]) -> None:
         super().__init__()
         self.cls = cls

@@ -17,10 +17,10 @@ import hashlib
 import io
 import json
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
-
 from pyspark.ml.param import Params
 from pyspark.ml.util import MLWriter
 
@@ -44,7 +44,7 @@ def save(store: Store, instance: Params, uri: str, arrays: dict[str, np.ndarray]
             raise ValueError(f"{uri} already exists; use write().overwrite().save(path) to replace it")
         store.remove_tree(uri)
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(values) for name, values in arrays.items()})
+    np.savez(buffer, allow_pickle=False, **{name: np.asarray(values) for name, values in arrays.items()})
     data = buffer.getvalue()
     store.write_bytes(storage.join(uri, ARRAYS), data)
     metadata = {
@@ -94,7 +94,7 @@ def apply_params(instance: Params, metadata: dict[str, Any]) -> None:
 def _json_values(params: dict[Any, Any], strict: bool) -> dict[str, Any]:
     """Param values as JSON (names, numbers, flags and lists of them). A value set on the stage that
     JSON cannot hold (a matrix bound) is an error when `strict`; such defaults are left to the class."""
-    values = {}
+    values: dict[str, Any] = {}
     for param, value in params.items():
         if isinstance(value, (list, tuple)) and all(isinstance(item, _JSON_TYPES) for item in value):
             values[param.name] = list(value)

@@ -66,7 +66,7 @@ def write(folder: str | Path, onnx_file: str | Path, description: BundleDescript
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_file, folder / ONNX_FILE)
-    np.savez(folder / ARRAYS_FILE, **{name: np.asarray(getattr(arrays, name), dtype=np.float64)
+    np.savez(folder / ARRAYS_FILE, allow_pickle=False, **{name: np.asarray(getattr(arrays, name), dtype=np.float64)
                                       for name in ARRAY_NAMES})
     (folder / CLASSES_FILE).write_text(json.dumps(list(description.classes), ensure_ascii=False, indent=1) + "\n",
                                        encoding="utf-8")
@@ -138,7 +138,8 @@ class Bundle:
         margins = projected @ self.arrays.coefficients.T + self.arrays.intercepts
         margins -= margins.max(axis=1, keepdims=True)
         exponentials = np.exp(margins)
-        return exponentials / exponentials.sum(axis=1, keepdims=True)
+        probabilities: np.ndarray = exponentials / exponentials.sum(axis=1, keepdims=True)
+        return probabilities
 
     def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[Prediction]:
         """One row of probabilities -> the top_k classes, most probable first."""
@@ -204,7 +205,7 @@ def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
                 decoded[index] = model.pixels(store.read_bytes(photo, limit=model.limits.max_bytes))
             except (OSError, ValueError) as exc:  # DecodeError is a ValueError; missing files are OSErrors
                 errors[index] = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
-        probabilities = dict(zip(decoded, model.probabilities_of_pixels(list(decoded.values()))))
+        probabilities = dict(zip(decoded, model.probabilities_of_pixels(list(decoded.values())), strict=True))
         results += [PhotoResult(photo, error=errors[i]) if i in errors
                     else PhotoResult(photo, tuple(model.top(probabilities[i], top_k))) for i, photo in enumerate(chunk)]
     return results

@@ -13,7 +13,7 @@ import io
 import logging
 import tempfile
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,27 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from fruitpipe import sparkapi, storage
-from fruitpipe.recognise import bundle
-from fruitpipe.recognise.contracts import (BundleDescription, BundlePca, Classifier, Metrics, Scores, Selection,
-                                           SourceRun, TrainCounts, TrainManifest)
-from fruitpipe.image import models
-from fruitpipe.batch import plots
-from fruitpipe.batch import sinks
+from fruitpipe.batch import plots, sinks
 from fruitpipe.batch.manifest import ModelEntry, RunManifest
+from fruitpipe.batch.pipeline import StageTimer
+from fruitpipe.batch.session import spark_session
 from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
+from fruitpipe.image import models
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
-from fruitpipe.batch.pipeline import StageTimer
+from fruitpipe.recognise import bundle
+from fruitpipe.recognise.contracts import (
+    BundleDescription,
+    BundlePca,
+    Classifier,
+    Metrics,
+    Scores,
+    Selection,
+    SourceRun,
+    TrainCounts,
+    TrainManifest,
+)
 from fruitpipe.runtime import Runtime
-from fruitpipe.batch.session import spark_session
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
@@ -164,7 +172,7 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         classes = _classes(data)
         indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
         prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
-                                     .withColumn(VECTOR, array_to_vector("pca"))).persist()
+                                     .withColumn(VECTOR, array_to_vector(F.col("pca")))).persist()
         training, test = prepared.where(F.col("split") == TRAINING), prepared.where(F.col("split") == TEST)
         fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
         counts = TrainCounts(training=training.count(), validation=validation.count(), test=test.count())
@@ -181,7 +189,7 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER), store=store)
         _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline)
     manifest = TrainManifest(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         source=source.fingerprint(),
         model=ModelEntry.of(spec, source.runtime()),
         classifier=replace(chosen.describe(), spark_model=CLASSIFIER,
@@ -227,7 +235,7 @@ def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[D
 
 def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple[Candidate, dict[str, Scores]]:
     scores: dict[str, Scores] = {}
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, float] | None = None
     chosen = CANDIDATES[0]
     for candidate in CANDIDATES:
         model = candidate.estimator().fit(fit_part)
@@ -244,8 +252,10 @@ def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple
 
 def log_loss(model: LogisticRegressionModel, data: DataFrame) -> float:
     """Mean -log p(true class): separates candidates that classify equally well by how sure they are."""
-    true_probability = vector_to_array("probability")[F.col(LABEL_INDEX).cast("int")]
+    true_probability = vector_to_array(F.col("probability"))[F.col(LABEL_INDEX).cast("int")]
     row = model.transform(data).select(F.mean(-F.log(F.greatest(true_probability, F.lit(1e-15))))).first()
+    if row is None or row[0] is None:
+        raise ValueError("log-loss of an empty set: the validation part has no rows")
     return float(row[0])
 
 
@@ -303,7 +313,7 @@ def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: model
                            coefficients=classifier.coefficientMatrix.toArray(),
                            intercepts=classifier.interceptVector.toArray())
     description = BundleDescription(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         model=replace(ModelEntry.of(spec, source.runtime()), runtime=None),
         limits=DecodeLimits(),
         pca=BundlePca(k=pca.k, variance_kept=round(pca.variance_kept, 6)),
