@@ -28,7 +28,9 @@ def features() -> np.ndarray:
 @pytest.fixture(scope="module")
 def frame(spark, features):
     data = [(i, row.tolist()) for i, row in enumerate(features)]
-    return spark.createDataFrame(data, "id long, features array<float>").cache()
+    cached = spark.createDataFrame(data, "id long, features array<float>").cache()
+    yield cached
+    cached.unpersist()  # later modules assert the session caches nothing
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ def frame(spark):
     features = make_features(rows=120, dim=12, seed=3)
     labels = np.argmax(features[:, :3] - features[:, :3].mean(axis=0), axis=1)  # 3 classes from the data
     rows = [(i, row.tolist(), float(label)) for i, (row, label) in enumerate(zip(features, labels, strict=True))]
-    return spark.createDataFrame(rows, "id long, features array<float>, label double").cache()
+    cached = spark.createDataFrame(rows, "id long, features array<float>, label double").cache()
+    yield cached
+    cached.unpersist()  # later modules assert the session caches nothing
 
 
 @pytest.fixture(scope="module")
