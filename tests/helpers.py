@@ -33,8 +33,9 @@ def jobs_started_by(spark, action) -> list[int]:
     return list(sc.statusTracker().getJobIdsForGroup(group))
 
 
-def fruitpipe_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def fruitpipe_cli(*args: str, timeout: float = 900,
+                  env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`python -m fruitpipe.cli ARGS` as a user runs it (its own Spark when it runs one)."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, check=False)

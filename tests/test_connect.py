@@ -86,15 +86,18 @@ def test_run_on_connect_equals_classic(connect_run: Path, classic, small_sample:
 
 def test_s3_run_on_connect_equals_classic(connect_url: str, s3_endpoint: str, small_sample: Path, classic,
                                           tmp_path: Path) -> None:
-    """The endpoint reaches the server's executors in the task values (--endpoint-url), not the environment."""
+    """The endpoint reaches the server's executors in the task values (--endpoint-url), not the environment;
+    the server is named by SPARK_REMOTE this time (no --remote)."""
     from fruitpipe.devtools.s3server import client
 
     upload_folder(s3_endpoint, small_sample, "connect-in", "fruits")
     client(s3_endpoint).create_bucket(Bucket="connect-out")
-    result = fruitpipe_cli("run", "--remote", connect_url, "--input", "s3://connect-in/fruits",
-                           "--output", "s3://connect-out/run", "--endpoint-url", s3_endpoint, "--k", str(K))
+    result = fruitpipe_cli("run", "--input", "s3://connect-in/fruits", "--output", "s3://connect-out/run",
+                           "--endpoint-url", s3_endpoint, "--k", str(K), env_extra={"SPARK_REMOTE": connect_url})
     assert result.returncode == 0, result.stderr[-3000:]
     keys = download_prefix(s3_endpoint, "connect-out", "run", tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["spark"]["executors"] is None, "ran on a classic session, not on the SPARK_REMOTE server"
     assert {"manifest.json", "_SUCCESS", "pca_model/arrays.npz"} <= set(keys)
     assert not any("_temporary" in key for key in keys)
     assert_same_run(rows_by_path(tmp_path, "s3://connect-in/fruits/"), rows_by_path(classic[0], f"{small_sample}/"))
