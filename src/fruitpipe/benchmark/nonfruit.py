@@ -1,0 +1,126 @@
+"""Photos that are not fruit, for reporting how often the recogniser answers "unknown" on them.
+
+A recogniser trained only on fruit still returns a fruit for a cat or a cup; the rate at which it says
+"not sure" instead is measured on this set. It is a yardstick only: never used to train, choose a recipe,
+calibrate or pick a threshold (a set used for a choice stops measuring that choice).
+
+The photos come from packages already installed (no download at run time): the sample images shipped
+inside the scikit-image wheel, scikit-learn's `load_sample_images` files and matplotlib's sample data.
+Only images whose licence the package states (or, for the one matplotlib photo, whose public-domain status
+is a matter of record) are used; each is listed with its package, version and licence in `LICENSES.json`
+written beside the photos. Files are re-encoded as JPEG (RGB, longest side at most MAX_SIDE), byte for byte
+the same on every call with the same package versions.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+MAX_SIDE = 800
+JPEG_QUALITY = 92
+LICENSES_FILE = "LICENSES.json"
+SKIMAGE_NOTE = "the image's docstring in skimage.data"
+SKLEARN_NOTE = "sklearn/datasets/images/README.txt"
+
+
+@dataclass(frozen=True)
+class NonFruitSource:
+    """One photo inside an installed distribution, and what its package says about its licence."""
+
+    name: str  # the JPEG's stem
+    package: str  # the distribution that ships it
+    file: str  # its path inside the distribution (site-packages relative)
+    subject: str
+    licence: str  # the image's own licence, as stated where `statement` says
+    statement: str
+
+
+def _skimage(name: str, file: str, subject: str, licence: str) -> NonFruitSource:
+    return NonFruitSource(f"skimage-{name}", "scikit-image", f"skimage/data/{file}", subject, licence, SKIMAGE_NOTE)
+
+
+PUBLIC_DOMAIN = "public domain (no known copyright restrictions)"
+SOURCES = (
+    _skimage("astronaut", "astronaut.png", "astronaut Eileen Collins, portrait (NASA)", PUBLIC_DOMAIN),
+    _skimage("camera", "camera.png", "man with a camera on a tripod, outdoors",
+             "CC0 by the photographer (Lav Varshney)"),
+    _skimage("coffee", "coffee.png", "cup of coffee on a saucer", "CC0 by the photographer (Rachel Michetti)"),
+    _skimage("chelsea", "chelsea.png", "cat (Chelsea)", "CC0 by the photographer (Stefan van der Walt)"),
+    _skimage("rocket", "rocket.jpg", "SpaceX rocket on its launch pad", "public domain (released by SpaceX)"),
+    _skimage("brick", "brick.png", "brick wall", "CC0 (CC0Textures Bricks25)"),
+    _skimage("grass", "grass.png", "grass", "CC0 (DeviantArt, linolafett)"),
+    _skimage("gravel", "gravel.png", "gravel", "CC0 (CC0Textures Gravel04)"),
+    _skimage("hubble", "hubble_deep_field.jpg", "Hubble deep field: galaxies", "public domain (NASA)"),
+    _skimage("text", "text.png", "printed text photographed at an angle", "public domain (Wikipedia, Corner.png)"),
+    _skimage("retina", "retina.jpg", "fundus photograph of a human eye",
+             "CC0 1.0 (Mikael Haggstrom, Wikimedia Commons)"),
+    _skimage("coins", "coins.png", "ancient Greek coins (Brooklyn Museum)", "no known copyright restrictions"),
+    _skimage("clock", "clock_motion.png", "motion-blurred wall clock",
+             "public domain (released by the photographer, Stefan van der Walt)"),
+    _skimage("tissue", "ihc.png", "stained tissue under a microscope (immunohistochemistry)",
+             "no known copyright restrictions"),
+    NonFruitSource("sklearn-china", "scikit-learn", "sklearn/datasets/images/china.jpg",
+                   "Chinese pagoda above a lake", "CC BY 2.0, attribution: danielbuechele (Flickr)", SKLEARN_NOTE),
+    NonFruitSource("sklearn-flower", "scikit-learn", "sklearn/datasets/images/flower.jpg",
+                   "orange dahlia flower", "CC BY 2.0, attribution: vultilion (Flickr)", SKLEARN_NOTE),
+    NonFruitSource("matplotlib-grace-hopper", "matplotlib", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+                   "portrait of Rear Admiral Grace Hopper in uniform",
+                   "public domain (official U.S. Navy photograph, a work of the U.S. federal government)",
+                   "not stated by matplotlib; the photograph's public-domain status as a U.S. Navy work"),
+)
+
+
+def non_fruit_photos(folder: str | Path) -> list[Path]:
+    """Write the non-fruit photos as JPEGs into `folder` (created) with LICENSES.json; return their paths,
+    in SOURCES order. A missing package is a ValueError naming it (scikit-image and scikit-learn come with
+    fruitpipe's `test` extra)."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    records, written = [], []
+    for source in SOURCES:
+        original, version = _locate(source)
+        path = target / f"{source.name}.jpg"
+        _write_jpeg(original, path)
+        written.append(path)
+        records.append({**asdict(source), "photo": path.name, "version": version,
+                        "package_licence": _package_licence(source.package)})
+    (target / LICENSES_FILE).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    logger.info("wrote %d non-fruit photos to %s", len(written), target)
+    return written
+
+
+def _locate(source: NonFruitSource) -> tuple[Path, str]:
+    """The file inside its installed distribution (found from the distribution's metadata, not imported)."""
+    try:
+        dist = importlib.metadata.distribution(source.package)
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError(f"the non-fruit photo set needs {source.package} installed "
+                         f"(pip install 'fruitpipe[test]')") from None
+    path = Path(str(dist.locate_file(source.file)))
+    if not path.is_file():
+        raise ValueError(f"{source.package} {dist.version} does not ship {source.file}")
+    return path, dist.version
+
+
+def _package_licence(package: str) -> str:
+    expressions = importlib.metadata.distribution(package).metadata.get_all("License-Expression") or []
+    if expressions:
+        return str(expressions[0])
+    return {"scikit-image": "BSD-3-Clause", "matplotlib": "Matplotlib License (PSF-based)"}.get(package, "unknown")
+
+
+def _write_jpeg(original: Path, target: Path) -> None:
+    """RGB (grey and palette images expanded), longest side at most MAX_SIDE, a fixed JPEG quality."""
+    with Image.open(original) as image:
+        rgb = image.convert("RGB")
+    if max(rgb.size) > MAX_SIDE:
+        scale = MAX_SIDE / max(rgb.size)
+        rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS)
+    rgb.save(target, "JPEG", quality=JPEG_QUALITY)
