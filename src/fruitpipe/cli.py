@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--k", type=_positive_int, help="number of PCA components")
     choice.add_argument("--variance", type=_fraction, help="keep the smallest k reaching this variance (default 0.95)")
     run.add_argument("--image-size", type=_positive_int, metavar="PIXELS",
-                     help="square model input side (default: the model's, 224); smaller is faster, less accurate")
+                     help="square model input side (default: the model's, 224 for efficientnet-lite0); "
+                     "smaller is faster, less accurate")
     run.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
                      help="fp32 (reference), bf16 (OpenVINO, CPUs with AMX/AVX512-BF16: ~2x faster, features' "
                           "cosine to fp32 >= 0.99) or auto (bf16 where the CPU has it); default: %(default)s")

