@@ -21,6 +21,7 @@ from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 if TYPE_CHECKING:  # the contracts' modules are imported by the commands that produce them
     from fruitpipe.batch.manifest import RunManifest
     from fruitpipe.recognise.contracts import TrainManifest
+    from fruitpipe.recognise.evaluation import EvaluationReport
 
 logger = logging.getLogger("fruitpipe")
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
@@ -169,6 +170,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="classes shown per photo (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
     predict.set_defaults(handler=_cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled folder: accuracy, top-3, "
+                                   "macro-F1, per class, calibration, the \"not sure\" curve")
+    evaluate.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder written by 'fruitpipe train'")
+    evaluate.add_argument("--input", required=True, metavar="DIR",
+                          help="labelled photos, local or s3://: Fruits 360 (<Split>/<Class>/) or flat (<Class>/)")
+    evaluate.add_argument("--output", metavar="DIR", help="write metrics.json, per_class.csv, confusion.png, "
+                          "reliability.png and coverage.png here (local or s3://)")
+    evaluate.add_argument("--split", help="Fruits 360 split to evaluate (default: Test)")
+    evaluate.add_argument("--threshold", type=float, metavar="T",
+                          help="\"not sure\" threshold on the max probability: report coverage and accuracy at it")
+    evaluate.add_argument("--spark", action="store_true", help="use the Spark path even for a few local photos "
+                          "(default: Spark for s3:// input or more than 2,000 photos)")
+    evaluate.add_argument("--json", action="store_true", help="print metrics.json's content instead of a summary")
+    _add_session_arguments(evaluate)
+    _add_s3_arguments(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
 
     bench = commands.add_parser("bench", help="benchmark fruitpipe against the limit and the alternatives "
                                 "(bench/results.json + docs/performance.md)")
@@ -362,6 +380,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"fruitpipe predict: error: {failed} of {len(results)} photos could not be classified", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fruitpipe.config import EvaluateConfig
+    from fruitpipe.recognise import evaluate
+
+    master, remote = _session(args)
+    report = evaluate.evaluate(EvaluateConfig(
+        model=args.model, input=args.input, output=args.output, split=args.split, threshold=args.threshold,
+        spark=args.spark, master=master, spark_conf=parse_spark_conf(args.conf), s3=_s3_options(args),
+        remote=remote))
+    print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json
+          else evaluate_summary(report, args.output))
+    return 0
+
+
+def evaluate_summary(report: EvaluationReport, output: str | None) -> str:
+    metrics = report.metrics
+    what = f"{report.split} split" if report.split else "flat folder"
+    lines = [
+        f"fruitpipe evaluate: {report.input} ({what}, {len(report.folders)} classes, through the {report.engine})",
+        f"  photos      {metrics.count} scored, {len(report.unreadable)} unreadable",
+        f"  accuracy    {metrics.accuracy:.2%} (top-3 {metrics.top3_accuracy:.2%}), macro-F1 {metrics.macro_f1:.4f}",
+        f"  calibration ECE {metrics.ece:.4f} (15 equal-width bins of the max probability)",
+    ]
+    if metrics.at_threshold is not None:
+        point = metrics.at_threshold
+        accuracy = "-" if point.accuracy is None else f"{point.accuracy:.2%}"
+        lines.append(f"  threshold   {point.threshold:g}: answers {point.coverage:.2%}, accuracy {accuracy} on those")
+    if report.unknown_folders:
+        lines.append("  not scored  " + ", ".join(f"{folder.name} ({folder.photos} photos)"
+                                                  for folder in report.unknown_folders) + ": no such class")
+    if output:
+        lines.append(f"  written     {output}: metrics.json, per_class.csv, confusion.png, reliability.png, "
+                     "coverage.png")
+    return "\n".join(lines)
 
 
 def _integers(text: str, flag: str) -> tuple[int, ...]:

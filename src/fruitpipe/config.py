@@ -172,6 +172,31 @@ class TrainConfig:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Everything `fruitpipe evaluate` needs: a model folder, a labelled folder, where to write."""
+
+    model: str  # MODEL_DIR (or MODEL_DIR/bundle)
+    input: str  # labelled folder, Fruits 360 or flat layout, local or s3://
+    output: str | None = None  # metrics.json, per_class.csv and the PNGs; None: console only
+    split: str | None = None  # Fruits 360 split to evaluate; None: Test
+    threshold: float | None = None  # "not sure" threshold to report coverage/accuracy at
+    spark: bool = False  # force the Spark path (auto: s3:// input or more than SPARK_ABOVE photos)
+    master: str = DEFAULT_MASTER
+    spark_conf: tuple[tuple[str, str], ...] = ()
+    s3: S3Options = field(default_factory=S3Options)
+    remote: str | None = None
+
+    def __post_init__(self) -> None:
+        check_remote(self.remote)
+        if not self.model:
+            raise ValueError("a model folder is required (--model)")
+        if not self.input:
+            raise ValueError("a labelled folder is required (--input)")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+
+
 def check_remote(remote: str | None) -> None:
     """A Spark Connect URL is sc://HOST:PORT (optionally /;name=value parameters)."""
     if remote is not None and (not remote.startswith("sc://") or len(remote) <= len("sc://")):

@@ -34,7 +34,7 @@ def scree_png(ratios: list[float], k: int, variance_target: float | None) -> byt
     return _png(fig)
 
 
-def confusion_matrix_png(matrix: list[list[int]], classes: list[str]) -> bytes:
+def confusion_matrix_png(matrix: list[list[int]], classes: list[str], split: str = "Test") -> bytes:
     """Rows: true class, columns: predicted class; counts in the cells, darker = more."""
     import matplotlib
 
@@ -58,7 +58,57 @@ def confusion_matrix_png(matrix: list[list[int]], classes: list[str]) -> bytes:
                 ax.text(column, row, str(value), ha="center", va="center", fontsize=7,
                         color="white" if value > threshold else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title(f"Confusion matrix on Test: {int(np.trace(counts))} of {int(counts.sum())} correct")
+    ax.set_title(f"Confusion matrix on {split}: {int(np.trace(counts))} of {int(counts.sum())} correct")
+    return _png(fig)
+
+
+def reliability_png(bins: list[tuple[float, float, int, float | None, float | None]], ece: float) -> bytes:
+    """Reliability diagram: accuracy per confidence bin (lower, upper, count, confidence, accuracy)
+    against the diagonal of perfect calibration; bar labels are the bins' photo counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5.5), dpi=100)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    filled = [(lower, upper, count, confidence, accuracy) for lower, upper, count, confidence, accuracy in bins
+              if confidence is not None and accuracy is not None]
+    for lower, upper, count, _, accuracy in filled:
+        ax.bar(lower, accuracy, width=upper - lower, align="edge", color="#4c72b0", edgecolor="white")
+        ax.text((lower + upper) / 2, accuracy + 0.01, str(count), ha="center", fontsize=7)
+    ax.plot([row[3] for row in filled], [row[4] for row in filled], color="#dd8452", marker="o",
+            label="accuracy at mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("max probability (confidence)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left")
+    ax.set_title(f"Reliability: ECE {ece:.3f} ({len(bins)} equal-width bins)")
+    return _png(fig)
+
+
+def coverage_png(points: list[tuple[float, float, float | None]], chosen: float | None) -> bytes:
+    """The "not sure" threshold's trade-off: coverage and accuracy-on-answered per threshold
+    (threshold, coverage, accuracy); the threshold in force, if any, marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    thresholds = [row[0] for row in points]
+    ax.plot(thresholds, [row[1] for row in points], color="#4c72b0", label="coverage (share answered)")
+    answered = [(threshold, accuracy) for threshold, _, accuracy in points if accuracy is not None]
+    ax.plot([row[0] for row in answered], [row[1] for row in answered], color="#55a868",
+            label="accuracy on the answered")
+    if chosen is not None:
+        ax.axvline(chosen, color="#c44e52", linestyle="--", label=f"threshold {chosen:g}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("threshold on the max probability (below: \"not sure\")")
+    ax.legend(loc="lower left")
+    ax.set_title("Coverage and accuracy of the \"not sure\" threshold")
     return _png(fig)
 
 

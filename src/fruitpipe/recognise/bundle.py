@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -186,16 +186,32 @@ class PhotoResult:
         return {"photo": self.photo, "predictions": [asdict(p) for p in self.predictions]}
 
 
+@dataclass(frozen=True)
+class PhotoProbabilities:
+    """One photo's class probabilities (in the bundle's class order), or why it could not be read or decoded."""
+
+    photo: str
+    probabilities: np.ndarray | None = None
+    error: str | None = None
+
+
 def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
                    store: Store | None = None) -> list[PhotoResult]:
     """Photos (local paths or s3:// URIs, read through `store`; None: the default AWS chain) -> one result
-    each, in order; a bad photo never stops the others.
-
-    Photos are read and decoded one by one and embedded BATCH_SIZE at a time, so memory stays bounded."""
+    each, in order; a bad photo never stops the others."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return [PhotoResult(result.photo, error=result.error) if result.probabilities is None
+            else PhotoResult(result.photo, tuple(model.top(result.probabilities, top_k)))
+            for result in photo_probabilities(model, photos, store=store)]
+
+
+def photo_probabilities(model: Bundle, photos: Sequence[str], *,
+                        store: Store | None = None) -> Iterator[PhotoProbabilities]:
+    """Photos -> their probabilities, in order, one result each (predict and evaluate share it).
+
+    Photos are read and decoded one by one and embedded BATCH_SIZE at a time, so memory stays bounded."""
     store = store or Store()
-    results: list[PhotoResult] = []
     for start in range(0, len(photos), BATCH_SIZE):
         chunk = photos[start:start + BATCH_SIZE]
         decoded: dict[int, np.ndarray] = {}
@@ -206,9 +222,9 @@ def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
             except (OSError, ValueError) as exc:  # DecodeError is a ValueError; missing files are OSErrors
                 errors[index] = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
         probabilities = dict(zip(decoded, model.probabilities_of_pixels(list(decoded.values())), strict=True))
-        results += [PhotoResult(photo, error=errors[i]) if i in errors
-                    else PhotoResult(photo, tuple(model.top(probabilities[i], top_k))) for i, photo in enumerate(chunk)]
-    return results
+        for i, photo in enumerate(chunk):
+            yield (PhotoProbabilities(photo, error=errors[i]) if i in errors
+                   else PhotoProbabilities(photo, probabilities[i]))
 
 
 def _bundle_folder(path: Path) -> Path:

@@ -6,10 +6,8 @@ confusion matrix, computed distributed (only n_classes^2 counts reach the driver
 """
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import io
 import logging
 import tempfile
 from dataclasses import dataclass, replace
@@ -33,7 +31,7 @@ from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
-from fruitpipe.recognise import bundle
+from fruitpipe.recognise import bundle, evaluation
 from fruitpipe.recognise.contracts import (
     BundleDescription,
     BundlePca,
@@ -271,12 +269,8 @@ def confusion_matrix(model: LogisticRegressionModel, data: DataFrame, n_classes:
 def metrics_from_confusion(counts: np.ndarray, classes: list[str] | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class precision/recall/F1/support (0 where undefined, as sklearn's
     zero_division=0); the macro average runs over the classes present in the truth or the predictions."""
-    correct = np.diag(counts).astype(float)
-    support, predicted = counts.sum(axis=1), counts.sum(axis=0)
-    precision = np.divide(correct, predicted, out=np.zeros_like(correct), where=predicted > 0)
-    recall = np.divide(correct, support, out=np.zeros_like(correct), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(correct),
-                   where=precision + recall > 0)
+    precision, recall, f1, support = evaluation.class_scores(counts)
+    correct, predicted = np.diag(counts).astype(float), counts.sum(axis=0)
     present = (support > 0) | (predicted > 0)
     total = int(counts.sum())
     metrics: dict[str, Any] = {
@@ -294,12 +288,9 @@ def metrics_from_confusion(counts: np.ndarray, classes: list[str] | None = None)
 
 def _write_evaluation(store: Store, output: str, metrics: dict[str, Any], classes: list[str]) -> None:
     sinks.write_json(store, storage.join(output, METRICS), metrics)
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["class", "precision", "recall", "f1", "support"])
-    for name, row in metrics["per_class"].items():
-        writer.writerow([name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", row["support"]])
-    store.write_bytes(storage.join(output, PER_CLASS), table.getvalue().encode("utf-8"))
+    rows = [evaluation.ClassScores(name, row["precision"], row["recall"], row["f1"], row["support"])
+            for name, row in metrics["per_class"].items()]
+    store.write_bytes(storage.join(output, PER_CLASS), evaluation.per_class_csv(rows))
     store.write_bytes(storage.join(output, CONFUSION),
                       plots.confusion_matrix_png(metrics["confusion_matrix"]["counts"], classes))
 
