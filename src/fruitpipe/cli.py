@@ -20,7 +20,8 @@ from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 
 if TYPE_CHECKING:  # the contracts' modules are imported by the commands that produce them
     from fruitpipe.batch.manifest import RunManifest
-    from fruitpipe.recognise.contracts import TrainManifest
+    from fruitpipe.recognise.bundle import Prediction
+    from fruitpipe.recognise.contracts import Calibration, TrainManifest
     from fruitpipe.recognise.evaluation import EvaluationReport
 
 logger = logging.getLogger("fruitpipe")
@@ -68,6 +69,20 @@ def _fraction(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
+    return value
+
+
+THRESHOLD_HELP = ("answer 'not sure' (unknown) when the highest calibrated probability is below T, 0..1 "
+                  "(default: the threshold chosen by 'fruitpipe train', in bundle.json)")
 
 
 def _add_s3_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_s3_arguments(train)
     train.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe model folder")
     train.add_argument("--json", action="store_true", help="print the model manifest as JSON instead of a summary")
+    train.add_argument("--target-precision", type=_fraction, default=0.95, metavar="P",
+                       help="choose the 'not sure' threshold on validation so that answered photos are right at "
+                            "least this often (default: %(default)s)")
     train.set_defaults(handler=_cmd_train)
 
     predict = commands.add_parser("predict", help="classify photos with a trained bundle (in process, no Spark)")
@@ -169,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=_positive_int, default=5,
                          help="classes shown per photo (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
+    predict.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
     predict.set_defaults(handler=_cmd_predict)
 
     evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled folder: accuracy, top-3, "
@@ -219,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ONNX Runtime threads per inference (default: %(default)s)")
     serve.add_argument("--concurrency", type=_positive_int,
                        help="photos classified at the same time; others queue (default: one per core)")
+    serve.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
     serve.set_defaults(handler=_cmd_serve)
 
     package = commands.add_parser("package", help="build the relocatable environment archive for cluster executors")
@@ -345,7 +365,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     master, remote = _session(args)
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
                                        master=master, spark_conf=parse_spark_conf(args.conf),
-                                       s3=_s3_options(args), remote=remote))
+                                       s3=_s3_options(args), remote=remote,
+                                       target_precision=args.target_precision))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
           else train_summary(manifest, args.output))
     return 0
@@ -360,13 +381,22 @@ def train_summary(manifest: TrainManifest, output: str) -> str:
         f"  Test        accuracy {metrics.accuracy:.2%}, macro-F1 {metrics.macro_f1:.4f} "
         f"on {counts.test} images (per class: per_class.csv, confusion_matrix.png)",
         f"  bundle      {output}/bundle (fruitpipe predict --model {output} PHOTO...)",
+        *([_calibration_line(manifest.calibration)] if manifest.calibration else []),
     ])
+
+
+def _calibration_line(calibration: Calibration) -> str:
+    c = calibration
+    reached = "" if c.target_reached else f", target {c.target_precision:.0%} not reached"
+    return (f"  not sure    below {c.threshold:.4f} (temperature {c.temperature:.4g}; validation: "
+            f"{c.coverage_at_threshold:.1%} answered, {c.precision_at_threshold:.1%} of them right, "
+            f"ECE {c.ece_before:.4f} -> {c.ece_after:.4f}{reached})")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fruitpipe.recognise.bundle import Bundle, predict_photos
 
-    results = predict_photos(Bundle.load(args.model), args.photos, args.top_k)
+    results = predict_photos(Bundle.load(args.model, threshold=args.threshold), args.photos, args.top_k)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False))
     for result in results:
@@ -374,6 +404,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"fruitpipe predict: error: {result.photo}: {result.error}", file=sys.stderr)
         elif not args.json:
             print(result.photo)
+            if result.answer is not None and result.answer.unknown:
+                print(f"  {not_sure(result.predictions)}")
             print("\n".join(f"  {p.probability:8.2%}  {p.label}" for p in result.predictions))
     failed = sum(result.error is not None for result in results)
     if failed:
@@ -418,6 +450,12 @@ def evaluate_summary(report: EvaluationReport, output: str | None) -> str:
     return "\n".join(lines)
 
 
+def not_sure(predictions: Sequence[Prediction]) -> str:
+    """The console line of an unknown answer: its two best guesses."""
+    guesses = " or ".join(f"{p.label} ({p.probability:.0%})" for p in predictions[:2])
+    return f"not sure: maybe {guesses}"
+
+
 def _integers(text: str, flag: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -452,7 +490,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fruitpipe.recognise import serve
 
     serve.serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                threads=args.threads, concurrency=args.concurrency)
+                threads=args.threads, concurrency=args.concurrency, threshold=args.threshold)
     return 0
 
 

@@ -161,9 +161,12 @@ class TrainConfig:
     validation_fraction: float = 0.2  # of Training, per class, to choose the classifier (Test is never used)
     seed: int = 0
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
+    target_precision: float = 0.95  # the "not sure" threshold is chosen on validation for this precision
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
+        if not 0.0 < self.target_precision <= 1.0:
+            raise ValueError(f"target precision must be in (0, 1], got {self.target_precision}")
         if not self.features:
             raise ValueError("a run output is required (--features)")
         if not self.output:

@@ -10,7 +10,7 @@
   loopback port, `fruitpipe.devtools.serveprocess`) with N concurrent clients. Each client thread holds one
   keep-alive connection and POSTs the bundled sample's Test photos (270 JPEGs, 100x100) back to back,
   `requests` per point after a warm-up. Latency is the client's wall time per request (upload, decode,
-  CNN, PCA, classifier, JSON); `server_inference_ms` is the server's own time in `predict_bytes` (queueing
+  CNN, PCA, classifier, JSON); `server_inference_ms` is the server's own time in `answer_bytes` (queueing
   excluded). Server configs "TxC": T ONNX Runtime threads per inference, C inferences at a time (1x2 is
   `fruitpipe serve`'s default on 2 cores). Without a `model` parameter a model is trained on the bundled
   sample first (`fruitpipe run` + `fruitpipe train`, a few minutes). The clients share the cores with the

@@ -21,6 +21,7 @@ import numpy as np
 
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
+from fruitpipe.recognise import calibration
 from fruitpipe.recognise.contracts import BundleDescription
 from fruitpipe.storage import Store, file_sha256
 
@@ -36,6 +37,18 @@ BATCH_SIZE = 32  # images per ONNX Runtime call: bounds memory for long lists
 class Prediction:
     label: str
     probability: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One photo's top guesses (calibrated probabilities, most probable first) and whether the recogniser
+    is not sure: its highest probability is below the threshold in use (never, without a threshold)."""
+
+    predictions: tuple[Prediction, ...]
+    unknown: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unknown": self.unknown, "predictions": [asdict(p) for p in self.predictions]}
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,8 @@ def write(folder: str | Path, onnx_file: str | Path, description: BundleDescript
 class Bundle:
     """A loaded bundle; thread-safe for prediction (ONNX Runtime sessions are)."""
 
-    def __init__(self, folder: Path, description: BundleDescription, arrays: Arrays, threads: int) -> None:
+    def __init__(self, folder: Path, description: BundleDescription, arrays: Arrays, threads: int,
+                 threshold: float | None = None) -> None:
         self.folder = folder
         self.description = description
         self.arrays = arrays
@@ -88,10 +102,18 @@ class Bundle:
         self.runtime = description.model.recorded_runtime(f"bundle {folder}")
         self.threads = threads
         self.onnx_path = str(folder / ONNX_FILE)
+        calibrated = description.calibration
+        self.temperature = calibrated.temperature if calibrated else 1.0
+        self.threshold = check_threshold(threshold) if threshold is not None else (
+            calibrated.threshold if calibrated else None)
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> Bundle:
-        """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256."""
+    def load(cls, path: str | Path, threads: int | None = None, threshold: float | None = None) -> Bundle:
+        """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256.
+
+        `threshold` (0..1) replaces the bundle's own "not sure" threshold (--threshold)."""
+        if threshold is not None:
+            check_threshold(threshold)
         folder = _bundle_folder(Path(path))
         description = _read_description(folder)
         for name, expected in description.files.items():
@@ -106,7 +128,7 @@ class Bundle:
         arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
             arrays.check(description.model.feature_dim, len(classes))
-            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1)
+            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bundle {folder} is invalid ({type(exc).__name__}: {exc})") from exc
         logger.debug("loaded bundle %s: %d classes, k=%d", folder, len(classes), arrays.components.shape[1])
@@ -129,17 +151,26 @@ class Bundle:
         return self.classify(np.concatenate(features))
 
     def classify(self, features: np.ndarray) -> np.ndarray:
-        """CNN features (n, d) -> probabilities, computed as the Spark batch path does.
+        """CNN features (n, d) -> calibrated probabilities, computed as the Spark batch path does.
 
         Centring and projection in float64, the projection rounded to float32 (the precision the
-        pipeline stores `pca` in), then softmax of the logistic regression margins in float64."""
+        pipeline stores `pca` in), then softmax of the logistic regression margins / temperature in float64."""
         centred = np.asarray(features, dtype=np.float64) - self.arrays.mean
         projected = (centred @ self.arrays.components).astype(np.float32).astype(np.float64)
         margins = projected @ self.arrays.coefficients.T + self.arrays.intercepts
-        margins -= margins.max(axis=1, keepdims=True)
-        exponentials = np.exp(margins)
-        probabilities: np.ndarray = exponentials / exponentials.sum(axis=1, keepdims=True)
-        return probabilities
+        return calibration.softmax(margins, self.temperature)
+
+    def is_unknown(self, probabilities: np.ndarray) -> bool:
+        """One row of calibrated probabilities is "not sure" when its highest is below the threshold."""
+        return self.threshold is not None and float(probabilities.max()) < self.threshold
+
+    def answer(self, probabilities: np.ndarray, top_k: int = 5) -> Answer:
+        """One row of probabilities -> the top_k guesses and whether they are only guesses."""
+        return Answer(tuple(self.top(probabilities, top_k)), self.is_unknown(probabilities))
+
+    def answer_bytes(self, data: bytes, top_k: int = 5) -> Answer:
+        """Photo bytes -> Answer; DecodeError (a ValueError) for a bad photo."""
+        return self.answer(self.probabilities([data])[0], top_k)
 
     def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[Prediction]:
         """One row of probabilities -> the top_k classes, most probable first."""
@@ -169,21 +200,35 @@ class Bundle:
             "source": description.source.to_json(),
             "created": description.created,
             "metrics": description.metrics.to_json() if description.metrics else {},
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "calibration": description.calibration.to_json() if description.calibration else None,
         }
+
+
+def check_threshold(threshold: float) -> float:
+    """A "not sure" threshold is a probability: 0 (never unknown) to 1 (unknown unless certain)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the threshold must be a probability between 0 and 1, got {threshold}")
+    return threshold
 
 
 @dataclass(frozen=True)
 class PhotoResult:
-    """One photo's outcome: its top predictions, or why it could not be read or decoded."""
+    """One photo's outcome: its answer (top predictions, unknown or not), or why it could not be read or decoded."""
 
     photo: str
-    predictions: tuple[Prediction, ...] = ()
+    answer: Answer | None = None
     error: str | None = None
 
+    @property
+    def predictions(self) -> tuple[Prediction, ...]:
+        return self.answer.predictions if self.answer else ()
+
     def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:
+        if self.answer is None:
             return {"photo": self.photo, "error": self.error}
-        return {"photo": self.photo, "predictions": [asdict(p) for p in self.predictions]}
+        return {"photo": self.photo, **self.answer.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -202,7 +247,7 @@ def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     return [PhotoResult(result.photo, error=result.error) if result.probabilities is None
-            else PhotoResult(result.photo, tuple(model.top(result.probabilities, top_k)))
+            else PhotoResult(result.photo, model.answer(result.probabilities, top_k))
             for result in photo_probabilities(model, photos, store=store)]
 
 

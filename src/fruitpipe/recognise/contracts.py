@@ -138,6 +138,49 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling and the "not sure" threshold, both chosen on the validation part of Training
+    (recognise/calibration.py has the rules): probabilities are softmax(margins / temperature); a photo
+    whose highest probability is below `threshold` is unknown. ECE is measured on validation before
+    (T = 1) and after scaling; precision and coverage are the validation rows' at the threshold."""
+
+    temperature: float
+    threshold: float
+    target_precision: float
+    validation_rows: int
+    ece_before: float
+    ece_after: float
+    precision_at_threshold: float
+    coverage_at_threshold: float
+    target_reached: bool
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0 or not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"calibration needs temperature > 0 and a threshold in [0, 1], got "
+                             f"{self.temperature} and {self.threshold}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "threshold": self.threshold,
+                "target_precision": self.target_precision, "validation_rows": self.validation_rows,
+                "ece_before": self.ece_before, "ece_after": self.ece_after,
+                "precision_at_threshold": self.precision_at_threshold,
+                "coverage_at_threshold": self.coverage_at_threshold, "target_reached": self.target_reached}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Calibration:
+        return cls(fields.number("temperature"), fields.number("threshold"), fields.number("target_precision"),
+                   fields.integer("validation_rows"), fields.number("ece_before"), fields.number("ece_after"),
+                   fields.number("precision_at_threshold"), fields.number("coverage_at_threshold"),
+                   fields.flag("target_reached"))
+
+    @classmethod
+    def optional(cls, fields: Fields) -> Calibration | None:
+        """The `calibration` object of a manifest or bundle.json; None in files written before it existed."""
+        child = fields.optional_child("calibration")
+        return cls.from_json(child) if child else None
+
+
+@dataclass(frozen=True)
 class TrainManifest:
     """MODEL_DIR/manifest.json: the source run, the model, the choice, counts, metrics and timings.
 
@@ -153,13 +196,15 @@ class TrainManifest:
     metrics: Metrics
     timings_s: Timings
     schema_version: int = SCHEMA_VERSION
+    calibration: Calibration | None = None  # absent in manifests written before calibration existed
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema_version": self.schema_version, "kind": TRAIN_KIND, "created": self.created,
-                "source": self.source.to_json(), "model": self.model.to_json(),
-                "classifier": self.classifier.to_json(), "selection": self.selection.to_json(),
-                "classes": list(self.classes), "counts": self.counts.to_json(), "metrics": self.metrics.to_json(),
-                "timings_s": self.timings_s.to_json()}
+        document: dict[str, Any] = {"schema_version": self.schema_version, "kind": TRAIN_KIND, "created": self.created,
+                                    "source": self.source.to_json(), "model": self.model.to_json(),
+                                    "classifier": self.classifier.to_json(), "selection": self.selection.to_json(),
+                                    "classes": list(self.classes), "counts": self.counts.to_json(),
+                                    "metrics": self.metrics.to_json(), "timings_s": self.timings_s.to_json()}
+        return {**document, **({"calibration": self.calibration.to_json()} if self.calibration else {})}
 
     @classmethod
     def from_json(cls, fields: Fields) -> TrainManifest:
@@ -172,7 +217,8 @@ class TrainManifest:
                    selection=Selection.from_json(fields.child("selection")), classes=fields.texts("classes"),
                    counts=TrainCounts.from_json(fields.child("counts")),
                    metrics=Metrics.from_json(fields.child("metrics")),
-                   timings_s=Timings.from_json(fields.child("timings_s")), schema_version=version)
+                   timings_s=Timings.from_json(fields.child("timings_s")), schema_version=version,
+                   calibration=Calibration.optional(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> TrainManifest:
@@ -197,7 +243,7 @@ class BundlePca:
 @dataclass(frozen=True)
 class BundleDescription:
     """bundle.json: what the bundle's files are and where they came from. `files` (file -> sha256) is
-    filled in by `bundle.write` once the files exist; `pca` and `metrics` may be absent (None).
+    filled in by `bundle.write` once the files exist; `pca`, `metrics` and `calibration` may be absent (None).
 
     `schema_version` is the version the value was read from (what `to_json` writes back)."""
 
@@ -211,6 +257,7 @@ class BundleDescription:
     classes: tuple[str, ...]
     files: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    calibration: Calibration | None = None  # absent (old bundles): T = 1 and nothing is ever unknown
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -219,7 +266,8 @@ class BundleDescription:
             "limits": {"max_bytes": self.limits.max_bytes, "max_pixels": self.limits.max_pixels},
             "pca": self.pca.to_json() if self.pca else None, "classifier": self.classifier.to_json(),
             "source": self.source.to_json(), "metrics": self.metrics.to_json() if self.metrics else None,
-            "classes": list(self.classes), "files": dict(self.files)}
+            "classes": list(self.classes), "files": dict(self.files),
+            "calibration": self.calibration.to_json() if self.calibration else None}
         return {key: value for key, value in document.items() if value is not None}
 
     @classmethod
@@ -237,7 +285,8 @@ class BundleDescription:
                    classifier=Classifier.from_json(fields.child("classifier")),
                    source=SourceRun.from_json(fields.child("source")),
                    metrics=Metrics.from_json(metrics) if metrics else None, classes=fields.texts("classes"),
-                   files=fields.child("files").all_texts(), schema_version=version)
+                   files=fields.child("files").all_texts(), schema_version=version,
+                   calibration=Calibration.optional(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> BundleDescription:

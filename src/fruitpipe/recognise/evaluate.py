@@ -80,10 +80,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
 
 
 def _threshold(config: EvaluateConfig, model: Bundle) -> float | None:
-    """The "not sure" threshold reported on: --threshold today. The one place to fall back on the bundle's
-    own threshold once bundle.json records one (e.g. `config.threshold if ... else model.description.threshold`)."""
-    del model  # the bundle's threshold is read here once it exists
-    return config.threshold
+    """The "not sure" threshold reported on: --threshold, else the bundle's own (None: an uncalibrated bundle)."""
+    return config.threshold if config.threshold is not None else model.threshold
 
 
 def use_spark(config: EvaluateConfig, photos: int) -> bool:

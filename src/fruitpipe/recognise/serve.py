@@ -41,7 +41,7 @@ TOP_K_HELP = "how many classes to return, most probable first (capped at the num
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors 'none'")
 HEALTH_KEYS = ("model", "weights_sha256", "onnx_sha256", "feature_dim", "input_size", "k", "classifier",
-               "classes", "created")
+               "classes", "created", "temperature", "threshold")
 PREDICT_BODY = {  # the multipart body is parsed by hand (to bound it), so OpenAPI is told its shape here
     "required": True,
     "content": {"multipart/form-data": {"schema": {
@@ -61,7 +61,7 @@ class Predictor(Protocol):
 
     classes: list[str]
 
-    def predict_bytes(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> list[Any]: ...
+    def answer_bytes(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> Any: ...  # an Answer: .predictions, .unknown
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -107,12 +107,13 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
         """Classify one photo sent as the multipart field `file`."""
         filename, data = await _read_upload(request, max_upload_bytes)
         try:
-            predictions, seconds = await anyio.to_thread.run_sync(
+            answer, seconds = await anyio.to_thread.run_sync(
                 partial(_timed_predict, bundle, data, min(top_k, len(bundle.classes))), limiter=limiter)
         except DecodeError as exc:
             raise RequestError(422, f"not a usable image: {exc}") from None
         return {
-            "predictions": [{"label": p.label, "probability": p.probability} for p in predictions],
+            "unknown": bool(answer.unknown),  # the highest probability is below the threshold: the guesses follow
+            "predictions": [{"label": p.label, "probability": p.probability} for p in answer.predictions],
             "filename": filename,
             "bytes": len(data),
             "inference_ms": round(seconds * 1000.0, 3),  # decode + CNN + classifier, without the wait for a slot
@@ -122,10 +123,10 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
     return app
 
 
-def _timed_predict(bundle: Predictor, data: bytes, top_k: int) -> tuple[list[Any], float]:
+def _timed_predict(bundle: Predictor, data: bytes, top_k: int) -> tuple[Any, float]:
     started = time.perf_counter()
-    predictions = bundle.predict_bytes(data, top_k)
-    return predictions, time.perf_counter() - started
+    answer = bundle.answer_bytes(data, top_k)
+    return answer, time.perf_counter() - started
 
 
 def _health_document(bundle: Predictor, max_upload_bytes: int, concurrency: int) -> dict[str, Any]:
@@ -223,12 +224,13 @@ def warm_up(bundle: Predictor) -> None:
 
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (255, 255, 255)).save(buffer, "PNG")
-    bundle.predict_bytes(buffer.getvalue(), top_k=1)
+    bundle.answer_bytes(buffer.getvalue(), top_k=1)
 
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
-          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, threads: int = 1, concurrency: int | None = None) -> None:
-    """Load the bundle, bind, and run uvicorn until interrupted.
+          max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, threads: int = 1, concurrency: int | None = None,
+          threshold: float | None = None) -> None:
+    """Load the bundle, bind, and run uvicorn until interrupted; `threshold` replaces the bundle's own.
 
     Defaults: one ONNX Runtime thread per inference and one inference per core. On the 2-core
     reference machine that gave the higher throughput from 2 concurrent clients on; 2 threads x 1
@@ -237,13 +239,14 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from fruitpipe.recognise.bundle import Bundle
 
-    bundle = Bundle.load(model_dir, threads=threads)
+    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold)
     app = create_app(bundle, max_upload_bytes=max_upload_bytes, concurrency=concurrency or os.cpu_count() or 1)
     sock = bind_socket(host, port)
     warm_up(bundle)
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    logger.info("serving %s (%d classes) on http://%s:%d/", bundle.describe()["model"], len(bundle.classes),
-                shown_host, bound_port)
+    logger.info("serving %s (%d classes, temperature %.4g, threshold %s) on http://%s:%d/",
+                bundle.describe()["model"], len(bundle.classes), bundle.temperature,
+                "none" if bundle.threshold is None else f"{bundle.threshold:.4g}", shown_host, bound_port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
     server.run(sockets=[sock])

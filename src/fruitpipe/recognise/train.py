@@ -19,7 +19,7 @@ import numpy as np
 from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel
 from pyspark.ml.feature import StringIndexerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from fruitpipe import sparkapi, storage
@@ -31,10 +31,11 @@ from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
-from fruitpipe.recognise import bundle, evaluation
+from fruitpipe.recognise import bundle, calibration, evaluation
 from fruitpipe.recognise.contracts import (
     BundleDescription,
     BundlePca,
+    Calibration,
     Classifier,
     Metrics,
     Scores,
@@ -176,16 +177,20 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         counts = TrainCounts(training=training.count(), validation=validation.count(), test=test.count())
     with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
         chosen, scores = _choose(fit_part, validation, len(classes)) if counts.validation else (CANDIDATES[0], {})
+    with timer.stage("calibrate"):  # no validation images: no temperature (T = 1) and no threshold
+        calibrated = calibrate(chosen, fit_part, validation, config.target_precision) if counts.validation else None
     with timer.stage("fit"):
         classifier = chosen.estimator().fit(training)
     with timer.stage("evaluate"):
         metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
+        if calibrated is not None:
+            metrics["calibration"] = selective_metrics(classifier, test, calibrated)
     prepared.unpersist()
     headline = Metrics(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
     with timer.stage("write"):
         _write_evaluation(store, config.output, metrics, classes)
         save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER), store=store)
-        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline)
+        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline, calibrated)
     manifest = TrainManifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         source=source.fingerprint(),
@@ -200,6 +205,7 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         counts=counts,
         metrics=headline,
         timings_s=timer.timings(),
+        calibration=calibrated,
     )
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.commit(store, config.output, counts.to_json())
@@ -246,6 +252,56 @@ def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple
         logger.info("candidate %s: validation accuracy %.4f, macro-F1 %.4f, log-loss %.4f", candidate.name,
                     metrics["accuracy"], metrics["macro_f1"], loss)
     return chosen, scores
+
+
+def calibrate(candidate: Candidate, fit_part: DataFrame, validation: DataFrame, target_precision: float) -> Calibration:
+    """Temperature and "not sure" threshold of the chosen candidate, fitted on validation only.
+
+    The margins come from the candidate fitted on the fit part (the model that has not seen the
+    validation rows); the final model, refitted on all of Training, inherits T and the threshold.
+    Only n_validation x n_classes margins reach the driver."""
+    model = candidate.estimator().fit(fit_part)
+    rows = model.transform(validation).select(vector_to_array(F.col("rawPrediction")).alias("margins"),
+                                              F.col(LABEL_INDEX).cast("int").alias("label")).collect()
+    margins = np.array([row["margins"] for row in rows], dtype=np.float64)
+    labels = np.array([row["label"] for row in rows], dtype=np.int64)
+    calibrated = calibration.calibrate(margins, labels, target_precision)
+    logger.info("calibration on %d validation rows: temperature %.4g (ECE %.4f -> %.4f), threshold %.4f answers "
+                "%.1f%% at precision %.3f", len(labels), calibrated.temperature, calibrated.ece_before,
+                calibrated.ece_after, calibrated.threshold, 100 * calibrated.coverage_at_threshold,
+                calibrated.precision_at_threshold)
+    return calibrated
+
+
+def calibrated_probability(temperature: float) -> Column:
+    """softmax(rawPrediction / T) as an array column, in Spark: the batch path's calibrated probabilities
+    (Spark's own `probability` column is softmax(rawPrediction), T = 1)."""
+    scaled = F.transform(vector_to_array(F.col("rawPrediction")), lambda margin: margin / F.lit(temperature))
+    shifted = F.transform(scaled, lambda value: F.exp(value - F.array_max(scaled)))
+    total = F.aggregate(shifted, F.lit(0.0).cast("double"), lambda sum_, value: sum_ + value)
+    return F.transform(shifted, lambda value: value / total)
+
+
+def selective_metrics(model: LogisticRegressionModel, data: DataFrame, calibrated: Calibration) -> dict[str, Any]:
+    """Calibrated ECE, and coverage and accuracy of the answered rows at the threshold, aggregated in Spark
+    (15 bins of counts reach the driver). Reported for Test; never used for a choice."""
+    scored = model.transform(data).select(
+        F.array_max(calibrated_probability(calibrated.temperature)).alias("confidence"),
+        (F.col("prediction") == F.col(LABEL_INDEX)).cast("double").alias("correct"))
+    bins = F.least(F.floor(F.col("confidence") * calibration.ECE_BINS), F.lit(calibration.ECE_BINS - 1))
+    per_bin = scored.groupBy(bins.cast("int").alias("bin")).agg(
+        F.count(F.lit(1)).alias("rows"), F.sum("confidence").alias("confidence"), F.sum("correct").alias("correct"),
+        F.sum((F.col("confidence") >= calibrated.threshold).cast("int")).alias("answered"),
+        F.sum(F.when(F.col("confidence") >= calibrated.threshold, F.col("correct"))).alias("answered_correct"),
+    ).collect()
+    rows, answered = sum(row["rows"] for row in per_bin), sum(row["answered"] for row in per_bin)
+    answered_correct = sum(row["answered_correct"] or 0.0 for row in per_bin)
+    return {"temperature": calibrated.temperature, "threshold": calibrated.threshold,
+            "ece": calibration.ece_from_bins(np.array([row["rows"] for row in per_bin]),
+                                             np.array([row["confidence"] for row in per_bin]),
+                                             np.array([row["correct"] for row in per_bin])),
+            "coverage": answered / rows if rows else 0.0,
+            "accuracy_answered": answered_correct / answered if answered else 0.0, "unknown": rows - answered}
 
 
 def log_loss(model: LogisticRegressionModel, data: DataFrame) -> float:
@@ -297,7 +353,7 @@ def _write_evaluation(store: Store, output: str, metrics: dict[str, Any], classe
 
 def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
-                  metrics: Metrics) -> None:
+                  metrics: Metrics, calibrated: Calibration | None) -> None:
     """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
     pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL)).arrays()
     arrays = bundle.Arrays(mean=pca.mean, components=pca.components,
@@ -312,6 +368,7 @@ def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: model
         source=source.fingerprint(),
         metrics=metrics,
         classes=tuple(classes),
+        calibration=calibrated,
     )
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
         bundle.write(folder, onnx, description, arrays)
