@@ -87,3 +87,25 @@ def trained_bundle(spark, bundled_run, tmp_path_factory: pytest.TempPathFactory)
     from trained import train_on
 
     return train_on(bundled_run[0], tmp_path_factory.mktemp("trained") / "model")
+
+
+@pytest.fixture(scope="session")
+def unsure_photos(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A fruit photo the model knows ("banana") and a synthetic picture that is no fruit ("noise")."""
+    from badimages import jpeg_bytes
+
+    folder = tmp_path_factory.mktemp("unsure-photos")
+    (folder / "noise.jpg").write_bytes(jpeg_bytes(160, 120, seed=7))
+    return {"banana": sorted((sample_dir / "Test" / "Banana").glob("*.jpg"))[0], "noise": folder / "noise.jpg"}
+
+
+@pytest.fixture(scope="session")
+def threshold_between(trained_bundle: Path, unsure_photos: dict[str, Path]) -> float:
+    """A "not sure" threshold between the two photos' highest probabilities: the banana answered, the noise not."""
+    from fruitpipe.recognise.bundle import Bundle
+
+    model = Bundle.load(trained_bundle)
+    banana, noise = (float(model.probabilities([unsure_photos[name].read_bytes()])[0].max())
+                     for name in ("banana", "noise"))
+    assert noise < banana, (noise, banana)
+    return round((noise + banana) / 2, 6)

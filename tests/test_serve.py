@@ -22,7 +22,7 @@ from PIL import Image
 
 from badimages import corrupt_idat_png, encode, header_bomb_png, jpeg_bytes
 from fruitpipe.devtools.serveprocess import running_server
-from fruitpipe.recognise.bundle import Bundle, Prediction
+from fruitpipe.recognise.bundle import Answer, Bundle, Prediction
 from fruitpipe.recognise.serve import bind_socket, create_app
 from helpers import fruitpipe_cli
 
@@ -83,6 +83,8 @@ def test_prediction_equals_in_process_bundle(server: str, bundle: Bundle, good_i
     assert body["filename"] == name and body["bytes"] == len(data)
     assert len(body["predictions"]) == 5
     assert_same_predictions(body["predictions"], bundle.predict_bytes(data, top_k=5))
+    assert body["unknown"] is bundle.answer_bytes(data).unknown  # the bundle's own threshold (no --threshold)
+    assert body["unknown"] is (body["predictions"][0]["probability"] < bundle.threshold)
 
 
 def test_sample_photos_are_recognised(server: str, good_images) -> None:
@@ -246,6 +248,7 @@ def test_health_describes_the_bundle(server: str, bundle: Bundle) -> None:
     for key in ("model", "weights_sha256", "onnx_sha256", "k", "feature_dim"):
         assert health[key] == described[key]
     assert health["max_upload_bytes"] == UPLOAD_LIMIT
+    assert (health["threshold"], health["temperature"]) == (bundle.threshold, bundle.temperature)
 
 
 def test_openapi_documents_predict_and_docs_page_is_off(server: str) -> None:
@@ -266,10 +269,10 @@ class BlockingBundle:
     def __init__(self) -> None:
         self.inside, self.release = threading.Event(), threading.Event()
 
-    def predict_bytes(self, data: bytes, top_k: int = 5) -> list[Prediction]:
+    def answer_bytes(self, data: bytes, top_k: int = 5) -> Answer:
         self.inside.set()
         self.release.wait(timeout=120)
-        return [Prediction("Banana", 1.0), Prediction("Apple", 0.0)][:top_k]
+        return Answer((Prediction("Banana", 1.0), Prediction("Apple", 0.0))[:top_k], unknown=False)
 
     def describe(self) -> dict:
         return {"model": "blocking stand-in", "classes": self.classes}

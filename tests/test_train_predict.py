@@ -47,14 +47,18 @@ def stored(trained_bundle: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def spark_scored(spark, trained_bundle: Path, stored: pd.DataFrame) -> pd.DataFrame:
-    """The batch path: the saved Spark LogisticRegressionModel on the pipeline's pca vectors."""
-    from pyspark.ml.functions import array_to_vector, vector_to_array
+    """The batch path: the saved Spark LogisticRegressionModel on the pipeline's pca vectors, its margins scaled
+    by the temperature recorded in the train manifest."""
+    from pyspark.ml.functions import array_to_vector
 
     from fruitpipe.ml import load_logistic_regression
+    from fruitpipe.recognise.train import calibrated_probability
 
+    temperature = json.loads((trained_bundle / "manifest.json").read_text())["calibration"]["temperature"]
     model = load_logistic_regression(str(trained_bundle / "classifier"))
     frame = spark.createDataFrame(stored[["path", "pca"]]).withColumn("pca_vector", array_to_vector("pca"))
-    scored = model.transform(frame).select("path", "prediction", vector_to_array("probability").alias("probability"))
+    scored = model.transform(frame).select("path", "prediction",
+                                           calibrated_probability(temperature).alias("probability"))
     return scored.toPandas().set_index("path").loc[stored["path"]].reset_index()
 
 

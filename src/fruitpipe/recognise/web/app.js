@@ -1,4 +1,5 @@
-// The fruitpipe page: choose or drop a photo, POST it to /predict, show the top classes as bars.
+// The fruitpipe page: choose or drop a photo, POST it to /predict, show the top classes as bars
+// (or "Not sure: maybe X or Y" when the server answers unknown).
 // Plain JavaScript, no framework and nothing fetched from elsewhere: the page works offline.
 "use strict";
 
@@ -87,9 +88,20 @@ async function classify(file) {
   }
   const body = await response.json();
   renderPredictions(body.predictions);
-  $("status").textContent = body.predictions.length
-    ? `Most likely: ${body.predictions[0].label} (${percent(body.predictions[0].probability)})`
-    : "No prediction";
+  $("status").textContent = statusText(body);
+  $("status").classList.toggle("unsure", Boolean(body.unknown));
+}
+
+// The headline: the best guess, or (below the model's threshold) "Not sure" with the two best guesses.
+// Said in words, so it does not depend on colour.
+function statusText(body) {
+  const [first, second] = body.predictions;
+  if (!first) return "No prediction";
+  if (body.unknown) {
+    const guesses = [first, second].filter(Boolean).map((p) => `${p.label} (${percent(p.probability)})`);
+    return `Not sure: maybe ${guesses.join(" or ")}`;
+  }
+  return `Most likely: ${first.label} (${percent(first.probability)})`;
 }
 
 async function showModel() {
@@ -97,7 +109,9 @@ async function showModel() {
     const response = await fetch("/health");
     if (!response.ok) return;
     const health = await response.json();
-    $("model").textContent = `Model ${health.model}, ${health.classes.length} classes`;
+    const unsure = typeof health.threshold === "number"
+      ? `, "not sure" below ${percent(health.threshold)}` : "";
+    $("model").textContent = `Model ${health.model}, ${health.classes.length} classes${unsure}`;
   } catch (ignored) { /* the page still works without this line */ }
 }
 
