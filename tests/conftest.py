@@ -109,3 +109,13 @@ def threshold_between(trained_bundle: Path, unsure_photos: dict[str, Path]) -> f
                      for name in ("banana", "noise"))
     assert noise < banana, (noise, banana)
     return round((noise + banana) / 2, 6)
+
+
+@pytest.fixture(scope="session")
+def unsure_server(trained_bundle: Path, threshold_between: float, tmp_path_factory: pytest.TempPathFactory):
+    """`fruitpipe serve --threshold T` (T: `threshold_between`) as its own process; yields its base URL."""
+    from fruitpipe.devtools.serveprocess import running_server
+
+    with running_server(trained_bundle, tmp_path_factory.mktemp("serve-threshold"),
+                        "--threshold", str(threshold_between)) as server_process:
+        yield server_process.base_url

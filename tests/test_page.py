@@ -138,25 +138,16 @@ def test_invalid_file_shows_the_server_error(browser, page_server: str, tmp_path
     assert browser.find_elements("css selector", "#predictions li") == []
 
 
-@pytest.fixture(scope="module")
-def unsure_page_server(trained_bundle: Path, threshold_between: float,
-                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`fruitpipe serve --threshold T`, T between the banana's and the noise picture's highest probabilities."""
-    with running_server(trained_bundle, tmp_path_factory.mktemp("unsure-page-server"),
-                        "--threshold", str(threshold_between)) as server_process:
-        yield server_process.base_url
-
-
 def shown_status(driver, prefix: str):
     return wait_for(driver, lambda d: d.find_element("id", "status")
                     if d.find_element("id", "status").text.startswith(prefix) else False)
 
 
-def test_page_says_not_sure_below_the_threshold(browser, unsure_page_server: str, trained_bundle: Path,
+def test_page_says_not_sure_below_the_threshold(browser, unsure_server: str, trained_bundle: Path,
                                                 unsure_photos: dict[str, Path]) -> None:
     model = Bundle.load(trained_bundle)
     first, second = model.predict_bytes(unsure_photos["noise"].read_bytes(), top_k=2)
-    open_page(browser, unsure_page_server)
+    open_page(browser, unsure_server)
     assert '"not sure" below' in browser.find_element("id", "model").text
     browser.find_element("id", "file").send_keys(str(unsure_photos["noise"]))
     status = shown_status(browser, "Not sure")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,6 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from fruitpipe.devtools.serveprocess import running_server
 from fruitpipe.recognise import calibration
 from fruitpipe.recognise.bundle import Bundle
 from helpers import fruitpipe_cli
@@ -161,14 +159,6 @@ def test_bad_threshold_is_one_line(trained_bundle: Path, unsure_photos: dict[str
 
 
 # ---------------------------------------------------------------- fruitpipe serve --threshold
-
-@pytest.fixture(scope="module")
-def unsure_server(trained_bundle: Path, threshold_between: float,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_server(trained_bundle, tmp_path_factory.mktemp("serve-threshold"),
-                        "--threshold", str(threshold_between)) as server_process:
-        yield server_process.base_url
-
 
 def test_serve_threshold_overrides_the_bundles(unsure_server: str, bundle: Bundle, unsure_photos: dict[str, Path],
                                                threshold_between: float) -> None:
