@@ -148,10 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
     run.set_defaults(handler=_cmd_run)
 
-    sample = commands.add_parser("sample-data", help="synthesise a larger data set from the bundled sample")
-    sample.add_argument("--output", required=True, help="folder to create")
-    sample.add_argument("--per-class", type=_positive_int, required=True, help="images per class in total")
+    sample = commands.add_parser("sample-data", help="synthesise a larger data set, or a shifted test set, from "
+                                 "the bundled sample")
+    sample.add_argument("--output", help="folder to create (required unless --list-shifts)")
+    sample.add_argument("--per-class", type=_positive_int, help="images per class in total (required without "
+                        "--shift; with --shift default: one per bundled Test image)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    sample.add_argument("--shift", metavar="NAME", help="write the bundled Test images shifted by this family "
+                        "(Test/<Class>/<n>_100.jpg), or every evaluation-side family with 'all-evaluation'")
+    sample.add_argument("--list-shifts", action="store_true", help="name every shift family, its side and what "
+                        "it does, and exit")
     sample.set_defaults(handler=_cmd_sample_data)
 
     listing = commands.add_parser("models", help="list the model registry")
@@ -320,8 +326,21 @@ def summary(manifest: RunManifest) -> str:
 
 
 def _cmd_sample_data(args: argparse.Namespace) -> int:
-    from fruitpipe.image import sampledata
+    from fruitpipe.image import sampledata, shifts, shiftsets
 
+    if args.list_shifts:
+        width = max(len(name) for name in shifts.FAMILIES)
+        for family in shifts.FAMILIES.values():
+            print(f"{family.name:<{width}}  {family.side:<10}  {family.description}")
+        return 0
+    if not args.output:
+        raise ValueError("sample-data needs --output DIR")
+    if args.shift is not None:
+        print(json.dumps(shiftsets.write_shifted(args.output, args.shift, args.per_class, args.seed).to_json(),
+                         indent=2, ensure_ascii=False))
+        return 0
+    if args.per_class is None:
+        raise ValueError("sample-data needs --per-class N (or --shift NAME)")
     result = sampledata.synthesize(args.output, args.per_class, seed=args.seed)
     print(json.dumps(result, indent=2, ensure_ascii=False, default=str))
     return 0

@@ -28,7 +28,7 @@ CHUNK = 200  # images per worker task: large enough to amortise dispatch, small 
 SMALL_JOB = 400  # below this many images a process pool costs more than it saves
 _HALF = SIZE / 2
 _JPEG = (".jpg", ".jpeg")
-_INK = 240  # a pixel darker than this in any channel belongs to the fruit (or its shadow)
+INK = 240  # a pixel darker than this in any channel belongs to the fruit (or its shadow)
 
 
 def bundled_sample_dir() -> Path:
@@ -75,7 +75,7 @@ def synthesize(
     """
     out = Path(output_dir)
     _check_request(out, per_class, seed)
-    catalogue = _scan(Path(source) if source is not None else bundled_sample_dir())
+    catalogue = scan(Path(source) if source is not None else bundled_sample_dir())
     _load.cache_clear()  # a source file may have changed since an earlier call (workers fork this cache)
     classes = sorted(catalogue[SPLITS[0]])
     n_train = _train_count(per_class, catalogue)
@@ -105,13 +105,18 @@ def _check_request(out: Path, per_class: int, seed: int) -> None:
         raise ValueError(
             f"per_class must be an integer >= 2 (one Training and one Test image), got {per_class!r}"
         )
+    check_output_seed(out, seed)
+
+
+def check_output_seed(out: Path, seed: int) -> None:
+    """A written set starts in a new or empty folder, from a non-negative integer seed."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"output folder {out} already exists and is not empty: choose a new or empty folder")
 
 
-def _scan(source: Path) -> dict[str, dict[str, list[Path]]]:
+def scan(source: Path) -> dict[str, dict[str, list[Path]]]:
     """Map split -> class -> image files, sorted so that choices do not depend on the file system."""
     catalogue: dict[str, dict[str, list[Path]]] = {}
     for split in SPLITS:
@@ -212,7 +217,7 @@ def _load(path: str) -> tuple[Image.Image, float]:
     """Decode a source image once per process, with the radius of its fruit around the centre."""
     with Image.open(path) as im:
         image = im.convert("RGB").resize((SIZE, SIZE)) if im.size != (SIZE, SIZE) else im.convert("RGB")
-    ink = np.asarray(image).min(axis=2) < _INK
+    ink = np.asarray(image).min(axis=2) < INK
     ys, xs = np.nonzero(ink)
     if xs.size == 0:
         return image, 1.0
