@@ -77,9 +77,9 @@ def test_csv_matches_parquet(bundled_run) -> None:
     csv = pd.concat(pd.read_csv(p) for p in sorted((output / "csv").glob("*.csv"))).set_index("path").sort_index()
     features = pq.read_table(output / "features").to_pandas().set_index("path").sort_index()
     k = len(features["pca"].iloc[0])
-    assert list(csv.columns) == ["label", "split", *[f"pc{i}" for i in range(1, k + 1)]]
+    assert list(csv.columns) == ["label", "split", "view", *[f"pc{i}" for i in range(1, k + 1)]]
     assert csv.index.equals(features.index)
-    np.testing.assert_allclose(csv.iloc[:, 2:].to_numpy(), np.stack(features["pca"]), atol=1e-5)
+    np.testing.assert_allclose(csv.iloc[:, 3:].to_numpy(), np.stack(features["pca"]), atol=1e-5)
 
 
 def test_saved_pca_model_reproduces_projection(bundled_run, spark) -> None:

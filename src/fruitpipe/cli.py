@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
                      help="fp32 (reference), bf16 (OpenVINO, CPUs with AMX/AVX512-BF16: ~2x faster, features' "
                           "cosine to fp32 >= 0.99) or auto (bf16 where the CPU has it); default: %(default)s")
+    run.add_argument("--augment", type=int, default=0, metavar="N",
+                     help="also featurize N augmented views of every Training image (training-side shifts, "
+                          "deterministic per path and view; rows carry view 0..N; 0-32, default: %(default)s)")
     _add_session_arguments(run)
     run.add_argument("--env-archive", metavar="PATH", help="environment archive from 'fruitpipe package' for "
                      "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
@@ -279,6 +282,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         precision=args.precision,
         remote=remote,
+        augment=args.augment,
     )
     manifest = pipeline.run(config)
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
@@ -316,7 +320,8 @@ def summary(manifest: RunManifest) -> str:
         f"fruitpipe run {manifest.run_id} done",
         f"  input     {manifest.input} ({manifest.layout} layout, {len(manifest.classes)} classes)",
         f"  output    {manifest.output}",
-        f"  images    {counts.ok} ok, {counts.rejected} rejected of {counts.listed} listed",
+        f"  images    {counts.ok} ok, {counts.rejected} rejected of {counts.listed} listed"
+        + (f", {counts.views} augmented views" if counts.views else ""),
         f"  features  {manifest.feature_dim}-d from {manifest.model.name} "
         f"({manifest.model.precision or 'fp32'}, {manifest.model.runtime})",
         f"  PCA       k={pca.k} keeps {pca.variance_kept:.1%} of the variance",

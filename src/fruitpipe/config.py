@@ -12,6 +12,7 @@ from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_VARIANCE = 0.95
 DEFAULT_MASTER = "local[*]"
+MAX_AUGMENT = 32  # augmented views per Training image: featurizing costs grow with 1 + N
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -131,9 +132,11 @@ class RunConfig:
     image_size: int | None = None  # square model input side; None = the model's own (speed vs accuracy)
     precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (fruitpipe.runtime)
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
+    augment: int = 0  # augmented views of every Training image besides the image (fruitpipe.image.shifts)
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
+        check_augment(self.augment)
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.image_size is not None and self.image_size < 1:
@@ -198,6 +201,13 @@ class EvaluateConfig:
             raise ValueError("a labelled folder is required (--input)")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+
+
+def check_augment(augment: int) -> int:
+    """Augmented views per image: an integer 0..MAX_AUGMENT."""
+    if isinstance(augment, bool) or not isinstance(augment, int) or not 0 <= augment <= MAX_AUGMENT:
+        raise ValueError(f"--augment must be an integer from 0 to {MAX_AUGMENT}, got {augment!r}")
+    return augment
 
 
 def check_remote(remote: str | None) -> None:

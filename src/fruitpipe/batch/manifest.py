@@ -214,18 +214,22 @@ class Timings:
 
 @dataclass(frozen=True)
 class RunCounts:
-    """Images listed, featurized and rejected (one `errors/` row each)."""
+    """Images listed, featurized and rejected (one `errors/` row each): photos, never views. `views`:
+    the augmented rows written besides them (`view` > 0; None in manifests from before `--augment`)."""
 
     listed: int
     ok: int
     rejected: int
+    views: int | None = None
 
     def to_json(self) -> dict[str, int]:
-        return {"listed": self.listed, "ok": self.ok, "rejected": self.rejected}
+        counts = {"listed": self.listed, "ok": self.ok, "rejected": self.rejected}
+        return counts if self.views is None else {**counts, "views": self.views}
 
     @classmethod
     def from_json(cls, fields: Fields) -> RunCounts:
-        return cls(fields.integer("listed"), fields.integer("ok"), fields.integer("rejected"))
+        return cls(fields.integer("listed"), fields.integer("ok"), fields.integer("rejected"),
+                   fields.optional_integer("views"))
 
 
 @dataclass(frozen=True)
@@ -313,10 +317,11 @@ class RunManifest:
     versions: Mapping[str, str]
     spark: SparkSummary
     schema_version: int = SCHEMA_VERSION
+    augment: int | None = None  # augmented views per Training image (None: written before --augment)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "schema_version": self.schema_version, "run_id": self.run_id, "input": self.input,
+            "schema_version": self.schema_version, "run_id": self.run_id, "input": self.input, "augment": self.augment,
             "output": self.output, "layout": self.layout, "classes": list(self.classes),
             "model": self.model.to_json(), "feature_dim": self.feature_dim, "pca": self.pca.to_json(),
             "counts": self.counts.to_json(), "timings_s": self.timings_s.to_json(),
@@ -335,7 +340,8 @@ class RunManifest:
             timings_s=Timings.from_json(fields.child("timings_s")),
             throughput_img_s=fields.optional_number("throughput_img_s"),
             featurize_img_s=fields.number("featurize_img_s"), versions=fields.child("versions").all_texts(),
-            spark=SparkSummary.from_json(fields.child("spark")), schema_version=version)
+            spark=SparkSummary.from_json(fields.child("spark")), schema_version=version,
+            augment=fields.optional_integer("augment"))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> RunManifest:

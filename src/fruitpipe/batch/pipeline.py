@@ -22,13 +22,15 @@ from fruitpipe.batch import plots, sinks, sources
 from fruitpipe.batch.manifest import Executor, ModelEntry, PcaSummary, RunCounts, RunManifest, SparkSummary, Timings
 from fruitpipe.batch.session import java_version, spark_session
 from fruitpipe.config import RunConfig
-from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE
+from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE, VIEW
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.runtime import Runtime, resolve
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
+TRAINING = "Training"  # the only split augmented: Test (and any other split) is featurized as it is
+AUGMENT_COL = "__augment"
 
 
 class StageTimer:
@@ -78,17 +80,19 @@ def run(config: RunConfig) -> RunManifest:
 def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
                     listing: sources.ImageListing, timer: StageTimer, run_id: str) -> RunManifest:
     images = sources.to_dataframe(spark, listing, config.executor.rows_per_partition)
+    if config.augment:
+        images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
                                  precision=runtime.precision, inferBatch=runtime.infer_batch,
                                  batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
-                                 maxPixels=config.limits.max_pixels, s3Options=store.options.to_wire())
-    featurized = featurizer.transform(images).persist(StorageLevel.MEMORY_AND_DISK)
+                                 maxPixels=config.limits.max_pixels, s3Options=store.options.to_wire(),
+                                 augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "")
+    featurized = featurizer.transform(images).drop(AUGMENT_COL).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        ok_count, rejected, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
+        counts, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist()
-    counts = RunCounts(listed=len(listing.rows), ok=ok_count, rejected=rejected)
     manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.commit(store, config.output, counts.to_json())
@@ -96,10 +100,11 @@ def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: 
 
 
 def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig, listing: sources.ImageListing,
-                         timer: StageTimer, run_id: str) -> tuple[int, int, CentredPCAModel]:
-    """featurize (counted) -> errors/ -> PCA fit -> features/ + model + scree; (ok, rejected, model)."""
+                         timer: StageTimer, run_id: str) -> tuple[RunCounts, CentredPCAModel]:
+    """featurize (counted) -> errors/ -> PCA fit on the photos (view 0) -> features/ (views too) + model +
+    scree; (counts, model)."""
     with timer.stage("featurize"):
-        ok_count, rejected = _count_outcomes(featurized)
+        ok_count, rejected, views = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
     with timer.stage("write_errors"):
@@ -110,19 +115,21 @@ def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig,
     ok = featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
     with timer.stage("pca_fit"):
         pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
-                         varianceTarget=config.pca.variance_target).fit(ok)
+                         varianceTarget=config.pca.variance_target).fit(ok.where(F.col(VIEW) == 0))
     with timer.stage("write"):
         _write_outputs(ok, pca, store, config, run_id)
-    return ok_count, rejected, pca
+    return RunCounts(listed=len(listing.rows), ok=ok_count, rejected=rejected, views=views), pca
 
 
-def _count_outcomes(featurized: DataFrame) -> tuple[int, int]:
-    """One pass that computes (and caches) every feature vector, counting both outcomes."""
+def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int]:
+    """One pass that computes (and caches) every feature vector, counting photos (ok, rejected) and views."""
+    photo = F.col(VIEW) == 0
     row = featurized.select(
-        F.count(F.when(F.col(ERROR_STAGE).isNull(), 1)).alias("ok"),
+        F.count(F.when(F.col(ERROR_STAGE).isNull() & photo, 1)).alias("ok"),
         F.count(F.when(F.col(ERROR_STAGE).isNotNull(), 1)).alias("rejected"),
+        F.count(F.when(~photo, 1)).alias("views"),
     ).first()
-    return (int(row["ok"]), int(row["rejected"])) if row is not None else (0, 0)
+    return (int(row["ok"]), int(row["rejected"]), int(row["views"])) if row is not None else (0, 0, 0)
 
 
 def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str) -> None:
@@ -159,6 +166,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, ru
         throughput_img_s=round(counts.listed / total, 2) if total else None,
         featurize_img_s=round(counts.listed / timer.seconds["featurize"], 2),
         versions=_versions(sparkapi.is_connect(spark)),
+        augment=config.augment,
         spark=SparkSummary(
             master=sparkapi.master(spark),
             application_id=sparkapi.application_id(spark),

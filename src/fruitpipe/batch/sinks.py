@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 FEATURES, ERRORS, PCA_MODEL, CSV = "features", "errors", "pca_model", "csv"
 SCREE, MANIFEST, SUCCESS = "scree.png", "manifest.json", "_SUCCESS"
 WRITE_CHECK = ".fruitpipe-write-check"
-FEATURE_COLUMNS = ("path", "label", "split", "width", "height", "features", "pca")
+FEATURE_COLUMNS = ("path", "label", "split", "view", "width", "height", "features", "pca")
 ERROR_COLUMNS = ("path", "stage", "reason")
 
 
@@ -88,8 +88,8 @@ def write_errors(df: DataFrame, output: str, run_id: str, store: Store, rejected
 
 
 def write_csv(df: DataFrame, output: str, k: int, run_id: str, store: Store) -> None:
-    """path, label, split and one column per PCA component (the seed's CSV)."""
-    columns = [F.col("path"), F.col("label"), F.col("split")]
+    """path, label, split, view and one column per PCA component (the seed's CSV, plus view)."""
+    columns = [F.col("path"), F.col("label"), F.col("split"), F.col("view")]
     columns += [F.col("pca")[i].alias(f"pc{i + 1}") for i in range(k)]
     write_dataset(df.select(*columns), storage.join(output, CSV), run_id, store, fmt="csv")
 

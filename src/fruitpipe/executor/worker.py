@@ -2,6 +2,9 @@
 
 Per partition: a bounded thread pool reads and decodes the next chunk of images while ONNX
 Runtime embeds the current one; the model session is created once per worker process.
+With `augment` N, each image chosen by the task's augment column comes out N + 1 times, `view`
+0 (the photo) to N (training-side shifts of the decoded image, deterministic per path and view, made
+in the read threads); a rejected image comes out once, with its reason.
 """
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ from fruitpipe.config import DecodeLimits, ExecutorSettings
 from fruitpipe.image.decode import DecodeError, decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.image.models import Preprocessing
+from fruitpipe.image.shifts import augmented_view
 from fruitpipe.runtime import Runtime
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
 
 ERROR_STAGE, ERROR_REASON = "error_stage", "error_reason"
+VIEW = "view"  # 0: the photo itself; 1..N: its augmented views
 FIRST_CHUNK = 8  # images in a task's first chunk (the time to the first featurized batch), then batch_size
 BATCH_LOG_ENV = "FRUITPIPE_BATCH_LOG"  # file to append one JSON line per featurized batch to (the benchmark's probe)
 
@@ -33,6 +38,7 @@ BATCH_LOG_ENV = "FRUITPIPE_BATCH_LOG"  # file to append one JSON line per featur
 def output_fields(features_col: str) -> list[pa.Field]:
     """Columns featurization appends to its input (the Spark schema is derived from these)."""
     return [
+        pa.field(VIEW, pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field(features_col, pa.list_(pa.float32())),
@@ -56,6 +62,8 @@ class FeaturizeTask:
     read_threads: int = ExecutorSettings.read_threads
     threads: int = 1  # intra-op threads of the model (spark.task.cpus)
     store: Store = field(default_factory=Store)  # where the images are read from (pickled with the task)
+    augment: int = 0  # augmented views per chosen image, besides the image itself
+    augment_col: str | None = None  # boolean column choosing the images to augment; None: every image
 
 
 @dataclass
@@ -67,6 +75,7 @@ class Loaded:
     height: int | None = None
     stage: str | None = None
     reason: str | None = None
+    views: tuple[np.ndarray, ...] = ()  # augmented views 1..N of `pixels`
 
 
 def load_image(uri: str, task: FeaturizeTask) -> Loaded:
@@ -81,6 +90,23 @@ def load_image(uri: str, task: FeaturizeTask) -> Loaded:
     except DecodeError as exc:
         return Loaded(stage="decode", reason=str(exc))
     return Loaded(pixels=pixels, width=width, height=height)
+
+
+def load_views(uri: str, task: FeaturizeTask, augment: bool) -> Loaded:
+    """load_image, plus the image's augmented views when it is chosen (and was decoded)."""
+    loaded = load_image(uri, task)
+    if augment and task.augment and loaded.pixels is not None:
+        pixels = loaded.pixels
+        loaded.views = tuple(augmented_view(pixels, uri, view) for view in range(1, task.augment + 1))
+    return loaded
+
+
+def _augment_flags(chunk: pa.RecordBatch, task: FeaturizeTask) -> list[bool]:
+    if not task.augment:
+        return [False] * chunk.num_rows
+    if task.augment_col is None:
+        return [True] * chunk.num_rows
+    return [bool(flag) for flag in chunk.column(task.augment_col).to_pylist()]
 
 
 def model_path(model_file: str) -> str:
@@ -98,7 +124,9 @@ def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) 
     with ThreadPoolExecutor(max_workers=task.read_threads) as pool:
         pending: tuple[pa.RecordBatch, list[Future[Loaded]]] | None = None
         for chunk in _chunks(batches, task.batch_size):
-            submitted = (chunk, [pool.submit(load_image, uri, task) for uri in chunk.column(task.path_col).to_pylist()])
+            uris = chunk.column(task.path_col).to_pylist()
+            submitted = (chunk, [pool.submit(load_views, uri, task, flag)
+                                 for uri, flag in zip(uris, _augment_flags(chunk, task), strict=True)])
             if pending is not None:
                 yield log.record(_finish(task, onnx_path, *pending))
             pending = submitted
@@ -138,21 +166,37 @@ def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
 
 def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch,
             futures: list[Future[Loaded]]) -> pa.RecordBatch:
-    loaded = [future.result() for future in futures]
+    photos = [future.result() for future in futures]
+    rows, loaded, views = _expand(chunk, photos)
     good = [i for i, item in enumerate(loaded) if item.pixels is not None]
     pixels = [item.pixels for item in loaded if item.pixels is not None]
-    features = np.zeros((0, task.feature_dim), dtype=np.float32)
+    empty = np.zeros((0, task.feature_dim), dtype=np.float32)
+    features = empty
     if good:
         started = time.perf_counter()
         try:
             features = embed(np.stack(pixels), task.preprocessing, onnx_path, task.threads, task.runtime)
             _check_dim(features, task.feature_dim)
-        except Exception as exc:  # a model failure rejects this chunk's images, with the reason
-            for i in good:
-                loaded[i] = Loaded(stage="embed", reason=f"{type(exc).__name__}: {exc}")
-            good, features = [], np.zeros((0, task.feature_dim), dtype=np.float32)
+        except Exception as exc:  # a model failure rejects this chunk's images (once each, no views), with the reason
+            reason = f"{type(exc).__name__}: {exc}"
+            rejected = [item if item.pixels is None else Loaded(stage="embed", reason=reason) for item in photos]
+            return _to_batch(chunk, rejected, [0] * len(photos), [], empty, task)
         logger.debug("embedded %d images in %.3fs", len(good), time.perf_counter() - started)
-    return _to_batch(chunk, loaded, good, features, task)
+    return _to_batch(rows, loaded, views, good, features, task)
+
+
+def _expand(chunk: pa.RecordBatch, loaded: list[Loaded]) -> tuple[pa.RecordBatch, list[Loaded], list[int]]:
+    """One output row per photo and per view of it: (input rows repeated, one Loaded each, view indices)."""
+    if not any(item.views for item in loaded):
+        return chunk, loaded, [0] * len(loaded)
+    rows, items, views = [], [], []
+    for row, item in enumerate(loaded):
+        for view, pixels in enumerate((item.pixels, *item.views)):
+            rows.append(row)
+            items.append(Loaded(pixels=pixels, width=item.width, height=item.height, stage=item.stage,
+                                reason=item.reason))
+            views.append(view)
+    return chunk.take(pa.array(rows, type=pa.int32())), items, views
 
 
 def _check_dim(features: np.ndarray, expected: int) -> None:
@@ -160,8 +204,8 @@ def _check_dim(features: np.ndarray, expected: int) -> None:
         raise ValueError(f"model returned {features.shape[1]} features, spec declares {expected}")
 
 
-def _to_batch(chunk: pa.RecordBatch, loaded: list[Loaded], good: list[int], features: np.ndarray,
-              task: FeaturizeTask) -> pa.RecordBatch:
+def _to_batch(chunk: pa.RecordBatch, loaded: list[Loaded], views: list[int], good: list[int],
+              features: np.ndarray, task: FeaturizeTask) -> pa.RecordBatch:
     has_features = np.zeros(len(loaded), dtype=bool)
     has_features[good] = True
     lengths = np.where(has_features, task.feature_dim, 0)
@@ -170,6 +214,7 @@ def _to_batch(chunk: pa.RecordBatch, loaded: list[Loaded], good: list[int], feat
         pa.array(offsets), pa.array(features.reshape(-1), type=pa.float32()), mask=pa.array(~has_features)
     )
     columns = [*chunk.columns,
+               pa.array(views, type=pa.int32()),
                pa.array([item.width for item in loaded], type=pa.int32()),
                pa.array([item.height for item in loaded], type=pa.int32()),
                vectors,

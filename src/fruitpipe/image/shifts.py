@@ -78,7 +78,7 @@ def _odd(value: float) -> int:
 
 def _scale(pixels: np.ndarray) -> float:
     """Image side relative to a 100 px Fruits 360 photo."""
-    return pixels.shape[0] / 100.0
+    return float(pixels.shape[0]) / 100.0
 
 
 def _image(pixels: np.ndarray) -> Image.Image:
@@ -93,7 +93,8 @@ def _composite(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     inner_alpha = np.asarray(inner.filter(ImageFilter.MinFilter(_odd(2 * _scale(pixels)))), dtype=np.float32) / 255
     ink_alpha = np.clip((WHITE - 5 - pixels.min(axis=2).astype(np.float32)) / 60.0, 0.0, 1.0)
     alpha = np.maximum(inner_alpha, ink_alpha)[..., None]
-    return np.rint(pixels * alpha + background * (1.0 - alpha)).astype(np.uint8)
+    blended: np.ndarray = np.rint(pixels * alpha + background * (1.0 - alpha))
+    return blended.astype(np.uint8)
 
 
 def _signed(rng: np.random.Generator, low: float, high: float) -> float:
@@ -153,7 +154,8 @@ def plain_background(pixels: np.ndarray, rng: np.random.Generator, strength: flo
 
 def grayscale(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     gray = pixels @ np.array([0.299, 0.587, 0.114])
-    return np.clip(np.rint(pixels * (1 - strength) + gray[..., None] * strength), 0, 255).astype(np.uint8)
+    mixed: np.ndarray = np.clip(np.rint(pixels * (1 - strength) + gray[..., None] * strength), 0, 255)
+    return mixed.astype(np.uint8)
 
 
 def hue_rotation(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -283,9 +285,8 @@ def extreme_scale(pixels: np.ndarray, rng: np.random.Generator, strength: float)
         small = image.resize((max(1, round(width * scale)), max(1, round(height * scale))),
                              Image.Resampling.LANCZOS)
         canvas = Image.new("RGB", (width, height), (WHITE,) * 3)
-        x0 = int(rng.integers(0, width - small.width + 1))
-        y0 = int(rng.integers(0, height - small.height + 1))
-        canvas.paste(small, (x0, y0))
+        corner = (int(rng.integers(0, width - small.width + 1)), int(rng.integers(0, height - small.height + 1)))
+        canvas.paste(small, corner)
         return np.asarray(canvas)
     zoom = 1 + strength * (float(rng.uniform(2.2, 3.0)) - 1)
     crop_w, crop_h = width / zoom, height / zoom

@@ -19,7 +19,7 @@ from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
 from fruitpipe import sparkapi
-from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options
+from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options, check_augment
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 from fruitpipe.image import models
 from fruitpipe.ml.columns import HasColumns
@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeaturizer"], DefaultParamsWritable):
-    """Adds width, height, features (array<float>), error_stage and error_reason columns."""
+    """Adds view, width, height, features (array<float>), error_stage and error_reason columns; with
+    `augment` N, each chosen image's row comes out N + 1 times (view 0 the image, 1..N its views)."""
 
     modelName = Param(Params._dummy(), "modelName", "registry name of the model", TypeConverters.toString)
     batchSize = Param(Params._dummy(), "batchSize", "images per model call", TypeConverters.toInt)
@@ -43,6 +44,10 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
                       TypeConverters.toString)
     inferBatch = Param(Params._dummy(), "inferBatch", "images per model call (0 = the engine's measured best)",
                        TypeConverters.toInt)
+    augment = Param(Params._dummy(), "augment", "augmented views per image besides the image itself (0-32; "
+                    "training-side shifts, deterministic per path and view; rows carry `view`)", TypeConverters.toInt)
+    augmentCol = Param(Params._dummy(), "augmentCol", "boolean column choosing the images to augment "
+                       "('' = every image)", TypeConverters.toString)
     s3Options = Param(Params._dummy(), "s3Options", "S3 options as S3Options.to_wire() writes them",
                       TypeConverters.toString)
     # Read only: featurizers saved before s3Options held these three (and no read_attempts); declared so
@@ -59,13 +64,13 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
                  batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
                  maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels,
                  imageSize: int = 0, precision: str = DEFAULT_PRECISION, inferBatch: int = 0,
-                 s3Options: str = S3Options().to_wire()) -> None:
+                 s3Options: str = S3Options().to_wire(), augment: int = 0, augmentCol: str = "") -> None:
         super().__init__()
         self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
                          batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
                          imageSize=0, precision=DEFAULT_PRECISION, inferBatch=0,
-                         s3Options=S3Options().to_wire())
+                         s3Options=S3Options().to_wire(), augment=0, augmentCol="")
         self._set(**self._input_kwargs)  # type: ignore[attr-defined]  # set by pyspark's @keyword_only
 
     def setModelName(self, value: str) -> ImageFeaturizer:
@@ -89,7 +94,12 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
         """The resolved precision and engine (raises ValueError when this machine cannot run it)."""
         return resolve(self.getOrDefault(self.precision), self.getOrDefault(self.inferBatch) or None)
 
+    def views(self) -> int:
+        """The augment Param, checked (ValueError outside 0..MAX_AUGMENT)."""
+        return check_augment(self.getOrDefault(self.augment))
+
     def _transform(self, dataset: DataFrame) -> DataFrame:
+        augment = self.views()
         spec = self.spec()
         onnx_path = models.onnx_file(spec)
         spark = dataset.sparkSession
@@ -106,6 +116,8 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
             read_threads=settings.read_threads,
             threads=int(spark.conf.get("spark.task.cpus", "1") or 1),
             store=Store(self.s3_options()),
+            augment=augment,
+            augment_col=self.getOrDefault(self.augmentCol) or None,
         )
         added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
         schema = StructType(dataset.schema.fields + added)

@@ -29,6 +29,7 @@ from fruitpipe.batch.pipeline import StageTimer
 from fruitpipe.batch.session import spark_session
 from fruitpipe.config import DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
+from fruitpipe.executor.worker import VIEW
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
 from fruitpipe.recognise import bundle, calibration, evaluation
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 TRAINING, TEST = "Training", "Test"
 CLASSIFIER, METRICS, PER_CLASS, CONFUSION = "classifier", "metrics.json", "per_class.csv", "confusion_matrix.png"
 LABEL_INDEX, VECTOR = "label_index", "pca_vector"
-FEATURE_SCHEMA = "path string, label string, split string, pca array<float>"
+FEATURE_TYPES = {"path": "string", "label": "string", "split": "string", VIEW: "int", "pca": "array<float>"}
 
 
 @dataclass(frozen=True)
@@ -161,20 +162,23 @@ def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataF
         raise ValueError(f"{storage.redact(folder)} holds no Parquet part files")
     uris = spark.createDataFrame([(part,) for part in parts], f"{URI_COLUMN} string")
     uris = uris.repartition(min(len(parts), sparkapi.default_parallelism(spark)))
-    return uris.mapInArrow(functools.partial(read_parts, task), FEATURE_SCHEMA)
+    schema = ", ".join(f"{name} {FEATURE_TYPES[name]}" for name in task.columns)
+    return uris.mapInArrow(functools.partial(read_parts, task), schema)
 
 
 def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, source: Source,
                       spec: models.ModelSpec, onnx: str, timer: StageTimer) -> TrainManifest:
     with timer.stage("read"):
-        data = read_features(spark, config.features, ReadTask(("path", "label", "split", "pca"), store))
+        data = _read_with_views(spark, config.features, source, store)
         classes = _classes(data)
         indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
         prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
                                      .withColumn(VECTOR, array_to_vector(F.col("pca")))).persist()
-        training, test = prepared.where(F.col("split") == TRAINING), prepared.where(F.col("split") == TEST)
+        training = prepared.where(F.col("split") == TRAINING)
+        test = prepared.where((F.col("split") == TEST) & (F.col(VIEW) == 0))
         fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
-        counts = TrainCounts(training=training.count(), validation=validation.count(), test=test.count())
+        counts = TrainCounts(training=training.where(F.col(VIEW) == 0).count(), validation=validation.count(),
+                             test=test.count())
     with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
         chosen, scores = _choose(fit_part, validation, len(classes)) if counts.validation else (CANDIDATES[0], {})
     with timer.stage("calibrate"):  # no validation images: no temperature (T = 1) and no threshold
@@ -227,14 +231,27 @@ def _classes(data: DataFrame) -> list[str]:
     return sorted(by_split[TRAINING])
 
 
+def _read_with_views(spark: SparkSession, run_output: str, source: Source, store: Store) -> DataFrame:
+    """path, label, split, view, pca; runs from before `--augment` (no `view` column) are all photos."""
+    if source.manifest.counts.views is None:
+        data = read_features(spark, run_output, ReadTask(("path", "label", "split", "pca"), store))
+        return data.withColumn(VIEW, F.lit(0))
+    return read_features(spark, run_output, ReadTask(("path", "label", "split", VIEW, "pca"), store))
+
+
 def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
-    """Per class, a deterministic `fraction` (at least one image when a class has two or more) is held out."""
+    """Per class, a deterministic `fraction` of the photos (view 0; at least one when a class has two or
+    more) is held out. The fit part keeps its photos' augmented views; the validation part is photos only,
+    so no view of a validation photo is ever fitted on (nor scored twice)."""
+    photos = training.where(F.col(VIEW) == 0)
     by_class = Window.partitionBy("label")
     size = F.count(F.lit(1)).over(by_class)
     rank = F.row_number().over(by_class.orderBy(F.xxhash64("path", F.lit(seed))))
     quota = F.when(size >= 2, F.greatest(F.lit(1), F.floor(size * fraction))).otherwise(0)
-    ranked = training.withColumn("__held", rank <= quota)
-    return (ranked.where(~F.col("__held")).drop("__held"), ranked.where(F.col("__held")).drop("__held"))
+    held = photos.select("path", (rank <= quota).alias("__held"))
+    ranked = training.join(held, on="path", how="inner")
+    validation = ranked.where(F.col("__held") & (F.col(VIEW) == 0))
+    return ranked.where(~F.col("__held")).drop("__held"), validation.drop("__held")
 
 
 def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple[Candidate, dict[str, Scores]]:
