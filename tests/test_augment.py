@@ -1,0 +1,115 @@
+"""`fruitpipe run --augment N`: views of Training images made in the workers, PCA on the photos, and
+`train`'s split that keeps a validation photo's views out of fitting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fruitpipe.batch import pipeline
+from fruitpipe.batch.manifest import RunManifest
+from fruitpipe.config import PcaSettings, RunConfig
+from fruitpipe.ml import CentredPCAModel
+
+AUGMENT, K = 2, 3
+
+
+def _features(output: Path) -> pd.DataFrame:
+    return pd.read_parquet(output / "features").sort_values(["path", "view"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(spark, small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A plain run and two --augment runs of the same images (the session's Spark, in process)."""
+    root = tmp_path_factory.mktemp("augment")
+    outputs = {"plain": root / "plain", "first": root / "first", "second": root / "second"}
+    for name, output in outputs.items():
+        pipeline.run(RunConfig(input=str(small_sample), output=str(output), pca=PcaSettings(k=K),
+                               augment=0 if name == "plain" else AUGMENT))
+    return outputs
+
+
+def test_rows_per_split_and_counts(runs: dict[str, Path], small_sample: Path) -> None:
+    features = _features(runs["first"])
+    photos = {split: sorted(str(p) for p in (small_sample / split).glob("*/*.jpg")) for split in ("Training", "Test")}
+    training, test = features[features.split == "Training"], features[features.split == "Test"]
+    assert len(training) == len(photos["Training"]) * (1 + AUGMENT)
+    assert sorted(training.path.unique()) == photos["Training"]
+    assert (training.groupby("path").view.apply(sorted) == pd.Series([[0, 1, 2]] * len(photos["Training"]),
+                                                                      index=photos["Training"])).all()
+    assert len(test) == len(photos["Test"]) and set(test.view) == {0}
+    manifest = RunManifest.loads((runs["first"] / "manifest.json").read_bytes(), "manifest")
+    assert manifest.augment == AUGMENT
+    assert (manifest.counts.listed, manifest.counts.ok, manifest.counts.rejected) == (len(features) - len(
+        photos["Training"]) * AUGMENT, len(photos["Training"]) + len(photos["Test"]), 0)
+    assert manifest.counts.views == len(photos["Training"]) * AUGMENT
+    plain = RunManifest.loads((runs["plain"] / "manifest.json").read_bytes(), "manifest")
+    assert plain.augment == 0 and plain.counts.views == 0
+
+
+def test_views_are_deterministic_and_differ_from_the_photo(runs: dict[str, Path]) -> None:
+    first, second = _features(runs["first"]), _features(runs["second"])
+    assert first[["path", "view"]].equals(second[["path", "view"]])
+    np.testing.assert_allclose(np.stack(first.features), np.stack(second.features), atol=1e-6)
+    training = first[first.split == "Training"]
+    by_view = {view: np.stack(rows.features) for view, rows in training.groupby("view")}
+    assert np.abs(by_view[1] - by_view[0]).mean() > 1e-2
+    assert np.abs(by_view[2] - by_view[1]).mean() > 1e-2
+
+
+def test_view_zero_equals_the_plain_run(runs: dict[str, Path]) -> None:
+    plain, augmented = _features(runs["plain"]), _features(runs["first"])
+    photos = augmented[augmented.view == 0].reset_index(drop=True)
+    assert set(plain.view) == {0}
+    assert photos.path.tolist() == plain.path.tolist()
+    np.testing.assert_allclose(np.stack(photos.features), np.stack(plain.features), atol=1e-5)
+
+
+def test_pca_is_fitted_on_the_photos_only(runs: dict[str, Path]) -> None:
+    features = _features(runs["first"])
+    arrays = CentredPCAModel.load(str(runs["first"] / "pca_model")).arrays()
+    photos = np.stack(features[features.view == 0].features).astype(np.float64)
+    everything = np.stack(features.features).astype(np.float64)
+    np.testing.assert_allclose(arrays.mean, photos.mean(axis=0), atol=1e-6)
+    assert np.abs(everything.mean(axis=0) - photos.mean(axis=0)).max() > 1e-3  # the check can tell them apart
+    eigenvalues, vectors = np.linalg.eigh(np.cov(photos, rowvar=False))
+    order = np.argsort(eigenvalues)[::-1]
+    np.testing.assert_allclose(arrays.spectrum[:K], (eigenvalues[order] / eigenvalues.sum())[:K], rtol=1e-4)
+    cosines = np.abs(np.sum(arrays.components * vectors[:, order[:K]], axis=0))
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-4)
+    projected = (np.stack(features.features) - arrays.mean) @ arrays.components
+    np.testing.assert_allclose(np.stack(features.pca), projected, atol=1e-3)
+
+
+def test_train_on_an_augmented_run(runs: dict[str, Path], tmp_path: Path) -> None:
+    from trained import train_on
+
+    from fruitpipe.recognise.contracts import TrainManifest
+
+    model_dir = train_on(runs["first"], tmp_path / "model")
+    manifest = TrainManifest.loads((model_dir / "manifest.json").read_bytes(), "train manifest")
+    features = _features(runs["first"])
+    assert manifest.counts.training == int(((features.split == "Training") & (features.view == 0)).sum())
+    assert manifest.counts.test == int((features.split == "Test").sum())
+    assert manifest.metrics.accuracy >= 0.5
+
+
+def test_validation_split_keeps_views_with_their_photo(spark) -> None:
+    """A held-out photo's views are in neither part; a fitted photo's views are fitted on; every photo
+    lands in exactly one part; a run without views splits as before (same held-out photos)."""
+    from fruitpipe.recognise.train import validation_split
+
+    rows = [(f"{label}/{i}.jpg", label, view) for label in ("a", "b") for i in range(10) for view in range(3)]
+    data = spark.createDataFrame(rows, "path string, label string, view int")
+    fit, validation = (part.toPandas() for part in validation_split(data, 0.3, seed=1))
+    held = set(validation.path)
+    assert set(validation.view) == {0} and len(validation) == len(held) == 6
+    assert not held & set(fit.path)
+    assert set(fit.path) | held == {path for path, _, _ in rows}
+    assert (fit.groupby("path").view.apply(sorted) == pd.Series([[0, 1, 2]] * len(set(fit.path)),
+                                                                 index=sorted(set(fit.path)))).all()
+    photos_only = data.where("view = 0")
+    _, plain_validation = validation_split(photos_only, 0.3, seed=1)
+    assert set(plain_validation.toPandas().path) == held
