@@ -180,3 +180,13 @@ def test_train_refuses_a_run_with_a_newer_manifest_in_one_line(tmp_path: Path) -
         f"fruitpipe train: error: manifest.json of {run} has schema_version 99; this fruitpipe reads up to 2: "
         "upgrade fruitpipe"]
     assert not (tmp_path / "model").exists()
+
+
+def test_run_manifest_augment_fields_round_trip() -> None:
+    """`augment` and counts.`views` (run --augment) are optional: written when known, read back, absent before."""
+    old = RunManifest.loads((RUN / "manifest.json").read_bytes(), "manifest.json of run")
+    assert old.augment is None and old.counts.views is None
+    current = replace(old, augment=2, counts=RunCounts(listed=12, ok=12, rejected=0, views=16))
+    written = through_json(current.to_json())
+    assert written["augment"] == 2 and written["counts"]["views"] == 16
+    assert RunManifest.from_json(Fields(written, "manifest.json")) == current

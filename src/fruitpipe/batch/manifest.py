@@ -320,14 +320,15 @@ class RunManifest:
     augment: int | None = None  # augmented views per Training image (None: written before --augment)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version, "run_id": self.run_id, "input": self.input, "augment": self.augment,
+        document = {
+            "schema_version": self.schema_version, "run_id": self.run_id, "input": self.input,
             "output": self.output, "layout": self.layout, "classes": list(self.classes),
             "model": self.model.to_json(), "feature_dim": self.feature_dim, "pca": self.pca.to_json(),
             "counts": self.counts.to_json(), "timings_s": self.timings_s.to_json(),
             "throughput_img_s": self.throughput_img_s, "featurize_img_s": self.featurize_img_s,
             "versions": dict(self.versions), "spark": self.spark.to_json(),
         }
+        return document if self.augment is None else {**document, "augment": self.augment}
 
     @classmethod
     def from_json(cls, fields: Fields) -> RunManifest:
