@@ -84,9 +84,8 @@ def test_pca_is_fitted_on_the_photos_only(runs: dict[str, Path]) -> None:
 
 
 def test_train_on_an_augmented_run(runs: dict[str, Path], tmp_path: Path) -> None:
-    from trained import train_on
-
     from fruitpipe.recognise.contracts import TrainManifest
+    from trained import train_on
 
     model_dir = train_on(runs["first"], tmp_path / "model")
     manifest = TrainManifest.loads((model_dir / "manifest.json").read_bytes(), "train manifest")
@@ -113,3 +112,36 @@ def test_validation_split_keeps_views_with_their_photo(spark) -> None:
     photos_only = data.where("view = 0")
     _, plain_validation = validation_split(photos_only, 0.3, seed=1)
     assert set(plain_validation.toPandas().path) == held
+
+
+def test_worker_rejects_an_image_once_and_augments_only_chosen_rows(tmp_path: Path, small_sample: Path) -> None:
+    """In the worker itself (no Spark): a bad image is one row with its reason, an unchosen image one
+    row, a chosen one 1 + N rows; a model failure rejects each photo once, not once per view."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from fruitpipe.config import DecodeLimits
+    from fruitpipe.executor.worker import FeaturizeTask, featurize_partition
+    from fruitpipe.image import models
+    from fruitpipe.runtime import resolve
+
+    good = sorted(str(p) for p in (small_sample / "Training").glob("*/*.jpg"))[:2]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    spec = models.resolve("efficientnet-lite0")
+    task = FeaturizeTask(model_file=str(models.onnx_file(spec)), preprocessing=spec.preprocessing,
+                         runtime=resolve("fp32", None), feature_dim=spec.feature_dim, limits=DecodeLimits(),
+                         path_col="path", output_col="features", augment=AUGMENT, augment_col="chosen")
+    batch = pa.RecordBatch.from_pydict({"path": [good[0], str(bad), good[1]], "chosen": [True, True, False]})
+
+    def rows(task: FeaturizeTask) -> pd.DataFrame:
+        return pa.Table.from_batches(list(featurize_partition(task, iter([batch])))).to_pandas()
+
+    out = rows(task)
+    assert list(zip(out.path, out.view, strict=True)) == [(good[0], 0), (good[0], 1), (good[0], 2), (str(bad), 0),
+                                                          (good[1], 0)]
+    assert out.error_stage.tolist() == [None, None, None, "decode", None]
+    failing = rows(dataclasses.replace(task, feature_dim=7))  # the model returns 1280: every photo rejected
+    assert list(zip(failing.path, failing.view, failing.error_stage, strict=True)) == [
+        (good[0], 0, "embed"), (str(bad), 0, "decode"), (good[1], 0, "embed")]
