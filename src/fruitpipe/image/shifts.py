@@ -67,9 +67,28 @@ def seed_words(*parts: str | int) -> list[int]:
 def foreground_mask(pixels: np.ndarray) -> np.ndarray:
     """Where the fruit is: darker than INK in some channel, closed so highlights inside stay fruit."""
     size = _odd(pixels.shape[0] / 25)
-    ink = Image.fromarray(((pixels.min(axis=2) < INK) * 255).astype(np.uint8), "L")
-    closed = ink.filter(ImageFilter.MaxFilter(size)).filter(ImageFilter.MinFilter(size))
-    return np.asarray(closed) > 127
+    return _erode(_dilate(_darkest(pixels) < INK, size), size)
+
+
+def _darkest(pixels: np.ndarray) -> np.ndarray:
+    darkest: np.ndarray = np.minimum(np.minimum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+    return darkest
+
+
+def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
+    """Binary dilation by a size x size square, as two 1-D passes of shifted ORs (rank filters cost 20x)."""
+    out = mask
+    for axis in (0, 1):
+        padded = np.pad(out, [(size // 2, size // 2) if a == axis else (0, 0) for a in (0, 1)])
+        length = out.shape[axis]
+        out = np.zeros_like(out)
+        for start in range(size):
+            out |= padded[start:start + length] if axis == 0 else padded[:, start:start + length]
+    return out
+
+
+def _erode(mask: np.ndarray, size: int) -> np.ndarray:
+    return ~_dilate(~mask, size)
 
 
 def _odd(value: float) -> int:
@@ -89,11 +108,10 @@ def _composite(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     """The fruit of `pixels` over `background`. Opacity follows the distance from white (the
     anti-aliased, near-white rim blends in instead of leaving a white halo); inside the closed mask,
     minus a thin rim, the fruit is opaque (its highlights too)."""
-    inner = Image.fromarray((foreground_mask(pixels) * 255).astype(np.uint8), "L")
-    inner_alpha = np.asarray(inner.filter(ImageFilter.MinFilter(_odd(2 * _scale(pixels)))), dtype=np.float32) / 255
-    ink_alpha = np.clip((WHITE - 5 - pixels.min(axis=2).astype(np.float32)) / 60.0, 0.0, 1.0)
+    inner_alpha = _erode(foreground_mask(pixels), _odd(2 * _scale(pixels))).astype(np.float32)
+    ink_alpha = np.clip((WHITE - 5 - _darkest(pixels).astype(np.float32)) / 60.0, 0.0, 1.0)
     alpha = np.maximum(inner_alpha, ink_alpha)[..., None]
-    blended: np.ndarray = np.rint(pixels * alpha + background * (1.0 - alpha))
+    blended: np.ndarray = np.rint(background + (pixels - background) * alpha)
     return blended.astype(np.uint8)
 
 
@@ -117,7 +135,7 @@ def gaussian_blur(pixels: np.ndarray, rng: np.random.Generator, strength: float)
 
 def gaussian_noise(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     sigma = strength * float(rng.uniform(2.0, 6.0))
-    noisy = pixels + rng.normal(0.0, sigma, size=pixels.shape)
+    noisy = pixels + sigma * rng.standard_normal(size=pixels.shape, dtype=np.float32)
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
@@ -143,9 +161,10 @@ def plain_background(pixels: np.ndarray, rng: np.random.Generator, strength: flo
     if rng.random() < 0.5:
         second = first
     angle = float(rng.uniform(0, 2 * math.pi))
-    ys, xs = np.mgrid[0:height, 0:width] / max(height, width)
-    ramp = np.clip((xs - 0.5) * math.cos(angle) + (ys - 0.5) * math.sin(angle) + 0.5, 0, 1)[..., None]
-    colour = first * (1 - ramp) + second * ramp
+    side = max(height, width)
+    ys, xs = np.ogrid[0:height, 0:width]
+    ramp = np.clip((xs / side - 0.5) * math.cos(angle) + (ys / side - 0.5) * math.sin(angle) + 0.5, 0, 1)
+    colour = first.astype(np.float32) + (second - first).astype(np.float32) * ramp.astype(np.float32)[..., None]
     background = WHITE * (1 - strength) + colour * strength
     return _composite(pixels, background)
 
