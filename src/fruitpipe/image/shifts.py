@@ -135,7 +135,7 @@ def gaussian_blur(pixels: np.ndarray, rng: np.random.Generator, strength: float)
 
 def gaussian_noise(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     sigma = strength * float(rng.uniform(2.0, 6.0))
-    noisy = pixels + sigma * rng.standard_normal(size=pixels.shape, dtype=np.float32)
+    noisy: np.ndarray = pixels + sigma * rng.standard_normal(size=pixels.shape, dtype=np.float32)
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
