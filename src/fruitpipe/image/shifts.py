@@ -135,8 +135,9 @@ def gaussian_blur(pixels: np.ndarray, rng: np.random.Generator, strength: float)
 
 def gaussian_noise(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     sigma = strength * float(rng.uniform(2.0, 6.0))
-    noisy: np.ndarray = pixels + sigma * rng.standard_normal(size=pixels.shape, dtype=np.float32)
-    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    noisy: np.ndarray = np.clip(np.rint(pixels + sigma * rng.standard_normal(size=pixels.shape, dtype=np.float32)),
+                                0, 255)
+    return noisy.astype(np.uint8)
 
 
 def geometry(pixels: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
