@@ -28,7 +28,7 @@ def test_counts_and_dimensions(bundled_run, sample_dir: Path) -> None:
     features = pq.read_table(output / "features").to_pandas()
     errors = pq.read_table(output / "errors").to_pandas()
     listed = len(image_files(sample_dir))
-    assert manifest["counts"] == {"listed": listed, "ok": len(features), "rejected": len(errors)}
+    assert manifest["counts"] == {"listed": listed, "ok": len(features), "rejected": len(errors), "views": 0}
     assert len(features) == listed - len(errors)
     assert features["path"].is_unique
     assert {len(v) for v in features["features"]} == {1280} == {manifest["feature_dim"]}
@@ -169,7 +169,7 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
     errors = pq.read_table(output / "errors").to_pandas()
     assert {Path(p).name: stage for p, stage in zip(errors["path"], errors["stage"], strict=True)} == expected
     assert errors["reason"].str.len().min() > 0
-    assert manifest.counts.to_json() == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected)}
+    assert manifest.counts.to_json() == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected), "views": 0}
     assert (output / "_SUCCESS").exists()
 
 
