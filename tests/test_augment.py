@@ -96,15 +96,17 @@ def test_train_on_an_augmented_run(runs: dict[str, Path], tmp_path: Path) -> Non
 
 
 def test_validation_split_keeps_views_with_their_photo(spark) -> None:
-    """A held-out photo's views are in neither part; a fitted photo's views are fitted on; every photo
-    lands in exactly one part; a run without views splits as before (same held-out photos)."""
+    """A held-out photo's views go with it to validation (the shifted validation set), never to the fit
+    part; a fitted photo's views are fitted on; every photo lands in exactly one part; a run without
+    views splits as before (same held-out photos)."""
     from fruitpipe.recognise.train import validation_split
 
     rows = [(f"{label}/{i}.jpg", label, view) for label in ("a", "b") for i in range(10) for view in range(3)]
     data = spark.createDataFrame(rows, "path string, label string, view int")
     fit, validation = (part.toPandas() for part in validation_split(data, 0.3, seed=1))
     held = set(validation.path)
-    assert set(validation.view) == {0} and len(validation) == len(held) == 6
+    assert len(held) == 6 and len(validation) == 6 * 3
+    assert (validation.groupby("path").view.apply(sorted) == pd.Series([[0, 1, 2]] * 6, index=sorted(held))).all()
     assert not held & set(fit.path)
     assert set(fit.path) | held == {path for path, _, _ in rows}
     assert (fit.groupby("path").view.apply(sorted) == pd.Series([[0, 1, 2]] * len(set(fit.path)),

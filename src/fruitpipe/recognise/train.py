@@ -177,7 +177,8 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         training = prepared.where(F.col("split") == TRAINING)
         test = prepared.where((F.col("split") == TEST) & (F.col(VIEW) == 0))
         fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
-        counts = TrainCounts(training=training.where(F.col(VIEW) == 0).count(), validation=validation.count(),
+        counts = TrainCounts(training=training.where(F.col(VIEW) == 0).count(),
+                             validation=validation.where(F.col(VIEW) == 0).count(),
                              test=test.count())
     with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
         chosen, scores = _choose(fit_part, validation, len(classes)) if counts.validation else (CANDIDATES[0], {})
@@ -241,8 +242,10 @@ def _read_with_views(spark: SparkSession, run_output: str, source: Source, store
 
 def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
     """Per class, a deterministic `fraction` of the photos (view 0; at least one when a class has two or
-    more) is held out. The fit part keeps its photos' augmented views; the validation part is photos only,
-    so no view of a validation photo is ever fitted on (nor scored twice)."""
+    more) is held out with its augmented views. The fit part keeps its photos' views; the validation part
+    is the held-out photos *and* their views (made by the training-side shift families), so the choice of
+    classifier, the temperature and the threshold are all made on a validation set shifted the way the
+    issue asks, and no view of a validation photo is ever fitted on. Without --augment: photos only."""
     photos = training.where(F.col(VIEW) == 0)
     by_class = Window.partitionBy("label")
     size = F.count(F.lit(1)).over(by_class)
@@ -250,7 +253,7 @@ def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[D
     quota = F.when(size >= 2, F.greatest(F.lit(1), F.floor(size * fraction))).otherwise(0)
     held = photos.select("path", (rank <= quota).alias("__held"))
     ranked = training.join(held, on="path", how="inner")
-    validation = ranked.where(F.col("__held") & (F.col(VIEW) == 0))
+    validation = ranked.where(F.col("__held"))
     return ranked.where(~F.col("__held")).drop("__held"), validation.drop("__held")
 
 
