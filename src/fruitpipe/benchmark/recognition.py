@@ -1,0 +1,265 @@
+"""The recognition table of issue 13: each training recipe on in-domain Test, the shift suite, non-fruit photos.
+
+`python -m fruitpipe.benchmark.recognition --work DIR` (or `make recognition`). What is chosen and on what:
+- The **recipe** is chosen on a *selection* pass only: the bundled Training photos are split by a hash of
+  their path into a fit part (80%) and a holdout (20%); every recipe runs + trains on the fit part, and
+  is scored on the holdout photos shifted with the **training-side** families (`shifts.augmented_view`,
+  views 1..3; never an evaluation-side family). Test, the suite and the non-fruit photos play no part.
+- The **reported** figures come from the *final* pass: each recipe run + trained on the whole bundled
+  sample (as a user would), then `fruitpipe evaluate` on in-domain Test and on every evaluation-side
+  family (`fruitpipe sample-data --shift all-evaluation`, made from Test images), and `fruitpipe predict`
+  on the non-fruit photos (`benchmark.nonfruit`, never used for any choice).
+Every step is the user's command line in a child process, so the table measures what users get.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fruitpipe.image import shifts
+from fruitpipe.image.sampledata import bundled_sample_dir
+
+logger = logging.getLogger(__name__)
+
+HOLDOUT_SHARE = 0.2
+HOLDOUT_VIEWS = (1, 2, 3)  # shifted copies of each holdout photo scored at selection
+SUITE_SEED = 0
+RESULTS = Path("bench/recognition.json")
+DOC = Path("docs/recognition.md")
+TABLE_START, TABLE_END = "<!-- recognition-table:start -->", "<!-- recognition-table:end -->"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a recogniser is made: the CNN, augmented views per Training photo, and PCA."""
+
+    name: str
+    model: str = "efficientnet-lite0"
+    augment: int = 0
+    pca: tuple[str, ...] = ()  # extra `fruitpipe run` PCA flags, e.g. ("--variance", "0.99")
+
+    def run_args(self) -> list[str]:
+        return ["--model", self.model, *(["--augment", str(self.augment)] if self.augment else []), *self.pca]
+
+
+RECIPES = (
+    Recipe("baseline"),  # today's recogniser: no views
+    Recipe("augment-2", augment=2),
+    Recipe("augment-4", augment=4),
+    Recipe("augment-4, PCA 99%", augment=4, pca=("--variance", "0.99")),
+    Recipe("logits + augment-4", model="efficientnet-lite0+logits", augment=4),
+)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`fruitpipe ARGS` as a user runs it; a failure stops the measurement with its stderr."""
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    result = subprocess.run([sys.executable, "-m", "fruitpipe.cli", *args], capture_output=True, text=True,
+                            env=env, check=False)
+    if result.returncode:
+        raise RuntimeError(f"fruitpipe {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+def in_holdout(relative: str) -> bool:
+    """A fixed 20% of Training photos, by a hash of their path (the same on every machine)."""
+    digest = hashlib.sha256(relative.encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") / 2**32 < HOLDOUT_SHARE
+
+
+def selection_data(sample: Path, work: Path) -> tuple[Path, Path]:
+    """(fit-part sample with Test, shifted holdout in flat layout) for choosing the recipe."""
+    fit, holdout = work / "select" / "sample", work / "select" / "holdout-shifted"
+    if holdout.is_dir():
+        return fit, holdout
+    for photo in sorted(sample.glob("Training/*/*.jpg")):
+        relative = photo.relative_to(sample).as_posix()
+        if not in_holdout(relative):
+            _copy(photo, fit / relative)
+            continue
+        pixels = np.asarray(Image.open(photo).convert("RGB"))
+        for view in HOLDOUT_VIEWS:
+            shifted = shifts.augmented_view(pixels, f"holdout:{relative}", view)
+            target = holdout / photo.parent.name / f"{photo.stem}_v{view}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(shifted).save(target, quality=95)
+    for photo in sorted(sample.glob("Test/*/*.jpg")):  # train needs a Test split; selection never reads its scores
+        _copy(photo, fit / photo.relative_to(sample))
+    return fit, holdout
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+def suite_data(work: Path) -> dict[str, Path]:
+    """Every evaluation-side family as its own labelled folder (made from the bundled Test images)."""
+    folder = work / "suite"
+    if not folder.is_dir():
+        cli("sample-data", "--output", str(folder), "--shift", "all-evaluation", "--seed", str(SUITE_SEED))
+    return {family: folder / family for family in shifts.EVALUATION_SIDE}
+
+
+def non_fruit_data(work: Path) -> Path:
+    from fruitpipe.benchmark.nonfruit import non_fruit_photos
+
+    folder = work / "non-fruit"
+    if not folder.is_dir():
+        non_fruit_photos(folder)
+    return folder
+
+
+def make_model(recipe: Recipe, sample: Path, folder: Path) -> tuple[Path, float]:
+    """`fruitpipe run` + `fruitpipe train` for one recipe; (model dir, seconds)."""
+    started = time.perf_counter()
+    run_output, model_dir = folder / "run", folder / "model"
+    cli("run", "--input", str(sample), "--output", str(run_output), "--overwrite", *recipe.run_args())
+    cli("train", "--features", str(run_output), "--output", str(model_dir), "--overwrite")
+    return model_dir, time.perf_counter() - started
+
+
+def evaluate(model_dir: Path, folder: Path, *extra: str) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(cli("evaluate", "--model", str(model_dir), "--input", str(folder),
+                                            "--json", *extra).stdout)
+    return report
+
+
+def unknown_rate(model_dir: Path, photos: Path) -> tuple[float, int]:
+    """Share of non-fruit photos the recogniser answers "unknown" for (predict's JSON), and their count."""
+    files = sorted(str(path) for path in photos.glob("*.jpg"))
+    results = json.loads(cli("predict", "--model", str(model_dir), "--json", *files).stdout)
+    answers = results if isinstance(results, list) else results["results"]
+    unknown = sum(1 for answer in answers if answer.get("unknown"))
+    return unknown / len(answers), len(answers)
+
+
+def accuracy(report: dict[str, Any]) -> float:
+    return float(report["metrics"]["accuracy"])
+
+
+def measure_recipe(recipe: Recipe, work: Path, sample: Path, suite: dict[str, Path],
+                   non_fruit: Path) -> dict[str, Any]:
+    folder = work / "recipes" / recipe.name.replace(" ", "").replace(",", "_").replace("%", "pct")
+    fit, holdout = selection_data(sample, work)
+    selection_model, selection_seconds = make_model(recipe, fit, folder / "select")
+    holdout_report = evaluate(selection_model, holdout)
+    model_dir, seconds = make_model(recipe, sample, folder / "final")
+    test = evaluate(model_dir, sample, "--split", "Test")
+    families = {family: accuracy(evaluate(model_dir, path, "--split", "Test")) for family, path in suite.items()}
+    rate, photos = unknown_rate(model_dir, non_fruit)
+    at_threshold = test["metrics"].get("at_threshold") or {}
+    return {
+        "recipe": recipe.name, "model": recipe.model, "augment": recipe.augment, "pca": list(recipe.pca),
+        "selection": {"holdout_shifted_accuracy": accuracy(holdout_report), "seconds": round(selection_seconds, 1)},
+        "test_accuracy": accuracy(test),
+        "suite": families,
+        "suite_mean": float(np.mean(list(families.values()))),
+        "suite_min": min(families.values()),
+        "non_fruit_unknown_rate": rate, "non_fruit_photos": photos,
+        "test_coverage_at_threshold": at_threshold.get("coverage"),
+        "seconds": round(seconds, 1),
+        "model_dir": str(model_dir),
+    }
+
+
+def serve_p95(model_dir: Path) -> float:
+    """p95 latency (ms) of one client posting bundled Test photos to `fruitpipe serve` of this model."""
+    from fruitpipe.benchmark.extra import serve_latency
+
+    result = serve_latency({"model": str(model_dir), "clients": [1], "requests": 200, "servers": ["1x1"]})
+    return float(result["points"][0]["latency_ms"]["p95"])
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = results["recipes"]
+    families = list(rows[0]["suite"])
+    header = ["recipe", "holdout (shifted, selection)", "Test", *families, "suite mean", "non-fruit unknown",
+              "Test coverage at threshold", "serve p95 ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        cells = [row["recipe"] + (" (chosen)" if row["recipe"] == results["chosen"] else ""),
+                 _pct(row["selection"]["holdout_shifted_accuracy"]), _pct(row["test_accuracy"]),
+                 *(_pct(row["suite"][family]) for family in families), _pct(row["suite_mean"]),
+                 _pct(row["non_fruit_unknown_rate"]), _pct(row["test_coverage_at_threshold"]),
+                 f"{row['serve_p95_ms']:.1f}" if row.get("serve_p95_ms") is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def write_doc(results: dict[str, Any], doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Recognition\n"
+    block = (f"{TABLE_START}\nMeasured {results['measured_at']} on {results['machine']['cpu']} "
+             f"({results['machine']['cpus']} vCPU), `{results['command']}`.\n\n{table(results)}\n{TABLE_END}")
+    if TABLE_START in text:
+        head, rest = text.split(TABLE_START, 1)
+        text = head + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Recipes measured\n" + block + "\n"
+    doc.write_text(text, encoding="utf-8")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fruitpipe.benchmark.recognition", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(Path.home() / ".cache" / "fruitpipe" / "recognition"),
+                        help="scratch folder (data sets and models; reused)")
+    parser.add_argument("--recipes", help="comma-separated recipe names (default: all)")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--doc", default=str(DOC))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chosen_names = set(args.recipes.split(",")) if args.recipes else {recipe.name for recipe in RECIPES}
+    recipes = [recipe for recipe in RECIPES if recipe.name in chosen_names]
+    work, sample = Path(args.work), bundled_sample_dir()
+    suite, non_fruit = suite_data(work), non_fruit_data(work)
+    rows = []
+    for recipe in recipes:
+        logger.info("recipe %s ...", recipe.name)
+        rows.append(measure_recipe(recipe, work, sample, suite, non_fruit))
+        logger.info("recipe %s: %s", recipe.name, {k: v for k, v in rows[-1].items() if k != "suite"})
+    chosen = max(rows, key=lambda row: row["selection"]["holdout_shifted_accuracy"])["recipe"]
+    for row in rows:
+        if row["recipe"] in {"baseline", chosen}:
+            row["serve_p95_ms"] = serve_p95(Path(row["model_dir"]))
+    results = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
+               "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()}, "chosen": chosen,
+               "chosen_on": "holdout_shifted_accuracy (20% of Training, training-side families)",
+               "recipes": rows}
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_doc(results, Path(args.doc))
+    sys.stdout.write(table(results) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
