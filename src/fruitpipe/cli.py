@@ -81,6 +81,9 @@ def _probability(text: str) -> float:
     return value
 
 
+TTA_HELP = ("test-time augmentation: average the calibrated probabilities of N views of each photo (the photo "
+            "and N-1 fixed rotations/mirrors), 1..16; costs N model runs per photo (default: the tta in "
+            "bundle.json, 1 when absent)")
 THRESHOLD_HELP = ("answer 'not sure' (unknown) when the highest calibrated probability is below T, 0..1 "
                   "(default: the threshold chosen by 'fruitpipe train', in bundle.json)")
 
@@ -188,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-precision", type=_fraction, default=0.95, metavar="P",
                        help="choose the 'not sure' threshold on validation so that answered photos are right at "
                             "least this often (default: %(default)s)")
+    train.add_argument("--tta", type=int, default=1, metavar="N",
+                       help="test-time views per photo recorded in bundle.json for predict, serve and evaluate "
+                            "(1..16; default: %(default)s, the photo alone)")
     train.set_defaults(handler=_cmd_train)
 
     predict = commands.add_parser("predict", help="classify photos with a trained bundle (in process, no Spark)")
@@ -197,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="classes shown per photo (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
     predict.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
+    predict.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     predict.set_defaults(handler=_cmd_predict)
 
     evaluate = commands.add_parser("evaluate", help="score a trained model on a labelled folder: accuracy, top-3, "
@@ -210,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=float, metavar="T",
                           help="\"not sure\" threshold on the max probability: report coverage and accuracy at it")
     evaluate.add_argument("--spark", action="store_true", help="use the Spark path even for a few local photos "
-                          "(default: Spark for s3:// input or more than 2,000 photos)")
+                          "(default: Spark for s3:// input or more than 2,000 photos; refused with tta > 1, "
+                          "which always runs in process)")
+    evaluate.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     evaluate.add_argument("--json", action="store_true", help="print metrics.json's content instead of a summary")
     _add_session_arguments(evaluate)
     _add_s3_arguments(evaluate)
@@ -248,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--concurrency", type=_positive_int,
                        help="photos classified at the same time; others queue (default: one per core)")
     serve.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
+    serve.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     serve.set_defaults(handler=_cmd_serve)
 
     package = commands.add_parser("package", help="build the relocatable environment archive for cluster executors")
@@ -390,7 +400,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
                                        master=master, spark_conf=parse_spark_conf(args.conf),
                                        s3=_s3_options(args), remote=remote,
-                                       target_precision=args.target_precision))
+                                       target_precision=args.target_precision, tta=args.tta))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
           else train_summary(manifest, args.output))
     return 0
@@ -420,7 +430,7 @@ def _calibration_line(calibration: Calibration) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fruitpipe.recognise.bundle import Bundle, predict_photos
 
-    results = predict_photos(Bundle.load(args.model, threshold=args.threshold), args.photos, args.top_k)
+    results = predict_photos(Bundle.load(args.model, threshold=args.threshold, tta=args.tta), args.photos, args.top_k)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False))
     for result in results:
@@ -446,7 +456,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate.evaluate(EvaluateConfig(
         model=args.model, input=args.input, output=args.output, split=args.split, threshold=args.threshold,
         spark=args.spark, master=master, spark_conf=parse_spark_conf(args.conf), s3=_s3_options(args),
-        remote=remote))
+        remote=remote, tta=args.tta))
     print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json
           else evaluate_summary(report, args.output))
     return 0
@@ -456,7 +466,8 @@ def evaluate_summary(report: EvaluationReport, output: str | None) -> str:
     metrics = report.metrics
     what = f"{report.split} split" if report.split else "flat folder"
     lines = [
-        f"fruitpipe evaluate: {report.input} ({what}, {len(report.folders)} classes, through the {report.engine})",
+        f"fruitpipe evaluate: {report.input} ({what}, {len(report.folders)} classes, through the {report.engine}"
+        + (f", {report.tta} views per photo)" if report.tta > 1 else ")"),
         f"  photos      {metrics.count} scored, {len(report.unreadable)} unreadable",
         f"  accuracy    {metrics.accuracy:.2%} (top-3 {metrics.top3_accuracy:.2%}), macro-F1 {metrics.macro_f1:.4f}",
         f"  calibration ECE {metrics.ece:.4f} (15 equal-width bins of the max probability)",
@@ -514,7 +525,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fruitpipe.recognise import serve
 
     serve.serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                threads=args.threads, concurrency=args.concurrency, threshold=args.threshold)
+                threads=args.threads, concurrency=args.concurrency, threshold=args.threshold, tta=args.tta)
     return 0
 
 

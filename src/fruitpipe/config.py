@@ -13,6 +13,7 @@ DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_VARIANCE = 0.95
 DEFAULT_MASTER = "local[*]"
 MAX_AUGMENT = 32  # augmented views per Training image: featurizing costs grow with 1 + N
+MAX_TTA = 16  # test-time views per photo: inference costs grow with N
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -165,9 +166,11 @@ class TrainConfig:
     seed: int = 0
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
     target_precision: float = 0.95  # the "not sure" threshold is chosen on validation for this precision
+    tta: int = 1  # test-time views recorded in bundle.json (predict, serve and evaluate default to it)
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
+        check_tta(self.tta)
         if not 0.0 < self.target_precision <= 1.0:
             raise ValueError(f"target precision must be in (0, 1], got {self.target_precision}")
         if not self.features:
@@ -192,9 +195,12 @@ class EvaluateConfig:
     spark_conf: tuple[tuple[str, str], ...] = ()
     s3: S3Options = field(default_factory=S3Options)
     remote: str | None = None
+    tta: int | None = None  # test-time views per photo; None: the bundle's recorded tta
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
+        if self.tta is not None:
+            check_tta(self.tta)
         if not self.model:
             raise ValueError("a model folder is required (--model)")
         if not self.input:
@@ -208,6 +214,13 @@ def check_augment(augment: int) -> int:
     if isinstance(augment, bool) or not isinstance(augment, int) or not 0 <= augment <= MAX_AUGMENT:
         raise ValueError(f"--augment must be an integer from 0 to {MAX_AUGMENT}, got {augment!r}")
     return augment
+
+
+def check_tta(tta: int) -> int:
+    """Test-time views per photo: an integer 1..MAX_TTA (1: the photo alone)."""
+    if isinstance(tta, bool) or not isinstance(tta, int) or not 1 <= tta <= MAX_TTA:
+        raise ValueError(f"--tta must be an integer from 1 to {MAX_TTA}, got {tta!r}")
+    return tta
 
 
 def check_remote(remote: str | None) -> None:

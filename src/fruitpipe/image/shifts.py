@@ -351,12 +351,19 @@ def family(name: str) -> Family:
 def augmented_view(pixels: np.ndarray, key: str, view: int, families: Sequence[str] = TRAINING_SIDE) -> np.ndarray:
     """View `view` of an image known as `key` (its path): 0 is the image itself (the same array);
     view v > 0 applies each of `families` with probability 1/2 (at least one), in the given order,
-    from a generator seeded by a hash of (key, view): the same view on every machine and run."""
+    from a generator seeded by a hash of (key, view): the same view on every machine and run.
+
+    Only training-side families are accepted: an evaluation-side family in a view (augmentation or
+    test-time augmentation) would let the model see the suite it is scored on."""
     if view < 0:
         raise ValueError(f"a view index is >= 0, got {view}")
+    chosen = [family(name) for name in families]
+    held_out = [shift.name for shift in chosen if shift.side != TRAINING]
+    if held_out:
+        raise ValueError(f"augmented views use training-side shifts only; {', '.join(held_out)} "
+                         "is held out for evaluation")
     if view == 0:
         return pixels
-    chosen = [family(name) for name in families]
     if not chosen:
         raise ValueError("augmented views need at least one shift family")
     rng = np.random.default_rng(seed_words("view", key, view))

@@ -6,6 +6,10 @@ regression coefficients, the class list and fingerprints of the run it came from
 sha256 is recorded and checked on load, so a half-copied or edited bundle is refused rather than
 silently predicting something else. Inference reuses the pipeline's own decode/resize/embed
 functions, so a photo goes through exactly what the training images went through.
+
+With test-time augmentation (`tta` N > 1) a photo's probabilities are the mean of the calibrated
+probabilities of N views: the photo and N - 1 fixed views made with the mild training-side family
+`geometry` (rotation, mirror, small zoom; never an evaluation-side family), the same for every photo.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from fruitpipe.config import check_tta
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
+from fruitpipe.image.shifts import augmented_view
 from fruitpipe.recognise import calibration
 from fruitpipe.recognise.contracts import BundleDescription
 from fruitpipe.storage import Store, file_sha256
@@ -30,7 +36,9 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR, DESCRIPTION = "bundle", "bundle.json"
 ONNX_FILE, ARRAYS_FILE, CLASSES_FILE = "model.onnx", "arrays.npz", "classes.json"
 ARRAY_NAMES = ("mean", "components", "coefficients", "intercepts")
-BATCH_SIZE = 32  # images per ONNX Runtime call: bounds memory for long lists
+BATCH_SIZE = 32  # photos per ONNX Runtime call (with their test-time views): bounds memory for long lists
+TTA_KEY = "tta"  # one key for every photo: view v is the same transformation whatever the photo
+TTA_FAMILIES = ("geometry",)  # mild and label-preserving for a fruit; training-side (augmented_view checks)
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class Bundle:
     """A loaded bundle; thread-safe for prediction (ONNX Runtime sessions are)."""
 
     def __init__(self, folder: Path, description: BundleDescription, arrays: Arrays, threads: int,
-                 threshold: float | None = None) -> None:
+                 threshold: float | None = None, tta: int | None = None) -> None:
         self.folder = folder
         self.description = description
         self.arrays = arrays
@@ -106,14 +114,19 @@ class Bundle:
         self.temperature = calibrated.temperature if calibrated else 1.0
         self.threshold = check_threshold(threshold) if threshold is not None else (
             calibrated.threshold if calibrated else None)
+        self.tta = check_tta(tta if tta is not None else description.tta or 1)
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None, threshold: float | None = None) -> Bundle:
+    def load(cls, path: str | Path, threads: int | None = None, threshold: float | None = None,
+             tta: int | None = None) -> Bundle:
         """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256.
 
-        `threshold` (0..1) replaces the bundle's own "not sure" threshold (--threshold)."""
+        `threshold` (0..1) replaces the bundle's own "not sure" threshold (--threshold); `tta` (1..16)
+        the test-time views it recorded (--tta)."""
         if threshold is not None:
             check_threshold(threshold)
+        if tta is not None:
+            check_tta(tta)
         folder = _bundle_folder(Path(path))
         description = _read_description(folder)
         for name, expected in description.files.items():
@@ -128,7 +141,7 @@ class Bundle:
         arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
             arrays.check(description.model.feature_dim, len(classes))
-            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold)
+            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold, tta)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bundle {folder} is invalid ({type(exc).__name__}: {exc})") from exc
         logger.debug("loaded bundle %s: %d classes, k=%d", folder, len(classes), arrays.components.shape[1])
@@ -143,12 +156,24 @@ class Bundle:
         return self.probabilities_of_pixels([self.pixels(data) for data in images])
 
     def probabilities_of_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """Already decoded inputs (from `pixels`) -> probabilities, in batches of BATCH_SIZE."""
+        """Already decoded inputs (from `pixels`) -> probabilities, in batches of BATCH_SIZE photos; with
+        tta > 1, the mean over each photo's views of their calibrated probabilities."""
         if not len(pixels):
             return np.zeros((0, len(self.classes)))
-        features = [embed(np.stack(pixels[start:start + BATCH_SIZE]), self.preprocessing, self.onnx_path,
+        features = [embed(self._views(pixels[start:start + BATCH_SIZE]), self.preprocessing, self.onnx_path,
                           self.threads, self.runtime) for start in range(0, len(pixels), BATCH_SIZE)]
-        return self.classify(np.concatenate(features))
+        probabilities = self.classify(np.concatenate(features))
+        if self.tta == 1:
+            return probabilities
+        averaged: np.ndarray = probabilities.reshape(len(pixels), self.tta, len(self.classes)).mean(axis=1)
+        return averaged
+
+    def _views(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """One model call's input: each photo, followed by its tta - 1 test-time views."""
+        if self.tta == 1:
+            return np.stack(pixels)
+        return np.stack([augmented_view(photo, TTA_KEY, view, TTA_FAMILIES)
+                         for photo in pixels for view in range(self.tta)])
 
     def classify(self, features: np.ndarray) -> np.ndarray:
         """CNN features (n, d) -> calibrated probabilities, computed as the Spark batch path does.
@@ -202,6 +227,7 @@ class Bundle:
             "metrics": description.metrics.to_json() if description.metrics else {},
             "temperature": self.temperature,
             "threshold": self.threshold,
+            "tta": self.tta,
             "calibration": description.calibration.to_json() if description.calibration else None,
         }
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fruitpipe.batch.manifest import SCHEMA_VERSION, Fields, ModelEntry, Timings, parse
-from fruitpipe.config import DecodeLimits
+from fruitpipe.config import MAX_TTA, DecodeLimits
 
 TRAIN_KIND = "fruitpipe-train"
 BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION = "fruitpipe-bundle", 1  # the format's own marker, kept beside schema_version
@@ -243,7 +243,8 @@ class BundlePca:
 @dataclass(frozen=True)
 class BundleDescription:
     """bundle.json: what the bundle's files are and where they came from. `files` (file -> sha256) is
-    filled in by `bundle.write` once the files exist; `pca`, `metrics` and `calibration` may be absent (None).
+    filled in by `bundle.write` once the files exist; `pca`, `metrics`, `calibration` and `tta` may be
+    absent (None).
 
     `schema_version` is the version the value was read from (what `to_json` writes back)."""
 
@@ -258,6 +259,7 @@ class BundleDescription:
     files: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     calibration: Calibration | None = None  # absent (old bundles): T = 1 and nothing is ever unknown
+    tta: int | None = None  # test-time views averaged per photo (`fruitpipe train --tta`); absent: 1
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -267,7 +269,7 @@ class BundleDescription:
             "pca": self.pca.to_json() if self.pca else None, "classifier": self.classifier.to_json(),
             "source": self.source.to_json(), "metrics": self.metrics.to_json() if self.metrics else None,
             "classes": list(self.classes), "files": dict(self.files),
-            "calibration": self.calibration.to_json() if self.calibration else None}
+            "calibration": self.calibration.to_json() if self.calibration else None, "tta": self.tta}
         return {key: value for key, value in document.items() if value is not None}
 
     @classmethod
@@ -286,8 +288,15 @@ class BundleDescription:
                    source=SourceRun.from_json(fields.child("source")),
                    metrics=Metrics.from_json(metrics) if metrics else None, classes=fields.texts("classes"),
                    files=fields.child("files").all_texts(), schema_version=version,
-                   calibration=Calibration.optional(fields))
+                   calibration=Calibration.optional(fields), tta=_tta(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> BundleDescription:
         return cls.from_json(parse(raw, where))
+
+
+def _tta(fields: Fields) -> int | None:
+    tta = fields.optional_integer("tta")
+    if tta is not None and not 1 <= tta <= MAX_TTA:
+        raise ValueError(f"{fields.where}: tta must be from 1 to {MAX_TTA}, got {tta}")
+    return tta

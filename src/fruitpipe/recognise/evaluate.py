@@ -62,9 +62,9 @@ class Scored:
 def evaluate(config: EvaluateConfig) -> EvaluationReport:
     """Score the model on the labelled folder; writes the outputs when config.output is set."""
     store = Store(config.s3)
-    model = Bundle.load(config.model)
+    model = Bundle.load(config.model, tta=config.tta)
     selection = select(sources.list_images(store, config.input), model.classes, config.split)
-    engine = "spark" if use_spark(config, len(selection.photos)) else "bundle"
+    engine = "spark" if use_spark(config, len(selection.photos), model.tta) else "bundle"
     logger.info("evaluating %d photos of %d classes through the %s", len(selection.photos), len(selection.folders),
                 "Spark path" if engine == "spark" else "bundle in process")
     scored = spark_scores(model, selection, config, store) if engine == "spark" else bundle_scores(model, selection,
@@ -73,7 +73,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
     report = EvaluationReport(
         created=datetime.now(UTC).isoformat(timespec="seconds"), model=str(model.folder),
         input=storage.redact(config.input), layout=selection.layout, split=selection.split, engine=engine,
-        folders=selection.folders, unknown_folders=selection.unknown, unreadable=scored.unreadable, metrics=metrics)
+        folders=selection.folders, unknown_folders=selection.unknown, unreadable=scored.unreadable, metrics=metrics,
+        tta=model.tta)
     if config.output:
         write_outputs(store, config.output, report)
     return report
@@ -84,7 +85,15 @@ def _threshold(config: EvaluateConfig, model: Bundle) -> float | None:
     return config.threshold if config.threshold is not None else model.threshold
 
 
-def use_spark(config: EvaluateConfig, photos: int) -> bool:
+def use_spark(config: EvaluateConfig, photos: int, tta: int = 1) -> bool:
+    """Spark for s3:// input or many photos, unless test-time views are asked for: the Spark path
+    scores features made in executors, which never see the pixels the views are made from, so with
+    tta > 1 every photo goes through the bundle in process and --spark is refused."""
+    if tta > 1:
+        if config.spark:
+            raise ValueError(f"--spark scores one view per photo; with tta {tta} evaluate runs in process "
+                             "(drop --spark, or pass --tta 1 for the Spark path)")
+        return False
     return config.spark or not storage.is_local(config.input) or photos > SPARK_ABOVE
 
 

@@ -138,11 +138,13 @@ class EvaluationReport:
     unknown_folders: tuple[UnknownFolder, ...]
     unreadable: tuple[Unreadable, ...]
     metrics: EvaluationMetrics
+    tta: int = 1  # views averaged per photo (1: the photo alone)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION, "created": self.created, "model": self.model, "input": self.input,
-            "layout": self.layout, "split": self.split, "engine": self.engine, "folders": dict(self.folders),
+            "layout": self.layout, "split": self.split, "engine": self.engine, "tta": self.tta,
+            "folders": dict(self.folders),
             "unknown_folders": [folder.to_json() for folder in self.unknown_folders],
             "unreadable": [photo.to_json() for photo in self.unreadable],
             **self.metrics.to_json(),

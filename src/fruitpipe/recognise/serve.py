@@ -41,7 +41,7 @@ TOP_K_HELP = "how many classes to return, most probable first (capped at the num
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors 'none'")
 HEALTH_KEYS = ("model", "weights_sha256", "onnx_sha256", "feature_dim", "input_size", "k", "classifier",
-               "classes", "created", "temperature", "threshold")
+               "classes", "created", "temperature", "threshold", "tta")
 PREDICT_BODY = {  # the multipart body is parsed by hand (to bound it), so OpenAPI is told its shape here
     "required": True,
     "content": {"multipart/form-data": {"schema": {
@@ -229,8 +229,8 @@ def warm_up(bundle: Predictor) -> None:
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, threads: int = 1, concurrency: int | None = None,
-          threshold: float | None = None) -> None:
-    """Load the bundle, bind, and run uvicorn until interrupted; `threshold` replaces the bundle's own.
+          threshold: float | None = None, tta: int | None = None) -> None:
+    """Load the bundle, bind, and run uvicorn until interrupted; `threshold` and `tta` replace the bundle's own.
 
     Defaults: one ONNX Runtime thread per inference and one inference per core. On the 2-core
     reference machine that gave the higher throughput from 2 concurrent clients on; 2 threads x 1
@@ -239,14 +239,14 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from fruitpipe.recognise.bundle import Bundle
 
-    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold)
+    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold, tta=tta)
     app = create_app(bundle, max_upload_bytes=max_upload_bytes, concurrency=concurrency or os.cpu_count() or 1)
     sock = bind_socket(host, port)
     warm_up(bundle)
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    logger.info("serving %s (%d classes, temperature %.4g, threshold %s) on http://%s:%d/",
+    logger.info("serving %s (%d classes, temperature %.4g, threshold %s, tta %d) on http://%s:%d/",
                 bundle.describe()["model"], len(bundle.classes), bundle.temperature,
-                "none" if bundle.threshold is None else f"{bundle.threshold:.4g}", shown_host, bound_port)
+                "none" if bundle.threshold is None else f"{bundle.threshold:.4g}", bundle.tta, shown_host, bound_port)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
     server.run(sockets=[sock])

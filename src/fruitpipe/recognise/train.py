@@ -170,7 +170,7 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
                       spec: models.ModelSpec, onnx: str, timer: StageTimer) -> TrainManifest:
     with timer.stage("read"):
         data = _read_with_views(spark, config.features, source, store)
-        classes = _classes(data)
+        classes = _classes(data, storage.redact(config.features))
         indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
         prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
                                      .withColumn(VECTOR, array_to_vector(F.col("pca")))).persist()
@@ -217,10 +217,16 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
     return manifest
 
 
-def _classes(data: DataFrame) -> list[str]:
-    """Sorted Training labels; Test may only hold those (a class never trained on cannot be scored)."""
+def _classes(data: DataFrame, run_output: str) -> list[str]:
+    """Sorted Training labels; Test may only hold those (a class never trained on cannot be scored).
+
+    A run with photos but no Training rows (a `sample-data --shift` suite, Test only) is refused by
+    name: the evaluation suite must never be fitted on."""
     labels = data.groupBy("split").agg(F.collect_set("label").alias("labels")).collect()
     by_split = {row["split"]: set(row["labels"]) for row in labels}
+    if not by_split.get(TRAINING) and by_split:
+        raise ValueError(f"no {TRAINING} rows in {run_output}: train needs a {TRAINING} split "
+                         "(a sample-data --shift set is for evaluate only)")
     if not by_split.get(TRAINING) or not by_split.get(TEST):
         raise ValueError(f"training needs a {TRAINING} and a {TEST} split (the Fruits 360 layout); "
                          f"this run has {sorted(str(s) for s in by_split) or 'no images'}")
@@ -389,6 +395,7 @@ def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: model
         metrics=metrics,
         classes=tuple(classes),
         calibration=calibrated,
+        tta=config.tta,
     )
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
         bundle.write(folder, onnx, description, arrays)
