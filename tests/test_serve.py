@@ -249,6 +249,7 @@ def test_health_describes_the_bundle(server: str, bundle: Bundle) -> None:
         assert health[key] == described[key]
     assert health["max_upload_bytes"] == UPLOAD_LIMIT
     assert (health["threshold"], health["temperature"]) == (bundle.threshold, bundle.temperature)
+    assert health["tta"] == bundle.tta == 1
 
 
 def test_openapi_documents_predict_and_docs_page_is_off(server: str) -> None:

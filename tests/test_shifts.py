@@ -80,6 +80,32 @@ def test_augmented_view(photo: np.ndarray) -> None:
         shifts.augmented_view(photo, "a.jpg", 1, families=("grayscale", "nope"))
 
 
+@pytest.mark.parametrize("name", shifts.EVALUATION_SIDE)
+def test_augmented_view_refuses_every_evaluation_side_family(photo: np.ndarray, name: str) -> None:
+    """Augmentation and test-time views never use the suite's families, whatever the view (0 included)."""
+    for view in (0, 1):
+        with pytest.raises(ValueError, match=f"training-side shifts only; {name} is held out"):
+            shifts.augmented_view(photo, "a.jpg", view, families=("geometry", name))
+
+
+@pytest.mark.slow
+def test_train_refuses_a_run_of_a_shifted_suite_in_one_line(spark, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """sample-data --shift writes Test images only: `run` on it works, `train` on that run is refused by name."""
+    from fruitpipe.cli import main
+
+    suite, run = tmp_path / "suite", tmp_path / "run"
+    assert main(["sample-data", "--shift", shifts.EVALUATION_SIDE[0], "--per-class", "2", "--output", str(suite)]) == 0
+    assert {path.parent.parent.name for path in suite.rglob("*.jpg")} == {"Test"}
+    assert main(["run", "--input", str(suite), "--output", str(run), "--k", "4", "--master", "local[2]"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--features", str(run), "--output", str(tmp_path / "model"), "--master", "local[2]"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert errors == [f"fruitpipe train: error: no Training rows in {run}: train needs a Training split "
+                      "(a sample-data --shift set is for evaluate only)"]
+    assert not any((tmp_path / "model").rglob("*"))  # nothing written
+
+
 def test_seed_words_are_stable() -> None:
     """A hash of the parts, not Python's salted hash(): fixed across processes and machines."""
     assert shifts.seed_words("view", "a.jpg", 1) == shifts.seed_words("view", "a.jpg", 1)

@@ -63,6 +63,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
     """Score the model on the labelled folder; writes the outputs when config.output is set."""
     store = Store(config.s3)
     model = Bundle.load(config.model, tta=config.tta)
+    _refuse_spark_with_views(config, model.tta)
     selection = select(sources.list_images(store, config.input), model.classes, config.split)
     engine = "spark" if use_spark(config, len(selection.photos), model.tta) else "bundle"
     logger.info("evaluating %d photos of %d classes through the %s", len(selection.photos), len(selection.folders),
@@ -86,15 +87,16 @@ def _threshold(config: EvaluateConfig, model: Bundle) -> float | None:
 
 
 def use_spark(config: EvaluateConfig, photos: int, tta: int = 1) -> bool:
-    """Spark for s3:// input or many photos, unless test-time views are asked for: the Spark path
-    scores features made in executors, which never see the pixels the views are made from, so with
-    tta > 1 every photo goes through the bundle in process and --spark is refused."""
-    if tta > 1:
-        if config.spark:
-            raise ValueError(f"--spark scores one view per photo; with tta {tta} evaluate runs in process "
-                             "(drop --spark, or pass --tta 1 for the Spark path)")
-        return False
-    return config.spark or not storage.is_local(config.input) or photos > SPARK_ABOVE
+    """Spark for s3:// input or many photos, unless test-time views are asked for (tta > 1): the Spark
+    path scores features made in executors, which never see the pixels the views are made from, so
+    every photo then goes through the bundle in process."""
+    return tta == 1 and (config.spark or not storage.is_local(config.input) or photos > SPARK_ABOVE)
+
+
+def _refuse_spark_with_views(config: EvaluateConfig, tta: int) -> None:
+    if config.spark and tta > 1:
+        raise ValueError(f"--spark scores one view per photo; with tta {tta} evaluate runs in process "
+                         "(drop --spark, or pass --tta 1 for the Spark path)")
 
 
 def select(listing: sources.ImageListing, classes: list[str], split: str | None) -> Selection:
