@@ -125,7 +125,9 @@ def serve_latency(params: Params) -> dict[str, Any]:
     photos = sample_photos()
     with tempfile.TemporaryDirectory(prefix="fruitpipe-serve-model-") as scratch:
         model_dir = Path(params["model"]) if params.get("model") else _train_model(Path(scratch))
-        points = [point for spec in servers for point in _serve_config(model_dir, spec, clients, requests, photos)]
+        extra = tuple(str(arg) for arg in params.get("server_args", ()))  # e.g. ("--tta", "4")
+        points = [point for spec in servers
+                  for point in _serve_config(model_dir, spec, clients, requests, photos, extra)]
     result = {
         "what": "fruitpipe serve: POST /predict of 100x100 JPEGs (bundled sample Test split) over loopback HTTP",
         "command": params.get("command", "fruitpipe bench --only serve"),
@@ -155,10 +157,10 @@ def _train_model(folder: Path) -> Path:
 
 
 def _serve_config(model_dir: Path, spec: str, clients: list[int], requests: int,
-                  photos: list[Photo]) -> list[dict[str, Any]]:
-    """One server process ("TxC"), warmed up, then one point per client count."""
+                  photos: list[Photo], extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One server process ("TxC", plus `extra` serve flags), warmed up, then one point per client count."""
     threads, concurrency = (int(part) for part in spec.split("x"))
-    server_args = ("--threads", str(threads), "--concurrency", str(concurrency))
+    server_args = ("--threads", str(threads), "--concurrency", str(concurrency), *extra)
     with tempfile.TemporaryDirectory(prefix="fruitpipe-serve-bench-") as logs, \
             running_server(model_dir, Path(logs), *server_args) as server:
         load = CpuLoad(server.process.pid)

@@ -51,9 +51,17 @@ class Recipe:
     model: str = "efficientnet-lite0"
     augment: int = 0
     pca: tuple[str, ...] = ()  # extra `fruitpipe run` PCA flags, e.g. ("--variance", "0.99")
+    tta: int = 1  # views averaged per photo at prediction time (evaluate/predict/serve --tta)
 
     def run_args(self) -> list[str]:
         return ["--model", self.model, *(["--augment", str(self.augment)] if self.augment else []), *self.pca]
+
+    def folder(self) -> str:
+        """Where its models live: recipes that differ only in TTA share the trained model."""
+        return "_".join([self.model, f"aug{self.augment}", *self.pca]).replace("+", "-")
+
+    def tta_args(self) -> list[str]:
+        return ["--tta", str(self.tta)]
 
 
 RECIPES = (
@@ -62,6 +70,9 @@ RECIPES = (
     Recipe("augment-4", augment=4),
     Recipe("augment-4, PCA 99%", augment=4, pca=("--variance", "0.99")),
     Recipe("logits + augment-4", model="efficientnet-lite0+logits", augment=4),
+    Recipe("augment-4 + TTA 4", augment=4, tta=4),
+    Recipe("lite1 + augment-4", model="efficientnet-lite1", augment=4),
+    Recipe("lite2 + augment-4", model="efficientnet-lite2", augment=4),
 )
 
 
@@ -125,9 +136,12 @@ def non_fruit_data(work: Path) -> Path:
 
 
 def make_model(recipe: Recipe, sample: Path, folder: Path) -> tuple[Path, float]:
-    """`fruitpipe run` + `fruitpipe train` for one recipe; (model dir, seconds)."""
+    """`fruitpipe run` + `fruitpipe train` for one recipe; (model dir, seconds). A finished model in
+    `folder` (from an interrupted measurement of the same recipe) is reused: seconds then 0."""
     started = time.perf_counter()
     run_output, model_dir = folder / "run", folder / "model"
+    if (model_dir / "_SUCCESS").is_file():
+        return model_dir, 0.0
     cli("run", "--input", str(sample), "--output", str(run_output), "--overwrite", *recipe.run_args())
     cli("train", "--features", str(run_output), "--output", str(model_dir), "--overwrite")
     return model_dir, time.perf_counter() - started
@@ -139,32 +153,34 @@ def evaluate(model_dir: Path, folder: Path, *extra: str) -> dict[str, Any]:
     return report
 
 
-def unknown_rate(model_dir: Path, photos: Path) -> tuple[float, int]:
+def unknown_rate(model_dir: Path, photos: Path, extra: list[str]) -> tuple[float, int]:
     """Share of non-fruit photos the recogniser answers "unknown" for (predict's JSON), and their count."""
     files = sorted(str(path) for path in photos.glob("*.jpg"))
-    results = json.loads(cli("predict", "--model", str(model_dir), "--json", *files).stdout)
+    results = json.loads(cli("predict", "--model", str(model_dir), "--json", *extra, *files).stdout)
     answers = results if isinstance(results, list) else results["results"]
     unknown = sum(1 for answer in answers if answer.get("unknown"))
     return unknown / len(answers), len(answers)
 
 
 def accuracy(report: dict[str, Any]) -> float:
-    return float(report["metrics"]["accuracy"])
+    return float(report["accuracy"])
 
 
 def measure_recipe(recipe: Recipe, work: Path, sample: Path, suite: dict[str, Path],
                    non_fruit: Path) -> dict[str, Any]:
-    folder = work / "recipes" / recipe.name.replace(" ", "").replace(",", "_").replace("%", "pct")
+    folder = work / "recipes" / recipe.folder()
     fit, holdout = selection_data(sample, work)
     selection_model, selection_seconds = make_model(recipe, fit, folder / "select")
-    holdout_report = evaluate(selection_model, holdout)
+    holdout_report = evaluate(selection_model, holdout, *recipe.tta_args())
     model_dir, seconds = make_model(recipe, sample, folder / "final")
-    test = evaluate(model_dir, sample, "--split", "Test")
-    families = {family: accuracy(evaluate(model_dir, path, "--split", "Test")) for family, path in suite.items()}
-    rate, photos = unknown_rate(model_dir, non_fruit)
-    at_threshold = test["metrics"].get("at_threshold") or {}
+    test = evaluate(model_dir, sample, "--split", "Test", *recipe.tta_args())
+    families = {family: accuracy(evaluate(model_dir, path, "--split", "Test", *recipe.tta_args()))
+                for family, path in suite.items()}
+    rate, photos = unknown_rate(model_dir, non_fruit, recipe.tta_args())
+    at_threshold = test.get("at_threshold") or {}
     return {
         "recipe": recipe.name, "model": recipe.model, "augment": recipe.augment, "pca": list(recipe.pca),
+        "tta": recipe.tta,
         "selection": {"holdout_shifted_accuracy": accuracy(holdout_report), "seconds": round(selection_seconds, 1)},
         "test_accuracy": accuracy(test),
         "suite": families,
@@ -177,11 +193,12 @@ def measure_recipe(recipe: Recipe, work: Path, sample: Path, suite: dict[str, Pa
     }
 
 
-def serve_p95(model_dir: Path) -> float:
+def serve_p95(model_dir: Path, tta: int) -> float:
     """p95 latency (ms) of one client posting bundled Test photos to `fruitpipe serve` of this model."""
     from fruitpipe.benchmark.extra import serve_latency
 
-    result = serve_latency({"model": str(model_dir), "clients": [1], "requests": 200, "servers": ["1x1"]})
+    result = serve_latency({"model": str(model_dir), "clients": [1], "requests": 200, "servers": ["1x1"],
+                            "server_args": ["--tta", str(tta)]})
     return float(result["points"][0]["latency_ms"]["p95"])
 
 
@@ -249,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = max(rows, key=lambda row: row["selection"]["holdout_shifted_accuracy"])["recipe"]
     for row in rows:
         if row["recipe"] in {"baseline", chosen}:
-            row["serve_p95_ms"] = serve_p95(Path(row["model_dir"]))
+            row["serve_p95_ms"] = serve_p95(Path(row["model_dir"]), int(row["tta"]))
     results = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv),
                "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()}, "chosen": chosen,
                "chosen_on": "holdout_shifted_accuracy (20% of Training, training-side families)",
