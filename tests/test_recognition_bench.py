@@ -1,0 +1,67 @@
+"""The recognition table's harness (benchmark/recognition.py): what it chooses on, and what it writes.
+
+The measurement itself runs the user's commands for minutes (`python -m fruitpipe.benchmark.recognition`);
+these tests check the parts that decide honesty: the holdout is a fixed share of Training, disjoint from
+the fit part, shifted with training-side families only, and Test never enters the selection data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fruitpipe.benchmark import recognition
+from fruitpipe.image import shifts
+
+
+def test_holdout_is_a_fixed_fifth_of_training(sample_dir: Path) -> None:
+    paths = [p.relative_to(sample_dir).as_posix() for p in sorted(sample_dir.glob("Training/*/*.jpg"))]
+    chosen = [p for p in paths if recognition.in_holdout(p)]
+    assert chosen == [p for p in paths if recognition.in_holdout(p)]  # deterministic
+    assert 0.14 <= len(chosen) / len(paths) <= 0.26, len(chosen) / len(paths)
+
+
+def test_selection_data_keeps_holdout_out_of_fitting(small_sample: Path, tmp_path: Path) -> None:
+    fit, holdout = recognition.selection_data(small_sample, tmp_path)
+    fitted = {p.relative_to(fit).as_posix() for p in fit.glob("Training/*/*.jpg")}
+    held = {p.relative_to(small_sample).as_posix() for p in small_sample.glob("Training/*/*.jpg")
+            if recognition.in_holdout(p.relative_to(small_sample).as_posix())}
+    assert held and not {p for p in fitted if p in held}
+    assert fitted | held == {p.relative_to(small_sample).as_posix() for p in small_sample.glob("Training/*/*.jpg")}
+    shifted = sorted(holdout.glob("*/*.jpg"))
+    assert len(shifted) == len(held) * len(recognition.HOLDOUT_VIEWS)
+    # each shifted file is the training-side view of its holdout photo (recomputed independently)
+    for relative in sorted(held):
+        photo = small_sample / relative
+        pixels = np.asarray(Image.open(photo).convert("RGB"))
+        own, other = (shifts.augmented_view(pixels, f"holdout:{relative}", v, shifts.TRAINING_SIDE) for v in (1, 2))
+        written = np.asarray(Image.open(holdout / photo.parent.name / f"{photo.stem}_v1.jpg").convert("RGB"))
+        to_own, to_other = (float(np.abs(written.astype(int) - v.astype(int)).mean()) for v in (own, other))
+        assert to_own < 6 and to_own < to_other / 2, (to_own, to_other)  # JPEG q95 of that very view
+    # Test photos are copied (train needs the split) but never shifted into the holdout
+    assert not any("Test" in p.parts for p in shifted)
+
+
+def test_recipes_differing_only_in_tta_share_a_model() -> None:
+    plain = recognition.Recipe("a", augment=4)
+    with_tta = recognition.Recipe("b", augment=4, tta=4)
+    assert plain.folder() == with_tta.folder()
+    assert recognition.Recipe("c", augment=2).folder() != plain.folder()
+    assert recognition.Recipe("d", model="efficientnet-lite0+logits", augment=4).folder() != plain.folder()
+
+
+def test_table_marks_the_chosen_recipe_and_doc_block_is_replaced(tmp_path: Path) -> None:
+    row = {"recipe": "r1", "selection": {"holdout_shifted_accuracy": 0.5}, "test_accuracy": 1.0,
+           "suite": {"grayscale": 0.25}, "suite_mean": 0.25, "non_fruit_unknown_rate": 0.9,
+           "test_coverage_at_threshold": None, "serve_p95_ms": 12.34}
+    results = {"recipes": [row, {**row, "recipe": "r2", "serve_p95_ms": None}], "chosen": "r2",
+               "measured_at": "now", "machine": {"cpu": "cpu", "cpus": 2}, "command": "cmd"}
+    text = recognition.table(results)
+    assert "| r2 (chosen) |" in text and "| r1 |" in text and "25.0%" in text and "12.3" in text
+    doc = tmp_path / "recognition.md"
+    doc.write_text("# R\n\nintro\n", encoding="utf-8")
+    recognition.write_doc(results, doc)
+    recognition.write_doc(results, doc)  # a second write replaces the block, not appends
+    written = doc.read_text(encoding="utf-8")
+    assert written.count(recognition.TABLE_START) == 1 and written.startswith("# R\n\nintro")
