@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if row["recipe"] in {"baseline", chosen}:
             row["serve_p95_ms"] = serve_p95(Path(row["model_dir"]), int(row["tta"]))
-    results = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(["python -m fruitpipe.benchmark.recognition", *sys.argv[1:]]),
+    command = " ".join(["python -m fruitpipe.benchmark.recognition", *sys.argv[1:]])
+    results = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
                "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()}, "chosen": chosen,
                "chosen_on": "holdout_shifted_accuracy (20% of Training, training-side families)",
                "recipes": rows}
