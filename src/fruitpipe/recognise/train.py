@@ -181,9 +181,10 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
                              validation=validation.where(F.col(VIEW) == 0).count(),
                              test=test.count())
     with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
-        chosen, scores = _choose(fit_part, validation, len(classes)) if counts.validation else (CANDIDATES[0], {})
+        chosen, fitted, scores = (_choose(fit_part, validation, len(classes)) if counts.validation
+                                  else (CANDIDATES[0], None, {}))
     with timer.stage("calibrate"):  # no validation images: no temperature (T = 1) and no threshold
-        calibrated = calibrate(chosen, fit_part, validation, config.target_precision) if counts.validation else None
+        calibrated = calibrate(fitted, validation, config.target_precision) if fitted is not None else None
     with timer.stage("fit"):
         classifier = chosen.estimator().fit(training)
     with timer.stage("evaluate"):
@@ -263,10 +264,12 @@ def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[D
     return ranked.where(~F.col("__held")).drop("__held"), validation.drop("__held")
 
 
-def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple[Candidate, dict[str, Scores]]:
+def _choose(fit_part: DataFrame, validation: DataFrame,
+            n_classes: int) -> tuple[Candidate, LogisticRegressionModel, dict[str, Scores]]:
+    """The best candidate on validation, its model fitted on the fit part (calibration's input), all scores."""
     scores: dict[str, Scores] = {}
     best: tuple[float, float, float] | None = None
-    chosen = CANDIDATES[0]
+    chosen, chosen_model = CANDIDATES[0], None
     for candidate in CANDIDATES:
         model = candidate.estimator().fit(fit_part)
         metrics = metrics_from_confusion(confusion_matrix(model, validation, n_classes))
@@ -274,19 +277,20 @@ def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int) -> tuple
         scores[candidate.name] = Scores(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], log_loss=loss)
         key = (metrics["accuracy"], metrics["macro_f1"], -round(loss, 6))
         if best is None or key > best:  # strictly better only: ties keep the earlier (default) candidate
-            best, chosen = key, candidate
+            best, chosen, chosen_model = key, candidate, model
         logger.info("candidate %s: validation accuracy %.4f, macro-F1 %.4f, log-loss %.4f", candidate.name,
                     metrics["accuracy"], metrics["macro_f1"], loss)
-    return chosen, scores
+    if chosen_model is None:  # CANDIDATES is never empty: the first candidate always sets it
+        raise RuntimeError("no classifier candidates to choose from")
+    return chosen, chosen_model, scores
 
 
-def calibrate(candidate: Candidate, fit_part: DataFrame, validation: DataFrame, target_precision: float) -> Calibration:
+def calibrate(model: LogisticRegressionModel, validation: DataFrame, target_precision: float) -> Calibration:
     """Temperature and "not sure" threshold of the chosen candidate, fitted on validation only.
 
-    The margins come from the candidate fitted on the fit part (the model that has not seen the
-    validation rows); the final model, refitted on all of Training, inherits T and the threshold.
-    Only n_validation x n_classes margins reach the driver."""
-    model = candidate.estimator().fit(fit_part)
+    The margins come from the candidate fitted on the fit part during the choice (the model that has not
+    seen the validation rows; not fitted again); the final model, refitted on all of Training, inherits T
+    and the threshold. Only n_validation x n_classes margins reach the driver."""
     rows = model.transform(validation).select(vector_to_array(F.col("rawPrediction")).alias("margins"),
                                               F.col(LABEL_INDEX).cast("int").alias("label")).collect()
     margins = np.array([row["margins"] for row in rows], dtype=np.float64)
