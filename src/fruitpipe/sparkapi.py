@@ -88,6 +88,18 @@ def executors(spark: SparkSession) -> list[dict[str, Any]] | None:
     return sorted(rows, key=lambda row: (row["id"] != "driver", row["id"].zfill(8)))
 
 
+def running_tasks(spark: SparkSession) -> int | None:
+    """Task attempts still running anywhere in the application (classic), from the status store.
+
+    A job reports failure before the attempts it kills have ended (a Python worker gets
+    `spark.python.task.killTimeout` to stop), so whoever cleans up after a failed job waits for this to
+    reach 0. None on Connect (no status store on the client)."""
+    if is_connect(spark):
+        return None
+    summaries = spark.sparkContext._jsc.sc().statusStore().executorList(True)
+    return sum(int(summaries.apply(index).activeTasks()) for index in range(summaries.size()))
+
+
 def ship_file(spark: SparkSession, path: str) -> str:
     """Make a driver-side file readable by every executor; returns the name `SparkFiles.get` resolves there.
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.datasource import DataSource, DataSourceArrowWriter, WriterCommitMessage
 from pyspark.sql.types import StructType
 
-from fruitpipe import storage
+from fruitpipe import sparkapi, storage
 from fruitpipe.config import S3Options
 from fruitpipe.storage import Store
 
@@ -124,6 +125,30 @@ def remove_staging(store: Store, target: str, run_id: str) -> None:
         store.remove_tree(parent)
 
 
+SETTLE_SECONDS = 60.0  # the longest a failed job's killed attempts are waited for
+CONNECT_GRACE_SECONDS = 3.0  # Connect cannot see tasks: Spark's Python kill timeout (2 s) and a margin
+
+
+def discard_failed_write(spark: SparkSession, store: Store, target: str, run_id: str) -> None:
+    """Remove a failed write's staging once no attempt can still add to it.
+
+    Spark reports a job's failure while the attempts it kills may still be running, and one of them can
+    stage its part after a first clean-up (seen in CI: a `part-00002-attempt-N` left behind). So: clean
+    up, wait until no task runs (classic; on Connect a fixed grace), clean up again."""
+    remove_staging(store, target, run_id)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    running = sparkapi.running_tasks(spark)
+    if running is None:
+        time.sleep(CONNECT_GRACE_SECONDS)
+    while running and time.monotonic() < deadline:
+        time.sleep(0.1)
+        running = sparkapi.running_tasks(spark)
+    if running:
+        logger.warning("%d task attempts still running after %.0f s; staging under %s may keep their parts",
+                       running, SETTLE_SECONDS, storage.redact(target))
+    remove_staging(store, target, run_id)
+
+
 BatchTransform = Callable[[pa.RecordBatch], pa.RecordBatch]
 STAGED_SCHEMA = "partition int, staged string, rows long"
 STAGED_ARROW = pa.schema([("partition", pa.int32()), ("staged", pa.string()), ("rows", pa.int64())])
@@ -163,7 +188,7 @@ def write_transformed(df: DataFrame, target: str, run_id: str, store: Store, tra
         rows = df.mapInArrow(task, STAGED_SCHEMA).collect()
         publish(store, target, run_id, fmt, [StagedPart(r["partition"], r["staged"], r["rows"]) for r in rows], schema)
     except BaseException:
-        remove_staging(store, target, run_id)
+        discard_failed_write(df.sparkSession, store, target, run_id)
         raise
 
 

@@ -14,7 +14,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import sparkapi, storage
-from fruitpipe.batch.committer import FORMAT_NAME, BatchTransform, StagedDataSource, write_empty, write_transformed
+from fruitpipe.batch.committer import (
+    FORMAT_NAME,
+    BatchTransform,
+    StagedDataSource,
+    discard_failed_write,
+    write_empty,
+    write_transformed,
+)
 from fruitpipe.batch.manifest import SuccessMarker
 from fruitpipe.storage import Store
 
@@ -57,7 +64,11 @@ def write_dataset(df: DataFrame, uri: str, run_id: str, store: Store, fmt: str =
     _register(df.sparkSession)
     writer = (df.write.format(FORMAT_NAME).mode("append").option("run_id", run_id).option("format", fmt)
               .option("s3", store.options.to_wire()))
-    writer.save(storage.canonical(uri))
+    try:
+        writer.save(storage.canonical(uri))
+    except BaseException:  # the Data Source's abort ran already; attempts killed late may have staged since
+        discard_failed_write(df.sparkSession, store, storage.canonical(uri), run_id)
+        raise
 
 
 _registered: set[str] = set()
