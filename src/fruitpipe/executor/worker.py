@@ -167,7 +167,7 @@ def _chunks(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.RecordB
 def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch,
             futures: list[Future[Loaded]]) -> pa.RecordBatch:
     photos = [future.result() for future in futures]
-    rows, loaded, views = _expand(chunk, photos)
+    rows, loaded, views, photo_of = _expand(chunk, photos)
     good = [i for i, item in enumerate(loaded) if item.pixels is not None]
     pixels = [item.pixels for item in loaded if item.pixels is not None]
     empty = np.zeros((0, task.feature_dim), dtype=np.float32)
@@ -182,13 +182,35 @@ def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch,
             rejected = [item if item.pixels is None else Loaded(stage="embed", reason=reason) for item in photos]
             return _to_batch(chunk, rejected, [0] * len(photos), [], empty, task)
         logger.debug("embedded %d images in %.3fs", len(good), time.perf_counter() - started)
+        finite = np.isfinite(features).all(axis=1)
+        if not finite.all():
+            return _reject_non_finite(task, chunk, photos, [photo_of[i] for i in good], [views[i] for i in good],
+                                      features, finite)
     return _to_batch(rows, loaded, views, good, features, task)
 
 
-def _expand(chunk: pa.RecordBatch, loaded: list[Loaded]) -> tuple[pa.RecordBatch, list[Loaded], list[int]]:
-    """One output row per photo and per view of it: (input rows repeated, one Loaded each, view indices)."""
+def _reject_non_finite(task: FeaturizeTask, chunk: pa.RecordBatch, photos: list[Loaded], photo_of_good: list[int],
+                       view_of_good: list[int], features: np.ndarray, finite: np.ndarray) -> pa.RecordBatch:
+    """A photo any of whose rows (itself or a view) came out with NaN/Inf is rejected whole (one error row,
+    stage embed) and its other rows dropped: nothing non-finite reaches PCA, and `listed = ok + rejected`."""
+    bad: dict[int, int] = {}
+    for index in np.flatnonzero(~finite):
+        bad.setdefault(photo_of_good[index], view_of_good[index])
+    for photo, view in bad.items():
+        where = "" if view == 0 else f" of augmented view {view}"
+        photos[photo] = Loaded(stage="embed", reason=f"non-finite features (NaN or Inf){where} from the model")
+    logger.warning("rejected %d images whose features were not finite", len(bad))
+    keep = np.array([photo not in bad for photo in photo_of_good], dtype=bool)
+    rows, loaded, views, _ = _expand(chunk, photos)
+    good = [i for i, item in enumerate(loaded) if item.pixels is not None]
+    return _to_batch(rows, loaded, views, good, features[keep], task)
+
+
+def _expand(chunk: pa.RecordBatch, loaded: list[Loaded]) -> tuple[pa.RecordBatch, list[Loaded], list[int], list[int]]:
+    """One output row per photo and per view of it: (input rows repeated, one Loaded each, view indices,
+    the photo each row comes from)."""
     if not any(item.views for item in loaded):
-        return chunk, loaded, [0] * len(loaded)
+        return chunk, loaded, [0] * len(loaded), list(range(len(loaded)))
     rows, items, views = [], [], []
     for row, item in enumerate(loaded):
         for view, pixels in enumerate((item.pixels, *item.views)):
@@ -196,7 +218,7 @@ def _expand(chunk: pa.RecordBatch, loaded: list[Loaded]) -> tuple[pa.RecordBatch
             items.append(Loaded(pixels=pixels, width=item.width, height=item.height, stage=item.stage,
                                 reason=item.reason))
             views.append(view)
-    return chunk.take(pa.array(rows, type=pa.int32())), items, views
+    return chunk.take(pa.array(rows, type=pa.int32())), items, views, rows
 
 
 def _check_dim(features: np.ndarray, expected: int) -> None:
