@@ -182,7 +182,7 @@ def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch,
             rejected = [item if item.pixels is None else Loaded(stage="embed", reason=reason) for item in photos]
             return _to_batch(chunk, rejected, [0] * len(photos), [], empty, task)
         logger.debug("embedded %d images in %.3fs", len(good), time.perf_counter() - started)
-        finite = np.isfinite(features).all(axis=1)
+        finite = np.asarray(np.isfinite(features).all(axis=1), dtype=bool)
         if not finite.all():
             return _reject_non_finite(task, chunk, photos, [photo_of[i] for i in good], [views[i] for i in good],
                                       features, finite)
