@@ -172,3 +172,16 @@ def test_cli_user_error_is_one_line(name: str, cli_results, cli_dirs) -> None:
 def test_cli_sidecar_not_an_object_is_one_line(cli_results, cli_dirs) -> None:
     _check_cli_case("sidecar_not_object", cli_results, cli_dirs)
 
+
+
+def test_executors_without_fruitpipe_are_recognised_only_from_a_failed_job() -> None:
+    from fruitpipe.batch import session
+
+    spark_failure = RuntimeError("Job aborted ... PythonException: Traceback ... ModuleNotFoundError: "
+                                 "No module named 'fruitpipe'\n\tat org.apache.spark...")
+    assert session.executors_without(spark_failure) == "fruitpipe"
+    assert session.executors_without(RuntimeError("No module named 'pyarrow.lib'")) == "pyarrow.lib"
+    assert session.executors_without(ModuleNotFoundError("No module named 'fruitpipe'")) is None  # the driver's own
+    assert session.executors_without(RuntimeError("Job aborted: division by zero")) is None
+    message = session.executors_without_message("fruitpipe")
+    assert "--env-archive" in message and "spark.pyspark.python" in message and "\n" not in message

@@ -546,6 +546,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a failed Spark job (Py4JJavaError...) or a bug: one line, -v for the traceback
         logger.debug("%s failed", args.command, exc_info=True)
+        from fruitpipe.batch import session
+
+        missing = session.executors_without(exc)
+        if missing:
+            print(f"fruitpipe {args.command}: error: {session.executors_without_message(missing)}", file=sys.stderr)
+            return EXIT_ERROR
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
         print(f"fruitpipe {args.command}: failed: {type(exc).__name__}: {first_line} "
               "(run with -v for the traceback)", file=sys.stderr)

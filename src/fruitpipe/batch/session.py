@@ -253,6 +253,29 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+MISSING_MODULE = re.compile(r"No module named '([A-Za-z0-9_.]+)'")
+
+
+def executors_without(exc: BaseException) -> str | None:
+    """The module a failed Spark job's Python workers could not import (fruitpipe, or one of its
+    dependencies), or None when the failure is something else.
+
+    Spark reports it as a PythonException deep in a Java stack trace, raised while unpickling the task; an
+    ImportError raised here on the driver is not the executors' and is left alone."""
+    if isinstance(exc, ImportError):
+        return None
+    found = MISSING_MODULE.search(str(exc))
+    return found.group(1) if found else None
+
+
+def executors_without_message(module: str) -> str:
+    """What to do when the executors' Python lacks `module`: one line naming both fixes."""
+    return (f"the executors' Python cannot import {module} (fruitpipe and its dependencies are not installed "
+            "there): ship them with --env-archive dist/fruitpipe_env.tar.gz (made by 'fruitpipe package'), or set "
+            "--conf spark.pyspark.python=PATH to a Python that has fruitpipe installed on every executor "
+            "(docs/cluster.md)")
+
+
 def _set_executor_python(master: str, conf: dict[str, str]) -> None:
     """Choose the executors' interpreter the way spark-submit does.
 
