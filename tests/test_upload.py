@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fruitpipe import storage
 from fruitpipe.config import S3Options
 from fruitpipe.devtools.s3server import DUMMY_SECRET, client
 from fruitpipe.ops import upload
@@ -156,3 +157,14 @@ def test_cli_errors_are_one_line(s3, s3_endpoint: str, tmp_path: Path, args: lis
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fruitpipe upload: error: ") and message in lines[0], lines
     assert bucket_contents(s3, bucket) == {}  # nothing written anywhere
+
+
+def test_upload_refuses_names_a_run_would_refuse(s3, s3_endpoint: str, tmp_path: Path) -> None:
+    """Folder names become labels: a control character in one is reported, not uploaded."""
+    bucket = make_bucket(s3, "upload-unsafe")
+    folder = make_folder(tmp_path / "in", {"Kiwi/k.jpg": b"kiwi", "Ki\x1bwi/k.jpg": b"escape", "Li\nme/l.jpg": b"l"})
+    summary = upload.upload_folder(folder, f"s3://{bucket}/p", progress=False, s3=S3Options(endpoint_url=s3_endpoint))
+    assert bucket_contents(s3, bucket) == {"p/Kiwi/k.jpg": b"kiwi"}
+    assert sorted(summary.failed) == sorted([("Ki\x1bwi/k.jpg", storage.unsafe_reason("Ki\x1bwi/k.jpg")),
+                                             ("Li\nme/l.jpg", storage.unsafe_reason("Li\nme/l.jpg"))])
+    assert all(reason and "control" in reason for _, reason in summary.failed) and not summary.ok

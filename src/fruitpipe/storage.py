@@ -93,6 +93,25 @@ def canonical(uri: str) -> str:
 USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^@/:]*(?::[^@]*?)?@")
 
 
+MAX_SEGMENT_BYTES = 255  # a file name's limit on common file systems: a label longer than that cannot be a folder
+
+
+def unsafe_reason(relative: str) -> str | None:
+    """Why a listed relative path may not be used, or None. Folder names become labels, and labels become
+    file and folder names (sample sets, per-class outputs, reports) and S3 keys: a '..' or '.' segment, an
+    absolute or empty segment, a control character or an over-long name could escape or break them."""
+    parts = relative.split("/")
+    if relative.startswith("/") or "" in parts:
+        return "absolute path or empty path segment ('//')"
+    if any(part in (".", "..") for part in parts):
+        return "'.' or '..' path segment"
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in relative):
+        return "control or invisible formatting character in the path"
+    if any(len(part.encode("utf-8")) > MAX_SEGMENT_BYTES for part in parts):
+        return f"a path segment longer than {MAX_SEGMENT_BYTES} bytes"
+    return None
+
+
 def redact(uri: str) -> str:
     """A URI safe to print: a user[:password]@ part removed (even when the secret holds a '/')."""
     return USERINFO.sub(r"\1", uri)
@@ -217,12 +236,13 @@ class Store:
     def list_files(self, uri: str, extensions: Iterable[str]) -> list[tuple[str, str]]:
         """All files below `uri` with one of `extensions` (case-insensitive), skipping hidden ones.
 
-        Returns (full URI, path relative to `uri` in NFC) pairs, sorted by relative path.
+        Returns (full URI, path relative to `uri` in NFC) pairs, sorted by relative path. A '.' or '..'
+        segment (possible in S3 keys) is not "hidden": such paths are returned for the caller to refuse.
         """
         wanted = tuple(ext.lower() for ext in extensions)
         found = [(full, unicodedata.normalize("NFC", relative)) for full, relative in self._walk(uri)
                  if relative.lower().endswith(wanted)
-                 and not any(part.startswith(".") for part in relative.split("/"))]
+                 and not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))]
         found.sort(key=lambda item: item[1])
         return found
 

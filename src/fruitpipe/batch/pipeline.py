@@ -107,10 +107,14 @@ def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig,
         ok_count, rejected, views = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
+    if listing.rejected:  # unsafe paths, refused at listing: a few rows from the driver
+        errors = errors.unionByName(featurized.sparkSession.createDataFrame(
+            [(path, sources.LIST_STAGE, reason) for path, reason in listing.rejected], errors.schema))
+        rejected += len(listing.rejected)
     with timer.stage("write_errors"):
         sinks.write_errors(errors, config.output, run_id, store, rejected)
     if ok_count < 2:
-        raise ValueError(f"only {ok_count} of {len(listing.rows)} images could be featurized "
+        raise ValueError(f"only {ok_count} of {listing.listed} images could be featurized "
                          f"(reasons in {storage.join(config.output, sinks.ERRORS)}); PCA needs at least 2")
     ok = featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
     with timer.stage("pca_fit"):
@@ -118,7 +122,7 @@ def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig,
                          varianceTarget=config.pca.variance_target).fit(ok.where(F.col(VIEW) == 0))
     with timer.stage("write"):
         _write_outputs(ok, pca, store, config, run_id)
-    return RunCounts(listed=len(listing.rows), ok=ok_count, rejected=rejected, views=views), pca
+    return RunCounts(listed=listing.listed, ok=ok_count, rejected=rejected, views=views), pca
 
 
 def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int]:

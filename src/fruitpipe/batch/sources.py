@@ -26,6 +26,7 @@ SCHEMA = StructType([
 ])
 ROWS_PER_PARTITION = ExecutorSettings.rows_per_partition  # amortises task start, small enough to balance 2 cores
 TASKS_PER_CORE = 2
+LIST_STAGE = "list"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,12 @@ class ImageListing:
     root: str
     layout: str  # "fruits360" | "flat"
     rows: list[tuple[str, str | None, str | None]]
+    rejected: tuple[tuple[str, str], ...] = ()  # (path, reason): listed but unsafe (storage.unsafe_reason)
+
+    @property
+    def listed(self) -> int:
+        """Every image file found, rejected ones included."""
+        return len(self.rows) + len(self.rejected)
 
     @property
     def labels(self) -> list[str]:
@@ -43,13 +50,20 @@ class ImageListing:
 
 def list_images(store: Store, uri: str) -> ImageListing:
     """List jpg/jpeg/png files below `uri`; ValueError for a missing or image-less folder."""
-    files = store.list_files(uri, IMAGE_EXTENSIONS)
-    if not files:
+    found = store.list_files(uri, IMAGE_EXTENSIONS)
+    if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
+    rejected = tuple((path, reason) for path, relative in found if (reason := storage.unsafe_reason(relative)))
+    files = [(path, relative) for path, relative in found if not storage.unsafe_reason(relative)]
+    if rejected:
+        logger.warning("%d listed files rejected (e.g. %s: %s)", len(rejected), *rejected[0])
+    if not files:
+        raise ValueError(f"no usable images under {storage.redact(uri)}: all {len(rejected)} rejected "
+                         f"({rejected[0][1]})")
     layout = detect_layout([relative for _, relative in files])
     rows = [(path, *label_and_split(relative, layout)) for path, relative in files]
     logger.info("listed %d images in %s layout under %s", len(rows), layout, storage.redact(uri))
-    return ImageListing(uri, layout, rows)
+    return ImageListing(uri, layout, rows, rejected)
 
 
 def detect_layout(relatives: list[str]) -> str:

@@ -109,6 +109,10 @@ def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: i
     todo: list[tuple[_LocalFile, str]] = []
     for item in files:
         key = f"{location.key}/{item.relative}" if location.key else item.relative
+        unsafe = storage.unsafe_reason(item.relative)
+        if unsafe:  # a key fruitpipe run would refuse (its folder names become labels): not uploaded
+            failed.append((item.relative, unsafe))
+            continue
         if key in keys:
             failed.append((item.relative, f"same key as {keys[key]!r} after Unicode NFC normalisation"))
             continue
