@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("fruitpipe.devtools",),  # test and benchmark infrastructure: imports no other fruitpipe package
     ("fruitpipe.runtime",),
+    ("fruitpipe.progress",),  # what a long command shows while it runs (stdlib only)
     ("fruitpipe.config",),
     ("fruitpipe.storage",),
     ("fruitpipe.image",),
@@ -34,6 +35,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "fruitpipe.recognise.serve": ("pyspark",),
     "fruitpipe.config": ("numpy", "pyspark", "boto3"),
     "fruitpipe.runtime": ("numpy", "pyspark", "boto3"),
+    "fruitpipe.progress": ("numpy", "pyspark", "boto3"),
 }
 # Heavy libraries allowed only in these modules.
 ONLY_IN: dict[str, tuple[str, ...]] = {

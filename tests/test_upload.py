@@ -65,7 +65,7 @@ def test_upload_exact_keys_idempotent_and_only_changed_file(s3, s3_endpoint: str
     folder = make_folder(tmp_path / "in", {**FILES, **HIDDEN})
     options = S3Options(endpoint_url=s3_endpoint)
 
-    first = upload.upload_folder(folder, f"s3://{bucket}/photos", workers=4, progress=False, s3=options)
+    first = upload.upload_folder(folder, f"s3://{bucket}/photos", workers=4, s3=options)
 
     expected = {f"photos/{relative}": content for relative, content in FILES.items()}
     untouched = {"photos2/sibling.jpg": b"not ours", "photos": b"an object named like the prefix"}
@@ -75,14 +75,14 @@ def test_upload_exact_keys_idempotent_and_only_changed_file(s3, s3_endpoint: str
     head = s3.head_object(Bucket=bucket, Key="photos/a=b/c+d.jpg")
     assert head["Metadata"]["sha256"] == hashlib.sha256(FILES["a=b/c+d.jpg"]).hexdigest()
 
-    second = upload.upload_folder(folder, f"s3://{bucket}/photos/", workers=4, progress=False, s3=options)
+    second = upload.upload_folder(folder, f"s3://{bucket}/photos/", workers=4, s3=options)
     assert (second.uploaded, second.skipped, second.bytes_uploaded) == (0, len(FILES), 0)
 
     changed = "Apple Red/r_0 1.jpg"
     new_content = FILES[changed].replace(b"apple", b"APPLE")
     assert len(new_content) == len(FILES[changed]) and new_content != FILES[changed]
     (folder / "Apple Red" / "r_0 1.jpg").write_bytes(new_content)
-    third = upload.upload_folder(folder, f"s3://{bucket}/photos", workers=4, progress=False, s3=options)
+    third = upload.upload_folder(folder, f"s3://{bucket}/photos", workers=4, s3=options)
     assert (third.uploaded, third.skipped, third.bytes_uploaded) == (1, len(FILES) - 1, len(new_content))
     assert bucket_contents(s3, bucket) == {**expected, f"photos/{changed}": new_content, **untouched}
 
@@ -93,7 +93,7 @@ def test_same_size_object_without_our_checksum_is_replaced(s3, s3_endpoint: str,
     s3.put_object(Bucket=bucket, Key="p/a.jpg", Body=b"9876543210")  # same size, other tool, no metadata
     s3.put_object(Bucket=bucket, Key="p/b.jpg", Body=b"ABCDEFGHIJ",  # same size, stale checksum
                   Metadata={"sha256": hashlib.sha256(b"abcdefghij").hexdigest() + "0"})
-    summary = upload.upload_folder(folder, f"s3://{bucket}/p", progress=False, s3=S3Options(endpoint_url=s3_endpoint))
+    summary = upload.upload_folder(folder, f"s3://{bucket}/p", s3=S3Options(endpoint_url=s3_endpoint))
     assert (summary.uploaded, summary.skipped) == (2, 0)
     assert bucket_contents(s3, bucket) == {"p/a.jpg": b"0123456789", "p/b.jpg": b"abcdefghij"}
 
@@ -105,19 +105,19 @@ def test_multipart_upload_is_recognised_on_the_next_run(s3, s3_endpoint: str, tm
     big = os.urandom(6 * 1024 * 1024)
     folder = make_folder(tmp_path / "in", {"big.bin": big, "small.txt": b"small"})
     options = S3Options(endpoint_url=s3_endpoint)
-    first = upload.upload_folder(folder, f"s3://{bucket}/m", progress=False, s3=options)
+    first = upload.upload_folder(folder, f"s3://{bucket}/m", s3=options)
     assert first.uploaded == 2
     etag = s3.head_object(Bucket=bucket, Key="m/big.bin")["ETag"]
     assert etag.strip('"').endswith("-2"), etag  # really multipart: the ETag is not the content MD5
     assert bucket_contents(s3, bucket) == {"m/big.bin": big, "m/small.txt": b"small"}
-    second = upload.upload_folder(folder, f"s3://{bucket}/m", progress=False, s3=options)
+    second = upload.upload_folder(folder, f"s3://{bucket}/m", s3=options)
     assert (second.uploaded, second.skipped) == (0, 2)
 
 
 def test_bucket_root_target(s3, s3_endpoint: str, tmp_path: Path) -> None:
     bucket = make_bucket(s3, "upload-root")
     folder = make_folder(tmp_path / "in", {"x/y z.jpg": b"1", ".git/config": b"hidden"})
-    upload.upload_folder(folder, f"s3://{bucket}", progress=False, s3=S3Options(endpoint_url=s3_endpoint))
+    upload.upload_folder(folder, f"s3://{bucket}", s3=S3Options(endpoint_url=s3_endpoint))
     assert bucket_contents(s3, bucket) == {"x/y z.jpg": b"1"}
 
 

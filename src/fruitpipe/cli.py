@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from fruitpipe import __version__
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS
 from fruitpipe.config import DEFAULT_MASTER, DEFAULT_MODEL, PcaSettings, RunConfig, S3Options, parse_spark_conf
+from fruitpipe.progress import Mode, Reporter
 from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 
 if TYPE_CHECKING:  # the contracts' modules are imported by the commands that produce them
@@ -107,6 +108,22 @@ def _add_session_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conf", action="append", metavar="KEY=VALUE", help="extra Spark configuration, repeatable")
 
 
+def _add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress (a live line on a terminal, stage log lines otherwise) and no info logs")
+
+
+def _progress(args: argparse.Namespace) -> Reporter:
+    """The command's progress reporter on stderr; on a terminal, log records first clear its live line."""
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    reporter = Reporter.for_stream(sys.stderr, quiet=args.quiet)
+    if reporter.mode is Mode.LIVE:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(reporter.before_log)
+    return reporter
+
+
 def _session(args: argparse.Namespace) -> tuple[str, str | None]:
     """(master, remote) of a command: --remote or $SPARK_REMOTE picks a Spark Connect server, which
     owns the master; asking for both is refused rather than one silently ignored."""
@@ -152,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe output")
     run.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
     run.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
+    _add_progress_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     sample = commands.add_parser("sample-data", help="synthesise a larger data set, or a shifted test set, from "
@@ -174,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("target", metavar="S3_URI", help="s3://bucket/prefix; keys are prefix/relative/path")
     _add_s3_arguments(upload)
     upload.add_argument("--workers", type=_positive_int, default=16, help="parallel uploads (default: %(default)s)")
+    _add_progress_arguments(upload)
     upload.set_defaults(handler=_cmd_upload)
 
     iam_policy = commands.add_parser("iam-policy", help="print a least-privilege IAM policy for an input and output")
@@ -188,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_s3_arguments(train)
     train.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe model folder")
     train.add_argument("--json", action="store_true", help="print the model manifest as JSON instead of a summary")
+    _add_progress_arguments(train)
     train.add_argument("--target-precision", type=_fraction, default=0.95, metavar="P",
                        help="choose the 'not sure' threshold on validation so that answered photos are right at "
                             "least this often (default: %(default)s)")
@@ -221,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "which always runs in process)")
     evaluate.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     evaluate.add_argument("--json", action="store_true", help="print metrics.json's content instead of a summary")
+    _add_progress_arguments(evaluate)
     _add_session_arguments(evaluate)
     _add_s3_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
@@ -294,7 +315,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         remote=remote,
         augment=args.augment,
     )
-    manifest = pipeline.run(config)
+    manifest = pipeline.run(config, _progress(args))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
     return 0
 
@@ -376,7 +397,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_upload(args: argparse.Namespace) -> int:
     from fruitpipe.ops import upload
 
-    result = upload.upload_folder(args.local_dir, args.target, workers=args.workers, s3=_s3_options(args))
+    result = upload.upload_folder(args.local_dir, args.target, workers=args.workers, s3=_s3_options(args),
+                                  progress=_progress(args))
     print(result.describe())
     if not result.ok:
         print(f"fruitpipe upload: error: {len(result.failed)} of {result.files} files failed (listed above)",
@@ -400,7 +422,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
                                        master=master, spark_conf=parse_spark_conf(args.conf),
                                        s3=_s3_options(args), remote=remote,
-                                       target_precision=args.target_precision, tta=args.tta))
+                                       target_precision=args.target_precision, tta=args.tta), _progress(args))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
           else train_summary(manifest, args.output))
     return 0
@@ -456,7 +478,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate.evaluate(EvaluateConfig(
         model=args.model, input=args.input, output=args.output, split=args.split, threshold=args.threshold,
         spark=args.spark, master=master, spark_conf=parse_spark_conf(args.conf), s3=_s3_options(args),
-        remote=remote, tta=args.tta))
+        remote=remote, tta=args.tta), _progress(args))
     print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json
           else evaluate_summary(report, args.output))
     return 0
@@ -542,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fruitpipe {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("fruitpipe: interrupted", file=sys.stderr)
+        print(f"fruitpipe {args.command}: {interrupted(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a failed Spark job (Py4JJavaError...) or a bug: one line, -v for the traceback
         logger.debug("%s failed", args.command, exc_info=True)
@@ -556,6 +578,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fruitpipe {args.command}: failed: {type(exc).__name__}: {first_line} "
               "(run with -v for the traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """The one line after Ctrl-C: what is (not) left behind and how to go on."""
+    if args.command in ("run", "train"):
+        return (f"interrupted: nothing was published to {args.output} (no _SUCCESS; the partial output was "
+                "removed); run the command again")
+    if args.command == "upload":
+        return ("interrupted: the files uploaded so far stay; run it again to upload the rest "
+                "(files already there are skipped)")
+    if args.command == "evaluate" and args.output:
+        return f"interrupted: {args.output} may hold a partial evaluation; run the command again"
+    return "interrupted"
 
 
 if __name__ == "__main__":

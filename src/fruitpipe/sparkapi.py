@@ -100,6 +100,30 @@ def running_tasks(spark: SparkSession) -> int | None:
     return sum(int(summaries.apply(index).activeTasks()) for index in range(summaries.size()))
 
 
+def stage_tasks(spark: SparkSession, seen: set[int]) -> dict[int, tuple[int, int]] | None:
+    """(tasks, completed tasks) of every stage active now or listed in `seen` (the active ids are added
+    to it), from SparkContext's status tracker: driver-side bookkeeping, no job. None on Connect (the
+    tracker lives in the server's JVM), so a caller shows stage-level progress only."""
+    if is_connect(spark):
+        return None
+    tracker = spark.sparkContext.statusTracker()
+    seen.update(tracker.getActiveStageIds())
+    counts = {}
+    for stage in seen:
+        info = tracker.getStageInfo(stage)
+        if info is not None:
+            counts[stage] = (int(info.numTasks), int(info.numCompletedTasks))
+    return counts
+
+
+def cancel_all_jobs(spark: SparkSession) -> None:
+    """Cancel every running and pending job of the application (classic) or the session (Connect)."""
+    if is_connect(spark):
+        spark.interruptAll()
+    else:
+        spark.sparkContext.cancelAllJobs()
+
+
 def ship_file(spark: SparkSession, path: str) -> str:
     """Make a driver-side file readable by every executor; returns the name `SparkFiles.get` resolves there.
 

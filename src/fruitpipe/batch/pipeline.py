@@ -18,13 +18,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import __version__, sparkapi, storage
-from fruitpipe.batch import plots, sinks, sources
+from fruitpipe.batch import plots, sinks, sources, tracking
 from fruitpipe.batch.manifest import Executor, ModelEntry, PcaSummary, RunCounts, RunManifest, SparkSummary, Timings
 from fruitpipe.batch.session import java_version, spark_session
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE, VIEW
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
+from fruitpipe.progress import Reporter
 from fruitpipe.runtime import Runtime, resolve
 from fruitpipe.storage import Store
 
@@ -34,17 +35,20 @@ AUGMENT_COL = "__augment"
 
 
 class StageTimer:
-    """Wall-clock seconds per named stage, for the manifest."""
+    """Wall-clock seconds per named stage, for the manifest; each stage is shown by the progress reporter."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Reporter | None = None) -> None:
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.progress = progress or Reporter.silent()
 
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
+    def stage(self, name: str, total: int | None = None) -> Iterator[None]:
+        """Time the block; `total`: the images it handles (shown as done / total while it runs)."""
         began = time.perf_counter()
         try:
-            yield
+            with self.progress.stage(name, total):
+                yield
         finally:
             self.seconds[name] = round(time.perf_counter() - began, 3)
 
@@ -56,9 +60,10 @@ class StageTimer:
         return Timings(dict(self.seconds), self.total())
 
 
-def run(config: RunConfig) -> RunManifest:
-    """Run the whole chain; returns the manifest (also written to the output)."""
-    timer = StageTimer()
+def run(config: RunConfig, progress: Reporter | None = None) -> RunManifest:
+    """Run the whole chain; returns the manifest (also written to the output). `progress` shows the
+    stages while they run (default: nothing shown)."""
+    timer = StageTimer(progress)
     store = Store(config.s3)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spec = models.with_input_size(models.resolve(config.model), config.image_size)
@@ -71,7 +76,7 @@ def run(config: RunConfig) -> RunManifest:
     sinks.prepare_output(store, config.output, config.overwrite)
     with timer.stage("model"):
         models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
-    with ExitStack() as stack:
+    with sinks.discarded_if_interrupted(store, config.output), ExitStack() as stack:
         with timer.stage("spark_start"):
             spark = stack.enter_context(spark_session(config.master, config.spark_conf, remote=config.remote))
         return _run_in_session(spark, store, config, spec, runtime, listing, timer, run_id)
@@ -92,7 +97,7 @@ def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: 
     try:
         counts, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
-        featurized.unpersist()
+        featurized.unpersist(blocking=True)  # no block removal left running when the session stops next
     manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.commit(store, config.output, counts.to_json())
@@ -103,7 +108,8 @@ def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig,
                          timer: StageTimer, run_id: str) -> tuple[RunCounts, CentredPCAModel]:
     """featurize (counted) -> errors/ -> PCA fit on the photos (view 0) -> features/ (views too) + model +
     scree; (counts, model)."""
-    with timer.stage("featurize"):
+    with timer.stage("featurize", len(listing.rows)), tracking.follow_tasks(featurized.sparkSession, timer.progress,
+                                                                           len(listing.rows)):
         ok_count, rejected, views = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))

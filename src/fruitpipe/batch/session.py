@@ -20,6 +20,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from fruitpipe import sparkapi
+from fruitpipe.batch.interrupt import cancel_on_interrupt
 from fruitpipe.config import check_remote
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def spark_session(master: str, conf: tuple[tuple[str, str], ...] = (), app_name:
     _record_dumping_jvm(spark, dict(conf).get("spark.driver.extraJavaOptions", java_options))
     sparkapi.quiet_logs(spark, "WARN")
     try:
-        yield spark
+        with cancel_on_interrupt(spark):
+            yield spark
     finally:
         spark.stop()
         if jvm_cwd:
@@ -128,7 +130,8 @@ def connect_session(remote: str, conf: tuple[tuple[str, str], ...] = ()) -> Iter
             except Exception as exc:
                 raise ValueError(f"--conf {key} cannot apply to a Spark Connect session ({_first_line(exc)}); "
                                  "set it on the server") from None
-        yield spark
+        with cancel_on_interrupt(spark):
+            yield spark
     finally:
         spark.stop()
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -113,6 +114,20 @@ def commit(store: Store, output: str, counts: Mapping[str, int]) -> None:
     """Write _SUCCESS last: the run's files and counts."""
     files = [path for path in store.list_tree(output) if path != SUCCESS and "/_temporary/" not in f"/{path}"]
     write_json(store, storage.join(output, SUCCESS), SuccessMarker(tuple(files), counts).to_json())
+
+
+@contextmanager
+def discarded_if_interrupted(store: Store, output: str) -> Iterator[None]:
+    """On Ctrl-C, remove what the block wrote to `output`, so an interrupted run leaves nothing half-written
+    (no `_SUCCESS` was written: it comes last). The output was empty or cleared by `prepare_output`
+    before the block, so everything in it is this run's. Only KeyboardInterrupt: a failed stage keeps
+    its files for diagnosis as before."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        logger.debug("interrupted: removing the partial output %s", storage.redact(output))
+        store.remove_tree(output)
+        raise
 
 
 def read_success(store: Store, output: str) -> SuccessMarker | None:

@@ -4,7 +4,7 @@ Every non-hidden regular file below LOCAL_DIR goes to `<prefix>/<relative posix 
 in Unicode NFC, as the pipeline's listing labels it); nothing is written outside the prefix, no
 folder-marker objects are created. Hidden files and folders (any path part starting with ".") are
 skipped; links to folders are not followed. Files are uploaded by a thread pool sharing one
-boto3 client (thread-safe), with a progress bar on stderr when it is a terminal.
+boto3 client (thread-safe); the CLI's progress reporter shows files done / total and MB/s.
 
 Idempotence: each object carries the SHA-256 of its content as user metadata
 (`x-amz-meta-sha256`, boto3 `Metadata={"sha256": ...}`). A file is skipped when the object at its key
@@ -27,16 +27,18 @@ import logging
 import mimetypes
 import os
 import stat
-import sys
 import time
 import unicodedata
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fruitpipe import storage
 from fruitpipe.config import S3Options
+from fruitpipe.progress import Reporter
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
@@ -92,10 +94,11 @@ class _LocalFile:
 
 
 def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: int = DEFAULT_WORKERS,
-                  progress: bool = True, *, s3: S3Options | None = None) -> UploadSummary:
+                  progress: Reporter | None = None, *, s3: S3Options | None = None) -> UploadSummary:
     """Upload every non-hidden file below `local_dir` to `target_uri` (s3://bucket/prefix), skipping
     files already there with the same size and sha256. `s3` says how to reach the store (endpoint,
-    region, addressing; None: the AWS chain). `progress` shows a tqdm bar on stderr if it is a terminal.
+    region, addressing; None: the AWS chain). `progress` shows files done / total and MB/s (default:
+    nothing shown).
     """
     started = time.monotonic()
     if workers < 1:
@@ -124,9 +127,10 @@ def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: i
 
     counts = {UPLOADED: 0, SKIPPED: 0}
     sizes = {UPLOADED: 0, SKIPPED: 0}
-    bar = _progress_bar(sum(item.size for item, _ in todo), progress)
+    reporter = progress or Reporter.silent()
+    files_done = bytes_done = 0
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fruitpipe-upload")
-    try:
+    with reporter.stage("upload", len(todo), "files", sum(item.size for item, _ in todo)), _shut_down(pool):
         futures: dict[Future[tuple[str, int]], _LocalFile] = {
             pool.submit(_upload_one, store, location.bucket, key, item, remote.get(key)): item for item, key in todo}
         for future in as_completed(futures):
@@ -139,10 +143,9 @@ def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: i
             else:
                 counts[status] += 1
                 sizes[status] += size
-            bar.update(item.size)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+            files_done += 1
+            bytes_done += item.size
+            reporter.update(files_done, bytes_done)
     failed.sort()
     return UploadSummary(source=str(local_dir), target=location.uri, files=entries,
                          uploaded=counts[UPLOADED], skipped=counts[SKIPPED], failed=tuple(failed),
@@ -284,9 +287,10 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {text}"
 
 
-def _progress_bar(total_bytes: int, progress: bool) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: tqdm turns itself off when stderr is not a terminal
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="upload", file=sys.stderr,
-                disable=None if progress else True, dynamic_ncols=True, leave=False)
+@contextmanager
+def _shut_down(pool: ThreadPoolExecutor) -> Iterator[None]:
+    """Leave only when no upload thread runs (also on Ctrl-C): queued uploads are cancelled."""
+    try:
+        yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

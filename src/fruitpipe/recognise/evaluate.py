@@ -21,6 +21,7 @@ import pyarrow as pa
 from fruitpipe import storage
 from fruitpipe.batch import plots, sources
 from fruitpipe.config import EvaluateConfig
+from fruitpipe.progress import Reporter
 from fruitpipe.recognise import evaluation
 from fruitpipe.recognise.bundle import ONNX_FILE, Bundle, photo_probabilities
 from fruitpipe.recognise.evaluation import EvaluationReport, UnknownFolder, Unreadable
@@ -59,17 +60,19 @@ class Scored:
     unreadable: tuple[Unreadable, ...]
 
 
-def evaluate(config: EvaluateConfig) -> EvaluationReport:
-    """Score the model on the labelled folder; writes the outputs when config.output is set."""
+def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> EvaluationReport:
+    """Score the model on the labelled folder; writes the outputs when config.output is set. `progress`
+    shows the photos scored while they are (default: nothing shown)."""
     store = Store(config.s3)
+    progress = progress or Reporter.silent()
     model = Bundle.load(config.model, tta=config.tta)
     _refuse_spark_with_views(config, model.tta)
     selection = select(sources.list_images(store, config.input), model.classes, config.split)
     engine = "spark" if use_spark(config, len(selection.photos), model.tta) else "bundle"
     logger.info("evaluating %d photos of %d classes through the %s", len(selection.photos), len(selection.folders),
                 "Spark path" if engine == "spark" else "bundle in process")
-    scored = spark_scores(model, selection, config, store) if engine == "spark" else bundle_scores(model, selection,
-                                                                                                    store)
+    scored = (spark_scores(model, selection, config, store, progress) if engine == "spark"
+              else bundle_scores(model, selection, store, progress))
     metrics = evaluation.compute(scored.truth, scored.probabilities, model.classes, _threshold(config, model))
     report = EvaluationReport(
         created=datetime.now(UTC).isoformat(timespec="seconds"), model=str(model.folder),
@@ -77,7 +80,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
         folders=selection.folders, unknown_folders=selection.unknown, unreadable=scored.unreadable, metrics=metrics,
         tta=model.tta)
     if config.output:
-        write_outputs(store, config.output, report)
+        with progress.stage("write"):
+            write_outputs(store, config.output, report)
     return report
 
 
@@ -166,34 +170,42 @@ def _loose(name: str) -> str:
     return "".join(name.casefold().replace("_", " ").split())
 
 
-def bundle_scores(model: Bundle, selection: Selection, store: Store) -> Scored:
+def bundle_scores(model: Bundle, selection: Selection, store: Store, progress: Reporter | None = None) -> Scored:
     """Probabilities in this process (no Spark): `predict`'s read/decode/embed."""
     truth = dict(selection.photos)
     rows: list[tuple[int, np.ndarray]] = []
     unreadable = []
-    for result in photo_probabilities(model, [path for path, _ in selection.photos], store=store):
-        if result.probabilities is None:
-            unreadable.append(Unreadable(result.photo, result.error or "unreadable"))
-        else:
-            rows.append((truth[result.photo], result.probabilities))
+    progress = progress or Reporter.silent()
+    with progress.stage("score", len(selection.photos)):
+        for done, result in enumerate(photo_probabilities(model, [path for path, _ in selection.photos],
+                                                          store=store), start=1):
+            if result.probabilities is None:
+                unreadable.append(Unreadable(result.photo, result.error or "unreadable"))
+            else:
+                rows.append((truth[result.photo], result.probabilities))
+            progress.update(done)
     return _scored(rows, unreadable, len(model.classes))
 
 
-def spark_scores(model: Bundle, selection: Selection, config: EvaluateConfig, store: Store) -> Scored:
+def spark_scores(model: Bundle, selection: Selection, config: EvaluateConfig, store: Store,
+                 progress: Reporter | None = None) -> Scored:
     """Probabilities through `fruitpipe run`'s Spark read/decode/embed; the bundle's arrays applied in the
     executors, so only (label, probabilities) rows are collected."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
+    from fruitpipe.batch import tracking
     from fruitpipe.batch.session import spark_session
 
+    progress = progress or Reporter.silent()
     featurizer = _featurizer(model, store)
     classes = model.classes
     listing = sources.ImageListing(config.input, selection.layout,
                                    [(path, classes[index], selection.split) for path, index in selection.photos])
     with spark_session(config.master, config.spark_conf, remote=config.remote) as spark:
         features = featurizer.transform(sources.to_dataframe(spark, listing))
-        scored = features.mapInArrow(functools.partial(classify_batches, model, featurizer.getOutputCol()),
-                                     from_arrow_schema(SCORED_SCHEMA)).toArrow()
+        with progress.stage("featurize", len(listing.rows)), tracking.follow_tasks(spark, progress, len(listing.rows)):
+            scored = features.mapInArrow(functools.partial(classify_batches, model, featurizer.getOutputCol()),
+                                         from_arrow_schema(SCORED_SCHEMA)).toArrow()
     index = {name: i for i, name in enumerate(classes)}
     rows: list[tuple[int, np.ndarray]] = []
     unreadable = []

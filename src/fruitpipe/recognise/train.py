@@ -32,6 +32,7 @@ from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.executor.worker import VIEW
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
+from fruitpipe.progress import Reporter
 from fruitpipe.recognise import bundle, calibration, evaluation
 from fruitpipe.recognise.contracts import (
     BundleDescription,
@@ -99,9 +100,10 @@ class Source:
                          run_output=storage.redact(self.uri), input=self.manifest.input)
 
 
-def train(config: TrainConfig) -> TrainManifest:
-    """Fit, choose, evaluate, write MODEL_DIR; returns its manifest (metrics included)."""
-    timer = StageTimer()
+def train(config: TrainConfig, progress: Reporter | None = None) -> TrainManifest:
+    """Fit, choose, evaluate, write MODEL_DIR; returns its manifest (metrics included). `progress` shows
+    the stages while they run (default: nothing shown)."""
+    timer = StageTimer(progress)
     store = Store(config.s3)
     _refuse_overlap(config.features, config.output)
     source = read_source(store, config.features)
@@ -111,7 +113,8 @@ def train(config: TrainConfig) -> TrainManifest:
     onnx = models.onnx_file(spec)
     _check_onnx(source.manifest, onnx)
     sinks.prepare_output(store, config.output, config.overwrite)
-    with spark_session(config.master, config.spark_conf, remote=config.remote) as spark:
+    with sinks.discarded_if_interrupted(store, config.output), \
+            spark_session(config.master, config.spark_conf, remote=config.remote) as spark:
         return _train_in_session(spark, store, config, source, spec, str(onnx), timer)
 
 

@@ -1,0 +1,99 @@
+"""Ctrl-C during a Spark session of ours: cancel Spark's jobs, then raise KeyboardInterrupt in plain Python.
+
+PySpark's own SIGINT handler calls into the JVM from inside the signal handler, while the main thread
+is usually blocked in a py4j call on the same connection: py4j then logs "Exception while sending
+command" and "KeyboardInterrupt while sending command" with tracebacks, and stopping the session while
+tasks still run makes the JVM print stack traces too. Here the handler never raises inside py4j: it
+cancels the jobs from a thread (the running action then fails), and the KeyboardInterrupt is raised as
+soon as the main thread is back in Python code; any error the cancelled action raised becomes that
+KeyboardInterrupt. Before the session stops, the killed tasks are waited for, so the JVM stops quietly.
+"""
+from __future__ import annotations
+
+import _thread
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from pyspark.sql import SparkSession
+
+from fruitpipe import sparkapi
+
+logger = logging.getLogger(__name__)
+RETRY_SECONDS = 0.2  # how often the main thread is nudged until it leaves py4j
+SETTLE_SECONDS = 15.0  # the longest killed tasks are waited for before the session stops
+
+
+class _Interrupt:
+    """One Ctrl-C's state: received (jobs being cancelled) and raised (the main thread has it)."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+        self.received = threading.Event()
+        self.raised = threading.Event()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.received.is_set():
+            self.received.set()
+            threading.Thread(target=self._cancel, name="fruitpipe-interrupt", daemon=True).start()
+        if self.raised.is_set() or not _inside_py4j(frame):
+            self.raised.set()
+            raise KeyboardInterrupt
+
+    def _cancel(self) -> None:
+        """Silence Spark's complaints about killed tasks, cancel every job, then nudge the main thread
+        (a simulated SIGINT) until it raises."""
+        try:
+            sparkapi.quiet_logs(self.spark, "OFF")
+            sparkapi.cancel_all_jobs(self.spark)
+        except Exception:  # the session may be stopping already
+            logger.debug("cancelling Spark jobs failed", exc_info=True)
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while not self.raised.wait(RETRY_SECONDS) and time.monotonic() < deadline:
+            _thread.interrupt_main(signal.SIGINT)
+
+    def settle(self) -> None:
+        """Wait (bounded) until no task of ours runs, so stopping the session kills nothing mid-flight."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                if not sparkapi.running_tasks(self.spark):
+                    return
+            except Exception:
+                return
+            time.sleep(0.1)
+
+
+def _inside_py4j(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("py4j"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextmanager
+def cancel_on_interrupt(spark: SparkSession) -> Iterator[None]:
+    """Inside the block, Ctrl-C cancels the session's jobs and surfaces as KeyboardInterrupt (see module
+    docstring). Only the main thread can own SIGINT: elsewhere (a server thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupt = _Interrupt(spark)
+    previous = signal.signal(signal.SIGINT, interrupt.handle)
+    try:
+        yield
+    except Exception as exc:
+        if interrupt.received.is_set():  # the cancelled action's error is the interrupt's doing
+            interrupt.raised.set()
+            raise KeyboardInterrupt from exc
+        raise
+    finally:
+        if interrupt.received.is_set():
+            interrupt.raised.set()
+            interrupt.settle()
+        signal.signal(signal.SIGINT, previous)
