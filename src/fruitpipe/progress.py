@@ -77,7 +77,7 @@ def render(snap: Snapshot) -> str:
         parts.append(f"{snap.done:,} / {snap.total:,} {snap.unit}")
         if snap.bytes_done is not None and snap.elapsed > 0:
             parts.append(f"{snap.bytes_done / 1e6 / snap.elapsed:.1f} MB/s")
-        elif snap.rate is not None and snap.done:
+        elif snap.rate is not None:  # 0.0 while the first tasks load the model: honest, and the line keeps its shape
             parts.append(f"{snap.rate:.1f} {snap.unit}/s")
         eta = snap.eta
         parts.append(f"ETA {clock(eta)}" if eta is not None and snap.done < snap.total else clock(snap.elapsed))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import _thread
 import logging
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,31 +31,50 @@ SETTLE_SECONDS = 15.0  # the longest killed tasks are waited for before the sess
 
 
 class _Interrupt:
-    """One Ctrl-C's state: received (jobs being cancelled) and raised (the main thread has it)."""
+    """One Ctrl-C's state: received (jobs being cancelled), raised (the main thread has it), finished
+    (the session's block is over: stop nudging)."""
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
         self.received = threading.Event()
         self.raised = threading.Event()
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self.received.is_set():
-            self.received.set()
-            threading.Thread(target=self._cancel, name="fruitpipe-interrupt", daemon=True).start()
+        """The Python-level handler (main thread, whenever it runs bytecode next)."""
+        self.start()
         if self.raised.is_set() or not _inside_py4j(frame):
             self.raised.set()
             raise KeyboardInterrupt
 
+    def start(self) -> None:
+        """Cancel once, from a thread of its own."""
+        with self._lock:
+            if self.received.is_set():
+                return
+            self.received.set()
+        threading.Thread(target=self._cancel, name="fruitpipe-interrupt", daemon=True).start()
+
+    def watch(self, wakeup: socket.socket) -> None:
+        """The signal may land on any thread, and then the main thread's blocking py4j read is not
+        interrupted: Python's C handler writes the signal number to the wakeup socket, read here."""
+        with wakeup:
+            while not self.finished.is_set():
+                ready, _, _ = select.select([wakeup], [], [], RETRY_SECONDS)
+                if ready and signal.SIGINT in wakeup.recv(64):
+                    self.start()
+
     def _cancel(self) -> None:
         """Silence Spark's complaints about killed tasks, cancel every job, then nudge the main thread
         (a simulated SIGINT) until it raises."""
+        logger.debug("Ctrl-C: cancelling Spark's jobs")
         try:
             sparkapi.quiet_logs(self.spark, "OFF")
             sparkapi.cancel_all_jobs(self.spark)
         except Exception:  # the session may be stopping already
             logger.debug("cancelling Spark jobs failed", exc_info=True)
-        deadline = time.monotonic() + SETTLE_SECONDS
-        while not self.raised.wait(RETRY_SECONDS) and time.monotonic() < deadline:
+        while not self.raised.wait(RETRY_SECONDS) and not self.finished.is_set():
             _thread.interrupt_main(signal.SIGINT)
 
     def settle(self) -> None:
@@ -84,7 +105,11 @@ def cancel_on_interrupt(spark: SparkSession) -> Iterator[None]:
         yield
         return
     interrupt = _Interrupt(spark)
+    wakeup, wakeup_writer = socket.socketpair()
+    wakeup_writer.setblocking(False)
     previous = signal.signal(signal.SIGINT, interrupt.handle)
+    previous_fd = signal.set_wakeup_fd(wakeup_writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=interrupt.watch, args=(wakeup,), name="fruitpipe-sigint", daemon=True).start()
     try:
         yield
     except Exception as exc:
@@ -93,7 +118,9 @@ def cancel_on_interrupt(spark: SparkSession) -> Iterator[None]:
             raise KeyboardInterrupt from exc
         raise
     finally:
+        interrupt.finished.set()
         if interrupt.received.is_set():
-            interrupt.raised.set()
             interrupt.settle()
+        signal.set_wakeup_fd(previous_fd)
         signal.signal(signal.SIGINT, previous)
+        wakeup_writer.close()
