@@ -77,6 +77,17 @@ def test_log_mode_logs_a_start_about_every_tenth_and_the_end(caplog: pytest.LogC
     assert stream.getvalue() == ""  # log records only, nothing written around logging
 
 
+def test_a_stage_without_steps_logs_only_its_end(caplog: pytest.LogCaptureFixture) -> None:
+    now = FakeClock()
+    reporter = Reporter(io.StringIO(), Mode.LOG, now=now)
+    with (caplog.at_level(logging.INFO, logger="fruitpipe.progress"),
+          reporter.stage("upload", total=4, unit="files", total_bytes=4_000_000, steps=False)):
+        for done in range(1, 5):
+            now.now += 1.0
+            reporter.update(done, done * 1_000_000)
+    assert [r.getMessage() for r in caplog.records] == ["upload  4 / 4 files  1.0 MB/s  0:04 (done)"]
+
+
 def test_quiet_and_silent_write_nothing(caplog: pytest.LogCaptureFixture) -> None:
     stream = io.StringIO()
     for reporter in (Reporter.for_stream(stream, quiet=True), Reporter.silent()):

@@ -116,10 +116,11 @@ class Reporter:
         return self.mode is not Mode.OFF
 
     @contextmanager
-    def stage(self, name: str, total: int | None = None, unit: str = "img",
-              total_bytes: int | None = None) -> Iterator[None]:
-        """Report `name` while the block runs; its end (also by an error or Ctrl-C) clears the line."""
-        self._start(name, total, unit, total_bytes)
+    def stage(self, name: str, total: int | None = None, unit: str = "img", total_bytes: int | None = None,
+              steps: bool = True) -> Iterator[None]:
+        """Report `name` while the block runs; its end (also by an error or Ctrl-C) clears the line.
+        `steps` False: off a terminal, only the stage's end line (no start and ~10% lines)."""
+        self._start(name, total, unit, total_bytes, steps)
         try:
             yield
         except BaseException:
@@ -145,14 +146,14 @@ class Reporter:
             self._clear()
         return True
 
-    def _start(self, name: str, total: int | None, unit: str, total_bytes: int | None) -> None:
+    def _start(self, name: str, total: int | None, unit: str, total_bytes: int | None, steps: bool) -> None:
         with self._lock:
             self._began = self._now()
             self._snap = Snapshot(name, 0.0, 0, total, unit, 0 if total_bytes else None, total_bytes)
-            self._logged_step = 0
+            self._logged_step = 0 if steps else int(1 / LOG_STEP)
             if self.mode is Mode.LIVE:
                 self._draw(force=True)
-            elif self.mode is Mode.LOG and total is not None:  # a counted stage: its size now, steps follow
+            elif self.mode is Mode.LOG and total is not None and steps:  # a counted stage: its size now, steps follow
                 logger.info("%s: started (%s %s)", name, f"{total:,}", unit)
 
     def _end(self, completed: bool) -> None:

@@ -130,7 +130,8 @@ def upload_folder(local_dir: str | os.PathLike[str], target_uri: str, workers: i
     reporter = progress or Reporter.silent()
     files_done = bytes_done = 0
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fruitpipe-upload")
-    with reporter.stage("upload", len(todo), "files", sum(item.size for item, _ in todo)), _shut_down(pool):
+    total_bytes = sum(item.size for item, _ in todo)
+    with reporter.stage("upload", len(todo), "files", total_bytes, steps=False), _shut_down(pool):
         futures: dict[Future[tuple[str, int]], _LocalFile] = {
             pool.submit(_upload_one, store, location.bucket, key, item, remote.get(key)): item for item, key in todo}
         for future in as_completed(futures):
