@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, cast
 
 from pyspark.sql import DataFrame, SparkSession
@@ -98,6 +99,17 @@ def running_tasks(spark: SparkSession) -> int | None:
         return None
     summaries = spark.sparkContext._jsc.sc().statusStore().executorList(True)
     return sum(int(summaries.apply(index).activeTasks()) for index in range(summaries.size()))
+
+
+def wait_until_no_task_runs(spark: SparkSession, timeout: float) -> int | None:
+    """Wait (at most `timeout` seconds) until `running_tasks` is 0; returns what still runs then (0 when
+    settled), or None on Connect, where nothing can be seen."""
+    deadline = time.monotonic() + timeout
+    running = running_tasks(spark)
+    while running and time.monotonic() < deadline:
+        time.sleep(0.1)
+        running = running_tasks(spark)
+    return running
 
 
 def stage_tasks(spark: SparkSession, seen: set[int]) -> dict[int, tuple[int, int]] | None:

@@ -136,14 +136,10 @@ def discard_failed_write(spark: SparkSession, store: Store, target: str, run_id:
     stage its part after a first clean-up (seen in CI: a `part-00002-attempt-N` left behind). So: clean
     up, wait until no task runs (classic; on Connect a fixed grace), clean up again."""
     remove_staging(store, target, run_id)
-    deadline = time.monotonic() + SETTLE_SECONDS
-    running = sparkapi.running_tasks(spark)
+    running = sparkapi.wait_until_no_task_runs(spark, SETTLE_SECONDS)
     if running is None:
         time.sleep(CONNECT_GRACE_SECONDS)
-    while running and time.monotonic() < deadline:
-        time.sleep(0.1)
-        running = sparkapi.running_tasks(spark)
-    if running:
+    elif running:
         logger.warning("%d task attempts still running after %.0f s; staging under %s may keep their parts",
                        running, SETTLE_SECONDS, storage.redact(target))
     remove_staging(store, target, run_id)

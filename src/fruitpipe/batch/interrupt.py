@@ -16,7 +16,6 @@ import select
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -79,14 +78,10 @@ class _Interrupt:
 
     def settle(self) -> None:
         """Wait (bounded) until no task of ours runs, so stopping the session kills nothing mid-flight."""
-        deadline = time.monotonic() + SETTLE_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                if not sparkapi.running_tasks(self.spark):
-                    return
-            except Exception:
-                return
-            time.sleep(0.1)
+        try:
+            sparkapi.wait_until_no_task_runs(self.spark, SETTLE_SECONDS)
+        except Exception:  # the session may be stopping already
+            logger.debug("waiting for killed tasks failed", exc_info=True)
 
 
 def _inside_py4j(frame: FrameType | None) -> bool:
