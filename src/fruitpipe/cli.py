@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, NoReturn
 
 from fruitpipe import __version__
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS
-from fruitpipe.config import DEFAULT_MASTER, DEFAULT_MODEL, PcaSettings, RunConfig, S3Options, parse_spark_conf
+from fruitpipe.config import (
+    DEFAULT_MASTER,
+    DEFAULT_MODEL,
+    DEFAULT_PRICE_PER_VCPU_HOUR,
+    PcaSettings,
+    RunConfig,
+    S3Options,
+    parse_spark_conf,
+)
 from fruitpipe.progress import Mode, Reporter
 from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 
@@ -170,7 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
     run.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
     _add_progress_arguments(run)
+    run.add_argument("--price-per-vcpu-hour", type=_positive_number, default=DEFAULT_PRICE_PER_VCPU_HOUR,
+                     metavar="PRICE", help="price of one vCPU for one hour, for the cost estimate in the manifest "
+                     "and report (default: %(default)s, AWS on-demand m5.xlarge us-east-1, USD 0.192/h for 4 vCPUs)")
     run.set_defaults(handler=_cmd_run)
+
+    report = commands.add_parser("report", help="rebuild a run's report.html (one self-contained page), "
+                                 "optionally with a trained model's metrics")
+    report.add_argument("run_output", metavar="RUN_OUTPUT", help="output folder of 'fruitpipe run' (local or s3://)")
+    report.add_argument("--model", metavar="MODEL_DIR", help="folder written by 'fruitpipe train': adds its "
+                        "metrics, confusion matrix and calibration")
+    report.add_argument("--output", metavar="FILE", help="where to write the page (default: RUN_OUTPUT/report.html)")
+    _add_s3_arguments(report)
+    report.set_defaults(handler=_cmd_report)
 
     sample = commands.add_parser("sample-data", help="synthesise a larger data set, or a shifted test set, from "
                                  "the bundled sample")
@@ -314,9 +334,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         precision=args.precision,
         remote=remote,
         augment=args.augment,
+        price_per_vcpu_hour=args.price_per_vcpu_hour,
     )
     manifest = pipeline.run(config, _progress(args))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fruitpipe.batch import report
+    from fruitpipe.storage import Store
+
+    store = Store(_s3_options(args))
+    run = report.RunOutput.read(store, args.run_output)
+    sections = report.run_sections(run)
+    if args.model:
+        from fruitpipe.recognise.report_section import model_section
+
+        sections.append(model_section(store, args.model, run.manifest))
+    print(report.write(store, args.run_output, sections, target=args.output))
     return 0
 
 

@@ -115,6 +115,10 @@ class S3Options:
         return cls(**values)
 
 
+# AWS on-demand m5.xlarge, us-east-1, Linux: USD 0.192 per hour for 4 vCPUs (batch.cost states it).
+DEFAULT_PRICE_PER_VCPU_HOUR = 0.048
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `fruitpipe run` needs; built by the CLI or by library users."""
@@ -134,9 +138,12 @@ class RunConfig:
     precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (fruitpipe.runtime)
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
     augment: int = 0  # augmented views of every Training image besides the image (fruitpipe.image.shifts)
+    price_per_vcpu_hour: float = DEFAULT_PRICE_PER_VCPU_HOUR  # the cost estimate's assumed price (batch.cost)
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
+        if not self.price_per_vcpu_hour >= 0:
+            raise ValueError(f"--price-per-vcpu-hour must be a number >= 0, got {self.price_per_vcpu_hour}")
         check_augment(self.augment)
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")

@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
+from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
@@ -134,6 +137,66 @@ def cancel_all_jobs(spark: SparkSession) -> None:
         spark.interruptAll()
     else:
         spark.sparkContext.cancelAllJobs()
+
+
+@contextmanager
+def tagged_jobs(spark: SparkSession, tag: str) -> Iterator[None]:
+    """Every Spark job this thread starts inside carries `tag` (classic: SparkContext job tags, kept in
+    the status store), so `task_cpu_seconds` counts this run's jobs and none of a shared session's
+    others. On Connect it does nothing: nothing here can read the server's status store."""
+    if is_connect(spark):
+        yield
+        return
+    context = spark.sparkContext
+    context.addJobTag(tag)
+    try:
+        yield
+    finally:
+        context.removeJobTag(tag)
+
+
+def task_cpu_seconds(spark: SparkSession, tag: str) -> float | None:
+    """CPU seconds of the JVM task threads of the jobs tagged `tag`: Spark's `executorCpuTime` summed over
+    their stages' attempts (failed attempts included: they were paid for), from the status store.
+
+    Python workers' CPU is not in it (a task thread only waits on their socket). The status store is fed
+    by the listener bus asynchronously, so the bus is drained first (bounded wait). None on Connect."""
+    if is_connect(spark):
+        logger.info("task CPU time: not available through Spark Connect (recorded as null)")
+        return None
+    context = spark.sparkContext._jsc.sc()
+    if not context.listenerBus().waitUntilEmpty(30_000):
+        logger.warning("Spark's listener bus did not drain in 30 s: task CPU time may miss the last tasks")
+    store = context.statusStore()
+    jobs = store.jobsList(None)
+    stages: set[int] = set()
+    for index in range(jobs.size()):
+        job = jobs.apply(index)
+        if job.jobTags().contains(tag):
+            ids = job.stageIds()
+            stages.update(int(ids.apply(position)) for position in range(ids.size()))
+    return sum(_stage_cpu_nanoseconds(store, stage) for stage in stages) / 1e9
+
+
+def _stage_cpu_nanoseconds(store: Any, stage: int) -> int:
+    """executorCpuTime of every attempt of one stage; 0 for a stage the store no longer keeps
+    (spark.ui.retainedStages), logged."""
+    try:
+        last = store.lastStageAttempt(stage)
+        earlier = [store.stageAttempt(stage, attempt, False)._1() for attempt in range(int(last.attemptId()))]
+    except Exception:  # py4j's error for a NoSuchElementException: evicted from the store
+        logger.warning("stage %d is no longer in Spark's status store: its task CPU time is not counted", stage)
+        return 0
+    return sum(int(attempt.executorCpuTime()) for attempt in (*earlier, last))
+
+
+def cpu_meter(spark: SparkSession) -> Accumulator[float] | None:
+    """A float accumulator the Python workers add their CPU seconds to (`executor.metering`); None on
+    Connect, which has no accumulators."""
+    if is_connect(spark):
+        logger.info("Python worker CPU time: no accumulators through Spark Connect (recorded as null)")
+        return None
+    return spark.sparkContext.accumulator(0.0)
 
 
 def ship_file(spark: SparkSession, path: str) -> str:

@@ -297,6 +297,64 @@ class SparkSummary:
 
 
 @dataclass(frozen=True)
+class ClassCount:
+    """One class in one split: photos featurized and rejected (views not counted). `label` / `split`
+    None: a flat layout's loose file / a flat layout (no split)."""
+
+    label: str | None
+    split: str | None
+    ok: int
+    rejected: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "split": self.split, "ok": self.ok, "rejected": self.rejected}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> ClassCount:
+        return cls(fields.optional_text("label"), fields.optional_text("split"), fields.integer("ok"),
+                   fields.integer("rejected"))
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What the run cost in CPU and, at an assumed price, in money (batch/cost.py computes it).
+
+    `task_cpu_s`: Spark's executorCpuTime of the run's stages (JVM task threads); `python_worker_cpu_s`:
+    the featurize Python workers' process CPU (where the inference runs; Spark's metrics miss it);
+    `driver_cpu_s`: the driver's Python process. None: not measurable here (Spark Connect), said in
+    `notes`. `vcpu_s` is their sum (None when a part is None); `reserved_vcpu_s` is wall time x the
+    cores Spark planned with, what a cluster of that size bills whether busy or not."""
+
+    task_cpu_s: float | None
+    python_worker_cpu_s: float | None
+    driver_cpu_s: float
+    vcpu_s: float | None
+    vcpu_s_per_1000_images: float | None
+    reserved_vcpu_s: float
+    price_per_vcpu_hour: float
+    price_assumption: str
+    estimated_cost: float | None
+    reserved_cost: float
+    notes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task_cpu_s": self.task_cpu_s, "python_worker_cpu_s": self.python_worker_cpu_s,
+                "driver_cpu_s": self.driver_cpu_s, "vcpu_s": self.vcpu_s,
+                "vcpu_s_per_1000_images": self.vcpu_s_per_1000_images, "reserved_vcpu_s": self.reserved_vcpu_s,
+                "price_per_vcpu_hour": self.price_per_vcpu_hour, "price_assumption": self.price_assumption,
+                "estimated_cost": self.estimated_cost, "reserved_cost": self.reserved_cost,
+                "notes": list(self.notes)}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> RunCost:
+        return cls(fields.optional_number("task_cpu_s"), fields.optional_number("python_worker_cpu_s"),
+                   fields.number("driver_cpu_s"), fields.optional_number("vcpu_s"),
+                   fields.optional_number("vcpu_s_per_1000_images"), fields.number("reserved_vcpu_s"),
+                   fields.number("price_per_vcpu_hour"), fields.text("price_assumption"),
+                   fields.optional_number("estimated_cost"), fields.number("reserved_cost"), fields.texts("notes"))
+
+
+@dataclass(frozen=True)
 class RunManifest:
     """`manifest.json` of a run: what went in, which model and settings, what came out, how fast.
 
@@ -318,6 +376,8 @@ class RunManifest:
     spark: SparkSummary
     schema_version: int = SCHEMA_VERSION
     augment: int | None = None  # augmented views per Training image (None: written before --augment)
+    cost: RunCost | None = None  # None: written before cost was recorded
+    class_counts: tuple[ClassCount, ...] | None = None  # per class and split; None: written before it
 
     def to_json(self) -> dict[str, Any]:
         document = {
@@ -328,7 +388,10 @@ class RunManifest:
             "throughput_img_s": self.throughput_img_s, "featurize_img_s": self.featurize_img_s,
             "versions": dict(self.versions), "spark": self.spark.to_json(),
         }
-        return document if self.augment is None else {**document, "augment": self.augment}
+        optional = {"augment": self.augment, "cost": None if self.cost is None else self.cost.to_json(),
+                    "class_counts": None if self.class_counts is None
+                    else [count.to_json() for count in self.class_counts]}
+        return {**document, **{key: value for key, value in optional.items() if value is not None}}
 
     @classmethod
     def from_json(cls, fields: Fields) -> RunManifest:
@@ -342,11 +405,58 @@ class RunManifest:
             throughput_img_s=fields.optional_number("throughput_img_s"),
             featurize_img_s=fields.number("featurize_img_s"), versions=fields.child("versions").all_texts(),
             spark=SparkSummary.from_json(fields.child("spark")), schema_version=version,
-            augment=fields.optional_integer("augment"))
+            augment=fields.optional_integer("augment"),
+            cost=RunCost.from_json(fields.child("cost")) if fields.has("cost") else None,
+            class_counts=tuple(ClassCount.from_json(item) for item in fields.children("class_counts"))
+            if fields.has("class_counts") else None)
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> RunManifest:
         """A manifest.json's bytes -> the manifest; `where` names the file in every error."""
+        return cls.from_json(parse(raw, where))
+
+
+@dataclass(frozen=True)
+class SamplePoint:
+    """One photo of the report's sample: where it is, its class and split, its first two PCA coordinates."""
+
+    path: str
+    label: str | None
+    split: str | None
+    pc1: float
+    pc2: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "label": self.label, "split": self.split, "pc1": self.pc1, "pc2": self.pc2}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> SamplePoint:
+        return cls(fields.text("path"), fields.optional_text("label"), fields.optional_text("split"),
+                   fields.number("pc1"), fields.number("pc2"))
+
+
+@dataclass(frozen=True)
+class ReportSample:
+    """`report_sample.json`: a bounded, deterministic, class-stratified sample of the run's photos (at
+    most `per_class` per class, chosen by a hash of the path), drawn in Spark when the run ends so that
+    `fruitpipe report` reads a small file whatever the run's size. Points are in class, then rank order."""
+
+    per_class: int
+    points: tuple[SamplePoint, ...]
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": self.schema_version, "per_class": self.per_class,
+                "points": [point.to_json() for point in self.points]}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> ReportSample:
+        version = fields.schema_version(SCHEMA_VERSION)
+        points = tuple(SamplePoint.from_json(item) for item in fields.children("points"))
+        return cls(fields.integer("per_class"), points, schema_version=version)
+
+    @classmethod
+    def loads(cls, raw: bytes | str, where: str) -> ReportSample:
         return cls.from_json(parse(raw, where))
 
 

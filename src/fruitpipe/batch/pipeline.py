@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from pyspark import StorageLevel
@@ -18,8 +19,18 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruitpipe import __version__, sparkapi, storage
-from fruitpipe.batch import plots, sinks, sources, tracking
-from fruitpipe.batch.manifest import Executor, ModelEntry, PcaSummary, RunCounts, RunManifest, SparkSummary, Timings
+from fruitpipe.batch import cost, plots, report, sampling, sinks, sources, tracking
+from fruitpipe.batch.manifest import (
+    ClassCount,
+    Executor,
+    ModelEntry,
+    PcaSummary,
+    ReportSample,
+    RunCounts,
+    RunManifest,
+    SparkSummary,
+    Timings,
+)
 from fruitpipe.batch.session import java_version, spark_session
 from fruitpipe.config import RunConfig
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE, VIEW
@@ -35,10 +46,12 @@ AUGMENT_COL = "__augment"
 
 
 class StageTimer:
-    """Wall-clock seconds per named stage, for the manifest; each stage is shown by the progress reporter."""
+    """Wall-clock seconds per named stage, for the manifest; each stage is shown by the progress reporter;
+    and the driver process's CPU since it started (the run's cost)."""
 
     def __init__(self, progress: Reporter | None = None) -> None:
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
         self.seconds: dict[str, float] = {}
         self.progress = progress or Reporter.silent()
 
@@ -54,6 +67,9 @@ class StageTimer:
 
     def total(self) -> float:
         return round(time.perf_counter() - self.started, 3)
+
+    def driver_cpu(self) -> float:
+        return time.process_time() - self.cpu_started
 
     def timings(self) -> Timings:
         """The stages so far and the total up to now."""
@@ -84,6 +100,25 @@ def run(config: RunConfig, progress: Reporter | None = None) -> RunManifest:
 
 def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
                     listing: sources.ImageListing, timer: StageTimer, run_id: str) -> RunManifest:
+    """The Spark part, its jobs tagged with the run (a shared session's other jobs are not its cost);
+    the report is written after the manifest and before _SUCCESS, which lists it."""
+    tag = f"fruitpipe-run-{run_id}"
+    with sparkapi.tagged_jobs(spark, tag):
+        manifest, sample = _featurize_and_summarise(spark, store, config, spec, runtime, listing, timer, run_id,
+                                                    tag)
+    sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
+    sinks.write_json(store, storage.join(config.output, sinks.REPORT_SAMPLE), sample.to_json())
+    began = time.perf_counter()
+    report.write(store, config.output, report.run_sections(report.RunOutput.read(store, config.output, manifest,
+                                                                                 sample)))
+    logger.info("report.html written in %.2f s", time.perf_counter() - began)
+    sinks.commit(store, config.output, manifest.counts.to_json())
+    return manifest
+
+
+def _featurize_and_summarise(spark: SparkSession, store: Store, config: RunConfig, spec: models.ModelSpec,
+                             runtime: Runtime, listing: sources.ImageListing, timer: StageTimer, run_id: str,
+                             tag: str) -> tuple[RunManifest, ReportSample]:
     images = sources.to_dataframe(spark, listing, config.executor.rows_per_partition)
     if config.augment:
         images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
@@ -93,24 +128,34 @@ def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: 
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
                                  maxPixels=config.limits.max_pixels, s3Options=store.options.to_wire(),
                                  augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "")
-    featurized = featurizer.transform(images).drop(AUGMENT_COL).persist(StorageLevel.MEMORY_AND_DISK)
+    meter = sparkapi.cpu_meter(spark)
+    featurized = featurizer.meter_cpu(meter).transform(images).drop(AUGMENT_COL).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
+        counts, per_class, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
+        with timer.stage("report_sample"):
+            photos = featurized.where(F.col(ERROR_STAGE).isNull() & (F.col(VIEW) == 0))
+            sample = sampling.stratified_sample(photos, pca)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist(blocking=True)  # no block removal left running when the session stops next
+    cpu = cost.CpuSeconds(task=sparkapi.task_cpu_seconds(spark, tag),
+                          python_workers=None if meter is None else float(meter.value), driver=timer.driver_cpu(),
+                          missing=() if meter is not None else (
+                              "null on Spark Connect: the status store (task CPU) and accumulators (Python "
+                              "worker CPU) live on the server, out of the client's reach",))
     manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
-    sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
-    sinks.commit(store, config.output, counts.to_json())
-    return manifest
+    cores = manifest.spark.default_parallelism
+    return replace(manifest, class_counts=per_class,
+                   cost=cost.estimate(cpu, counts.listed, manifest.timings_s.total, cores,
+                                      config.price_per_vcpu_hour)), sample
 
 
 def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig, listing: sources.ImageListing,
-                         timer: StageTimer, run_id: str) -> tuple[RunCounts, CentredPCAModel]:
-    """featurize (counted) -> errors/ -> PCA fit on the photos (view 0) -> features/ (views too) + model +
-    scree; (counts, model)."""
+                         timer: StageTimer, run_id: str) -> tuple[RunCounts, tuple[ClassCount, ...], CentredPCAModel]:
+    """featurize (counted per class) -> errors/ -> PCA fit on the photos (view 0) -> features/ (views too) +
+    model + scree; (counts, per-class counts, model)."""
     with timer.stage("featurize", len(listing.rows)), tracking.follow_tasks(featurized.sparkSession, timer.progress,
                                                                            len(listing.rows)):
-        ok_count, rejected, views = _count_outcomes(featurized)
+        ok_count, rejected, views, per_class = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
     if listing.rejected:  # unsafe paths, refused at listing: a few rows from the driver
@@ -128,18 +173,14 @@ def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig,
                          varianceTarget=config.pca.variance_target).fit(ok.where(F.col(VIEW) == 0))
     with timer.stage("write"):
         _write_outputs(ok, pca, store, config, run_id)
-    return RunCounts(listed=listing.listed, ok=ok_count, rejected=rejected, views=views), pca
+    return RunCounts(listed=listing.listed, ok=ok_count, rejected=rejected, views=views), per_class, pca
 
 
-def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int]:
-    """One pass that computes (and caches) every feature vector, counting photos (ok, rejected) and views."""
-    photo = F.col(VIEW) == 0
-    row = featurized.select(
-        F.count(F.when(F.col(ERROR_STAGE).isNull() & photo, 1)).alias("ok"),
-        F.count(F.when(F.col(ERROR_STAGE).isNotNull(), 1)).alias("rejected"),
-        F.count(F.when(~photo, 1)).alias("views"),
-    ).first()
-    return (int(row["ok"]), int(row["rejected"]), int(row["views"])) if row is not None else (0, 0, 0)
+def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int, tuple[ClassCount, ...]]:
+    """One pass that computes (and caches) every feature vector, counting photos (ok, rejected) per class
+    and split, and views; (ok, rejected, views, per class)."""
+    per_class, views = sampling.outcomes(featurized)
+    return sum(count.ok for count in per_class), sum(count.rejected for count in per_class), views, per_class
 
 
 def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str) -> None:

@@ -121,3 +121,27 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def pca_scatter_png(points: list[tuple[float, float, str]], classes: list[str]) -> bytes:
+    """The sample's first two PCA coordinates (pc1, pc2, class), one colour per class (tab20, then
+    markers cycle so 131 classes stay distinguishable); a legend up to 30 classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = [plt.get_cmap("tab20")(index) for index in range(20)]
+    markers = ("o", "s", "^", "D", "v", "P", "X")
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    for index, name in enumerate(classes):
+        mine = [(x, y) for x, y, label in points if label == name]
+        if mine:
+            ax.scatter([x for x, _ in mine], [y for _, y in mine], s=14, alpha=0.8, label=name,
+                       color=palette[index % len(palette)], marker=markers[(index // len(palette)) % len(markers)])
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    if len(classes) <= 30:
+        ax.legend(fontsize=7, ncol=2 if len(classes) > 12 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(f"First two principal components: {len(points)} sampled photos, {len(classes)} classes")
+    return _png(fig)

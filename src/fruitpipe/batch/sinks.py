@@ -5,6 +5,7 @@ the rest. An existing output is replaced only on request, and only if it is a fr
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 FEATURES, ERRORS, PCA_MODEL, CSV = "features", "errors", "pca_model", "csv"
 SCREE, MANIFEST, SUCCESS = "scree.png", "manifest.json", "_SUCCESS"
+REPORT, REPORT_SAMPLE = "report.html", "report_sample.json"
 WRITE_CHECK = ".fruitpipe-write-check"
 FEATURE_COLUMNS = ("path", "label", "split", "view", "width", "height", "features", "pca")
 ERROR_COLUMNS = ("path", "stage", "reason")
@@ -128,6 +130,23 @@ def discarded_if_interrupted(store: Store, output: str) -> Iterator[None]:
         logger.debug("interrupted: removing the partial output %s", storage.redact(output))
         store.remove_tree(output)
         raise
+
+
+def first_errors(store: Store, output: str, limit: int) -> list[tuple[str, str, str]]:
+    """Up to `limit` rows (path, stage, reason) of errors/, part file by part file, read through the store:
+    the driver never holds more than one part file and `limit` rows, whatever the run's size."""
+    import pyarrow.parquet as pq
+
+    rows: list[tuple[str, str, str]] = []
+    folder = storage.join(output, ERRORS)
+    for _, relative in store.list_files(folder, (".parquet",)):
+        if len(rows) >= limit:
+            break
+        table = pq.read_table(io.BytesIO(store.read_bytes(storage.join(folder, relative))),
+                              columns=list(ERROR_COLUMNS))
+        rows.extend(zip(*(table.column(name).to_pylist()[: limit - len(rows)] for name in ERROR_COLUMNS),
+                        strict=True))
+    return rows
 
 
 def read_success(store: Store, output: str) -> SuccessMarker | None:

@@ -20,6 +20,7 @@ from pyspark.sql.types import StructField, StructType
 
 from fruitpipe import sparkapi
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options, check_augment
+from fruitpipe.executor.metering import Meter, cpu_metered
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 from fruitpipe.image import models
 from fruitpipe.ml.columns import HasColumns
@@ -76,6 +77,12 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
     def setModelName(self, value: str) -> ImageFeaturizer:
         return self._set(modelName=value)
 
+    def meter_cpu(self, meter: Meter | None) -> ImageFeaturizer:
+        """Add the Python workers' CPU seconds of every later transform to `meter` (a Spark accumulator,
+        `sparkapi.cpu_meter`; None: not measured). Not a Param: a run's meter is not saved with the stage."""
+        self._cpu_meter = meter
+        return self
+
     def s3_options(self) -> S3Options:
         """From s3Options; from the legacy params only for a featurizer saved with them and without it."""
         legacy = [self.getOrDefault(param) if self.isDefined(param) else ""
@@ -121,4 +128,6 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
         )
         added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
         schema = StructType(dataset.schema.fields + added)
-        return dataset.mapInArrow(functools.partial(featurize_partition, task), schema)
+        body = functools.partial(featurize_partition, task)
+        meter: Meter | None = getattr(self, "_cpu_meter", None)  # absent on a loaded or fresh stage
+        return dataset.mapInArrow(body if meter is None else functools.partial(cpu_metered, meter, body), schema)
