@@ -1,7 +1,6 @@
 """The upload page in Debian's headless chromium (Selenium 4), against a real `fruitpipe serve` process.
 
-The browser and its driver are the Debian packages (`make test` installs them through
-scripts/ensure_chromium.sh); Selenium Manager is never asked for anything, so nothing is downloaded.
+The browser is Debian's chromium, started by tests/browser.py (nothing is downloaded).
 """
 from __future__ import annotations
 
@@ -11,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from browser import browser_driver
 from fruitpipe.devtools.serveprocess import running_server
 from fruitpipe.recognise.bundle import Bundle
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--window-size=1200,900")
 WAIT_GUARD_S = 120  # a guard against a hung page, not a measurement
 DROP_FILE = """
 const [encoded, name, type] = arguments;
@@ -39,32 +34,8 @@ def page_server(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
-    if missing:
-        pytest.fail(f"the page test needs {' and '.join(missing)}: run 'make test' (as root it installs the Debian "
-                    "packages chromium and chromium-driver) or 'apt-get install chromium chromium-driver'")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.selenium_manager import SeleniumManager
-
-    def no_selenium_manager(*args: object, **kwargs: object) -> None:
-        raise AssertionError("Selenium Manager was called: it would try to download a browser or driver")
-
-    folder = tmp_path_factory.mktemp("chromium")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={folder / 'profile'}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    service = Service(executable_path=str(CHROMEDRIVER), log_output=str(folder / "chromedriver.log"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SeleniumManager, "binary_paths", no_selenium_manager)
-        driver = webdriver.Chrome(service=service, options=options)
-    try:
+    with browser_driver(tmp_path_factory.mktemp("chromium")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def wait_for(driver, condition):

@@ -54,8 +54,8 @@ def estimate(cpu: CpuSeconds, images: int, wall_s: float, cores: int, price_per_
         vcpu_s_per_1000_images=None if used is None or not images else round(used / images * 1000, 3),
         reserved_vcpu_s=round(reserved, 3), price_per_vcpu_hour=price_per_vcpu_hour,
         price_assumption=price_assumption(price_per_vcpu_hour),
-        estimated_cost=None if used is None else round(money(used, price_per_vcpu_hour), 6),
-        reserved_cost=round(money(reserved, price_per_vcpu_hour), 6),
+        estimated_cost=None if used is None else money(used, price_per_vcpu_hour),
+        reserved_cost=money(reserved, price_per_vcpu_hour),
         notes=(COUNTED, NOT_COUNTED, *cpu.missing))
 
 

@@ -325,8 +325,9 @@ def cost_section(manifest: RunManifest) -> Section:
          cost.vcpu_s_per_1000_images if cost.vcpu_s_per_1000_images is not None else missing),
         ("reserved vCPU-seconds (wall x cores)", cost.reserved_vcpu_s),
         ("price per vCPU-hour (assumed)", cost.price_per_vcpu_hour),
-        ("estimated cost of the used CPU", cost.estimated_cost if cost.estimated_cost is not None else missing),
-        ("estimated cost of the reserved cores", cost.reserved_cost),
+        ("estimated cost of the used CPU",
+         f"{cost.estimated_cost:.6f}" if cost.estimated_cost is not None else missing),
+        ("estimated cost of the reserved cores", f"{cost.reserved_cost:.6f}"),
     ]
     notes = "".join(f"<li>{text(note)}</li>" for note in cost.notes)
     return Section(title, table("CPU and money", ("what", "value"), rows)

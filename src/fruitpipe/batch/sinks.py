@@ -139,7 +139,11 @@ def first_errors(store: Store, output: str, limit: int) -> list[tuple[str, str, 
 
     rows: list[tuple[str, str, str]] = []
     folder = storage.join(output, ERRORS)
-    for _, relative in store.list_files(folder, (".parquet",)):
+    try:
+        parts = store.list_files(folder, (".parquet",))
+    except ValueError:  # no errors/ folder (removed, or an output copied without it)
+        return rows
+    for _, relative in parts:
         if len(rows) >= limit:
             break
         table = pq.read_table(io.BytesIO(store.read_bytes(storage.join(folder, relative))),
