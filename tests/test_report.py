@@ -283,8 +283,9 @@ def test_report_in_headless_chromium(run_output: Path, tmp_path: Path) -> None:
             assert screenshot.stat().st_size > 10_000
         severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not severe, severe
-        requested = {json.loads(entry["message"])["message"]["params"]["request"]["url"]
-                     for entry in driver.get_log("performance")
-                     if json.loads(entry["message"])["message"]["method"] == "Network.requestWillBeSent"}
+        events = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+        requested = {event["params"]["request"]["url"] for event in events  # the page's, not chromium's own tabs
+                     if event["method"] == "Network.requestWillBeSent"
+                     and event["params"].get("documentURL") == page.as_uri()}
         assert requested and all(url == page.as_uri() or url.startswith("data:") for url in requested), requested
         assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
