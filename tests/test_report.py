@@ -289,3 +289,25 @@ def test_report_in_headless_chromium(run_output: Path, tmp_path: Path) -> None:
                      and event["params"].get("documentURL") == page.as_uri()}
         assert requested and all(url == page.as_uri() or url.startswith("data:") for url in requested), requested
         assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
+
+
+def test_sample_is_bounded_deterministic_and_projected(spark) -> None:
+    """Synthetic features of 3 classes (300, 50 and 5 photos): at most per_class each, every photo of the
+    small class, the same sample twice, and PC1/PC2 equal to the model's own projection of those rows."""
+    from fruitpipe.batch import sampling
+    from fruitpipe.ml import CentredPCA
+
+    rng = np.random.default_rng(3)
+    sizes = {"big": 300, "mid": 50, "small": 5}
+    rows = [(f"/in/{label}/{index}.jpg", label, "Training", 0, rng.normal(size=8).astype(float).tolist())
+            for label, size in sizes.items() for index in range(size)]
+    photos = spark.createDataFrame(rows, "path string, label string, split string, view int, features array<float>")
+    pca = CentredPCA(inputCol="features", outputCol="pca", k=3).fit(photos)
+    counts = [ClassCount(label, "Training", size, 0) for label, size in sizes.items()]
+    sample = sampling.stratified_sample(photos, pca, counts, per_class=20)
+    again = sampling.stratified_sample(photos.repartition(3), pca, counts, per_class=20)
+    assert sample == again
+    assert Counter(point.label for point in sample.points) == {"big": 20, "mid": 20, "small": 5}
+    projected = {row["path"]: row["pca"] for row in pca.transform(photos).collect()}
+    for point in sample.points:
+        assert (point.pc1, point.pc2) == pytest.approx(tuple(projected[point.path][:2]), abs=1e-5)

@@ -134,7 +134,7 @@ def _featurize_and_summarise(spark: SparkSession, store: Store, config: RunConfi
         counts, per_class, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
         with timer.stage("report_sample"):
             photos = featurized.where(F.col(ERROR_STAGE).isNull() & (F.col(VIEW) == 0))
-            sample = sampling.stratified_sample(photos, pca)
+            sample = sampling.stratified_sample(photos, pca, per_class)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist(blocking=True)  # no block removal left running when the session stops next
     cpu = cost.CpuSeconds(task=sparkapi.task_cpu_seconds(spark, tag),
