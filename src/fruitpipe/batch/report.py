@@ -280,7 +280,9 @@ def class_counts_section(manifest: RunManifest) -> Section:
     rows = [(label, *(cells.get((label, split), (0, 0))[0] for split in splits),
              sum(cells.get((label, split), (0, 0))[1] for split in splits)) for label in labels]
     return Section(title, table("Featurized photos per class and split, and rejected inputs per class",
-                                ("class", *splits, "rejected"), rows))
+                                ("class", *splits, "rejected"), rows)
+                   + paragraph("Files refused at listing (unsafe paths) have no trusted class: they are counted "
+                               "in the rejected inputs only.", note=True))
 
 
 def thumbnails_section(run: RunOutput) -> Section:
