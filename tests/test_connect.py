@@ -82,6 +82,11 @@ def test_run_on_connect_equals_classic(connect_run: Path, classic, small_sample:
         classic_manifest["spark"]["default_parallelism"], classic_manifest["spark"]["partitions"])
     assert "java" not in manifest["versions"]  # the client runs no JVM
     assert (connect_run / "_SUCCESS").exists() and (connect_run / "pca_model" / "arrays.npz").exists()
+    cost = manifest["cost"]  # the status store and accumulators are the server's: null, and said why
+    assert cost["task_cpu_s"] is None and cost["python_worker_cpu_s"] is None and cost["estimated_cost"] is None
+    assert cost["driver_cpu_s"] > 0 and any("Spark Connect" in note for note in cost["notes"])
+    assert manifest["class_counts"] == classic_manifest["class_counts"]
+    assert "report.html" in json.loads((connect_run / "_SUCCESS").read_text())["files"]
 
 
 def test_s3_run_on_connect_equals_classic(connect_url: str, s3_endpoint: str, small_sample: Path, classic,
