@@ -51,6 +51,29 @@ def test_metrics_equal_sklearn(seed: int) -> None:
     assert result.classes == names
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_log_loss_equals_sklearn(seed: int) -> None:
+    """Class 0 is never true (labels= names every class of the model, as sklearn then needs)."""
+    truth, probabilities = random_predictions(300, 6, seed)
+    result = evaluation.compute(truth, probabilities, [f"c{i}" for i in range(6)])
+    expected = sk.log_loss(truth, probabilities, labels=list(range(6)))
+    assert result.log_loss == pytest.approx(expected, rel=1e-12)
+    assert result.to_json()["log_loss"] == result.log_loss
+
+
+def test_log_loss_ranks_models_that_are_all_right_and_clips_zero() -> None:
+    """Same accuracy (100%), less confidence in the true class -> higher log-loss; p = 0 costs -ln(1e-15)."""
+    truth = np.array([0, 1, 1])
+    sure = np.array([[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
+    unsure = np.array([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55]])
+    confident, hesitant = (evaluation.compute(truth, p, ["a", "b"]) for p in (sure, unsure))
+    assert confident.accuracy == hesitant.accuracy == 1.0
+    assert confident.log_loss == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.9])), rel=1e-12)
+    assert hesitant.log_loss is not None and confident.log_loss < hesitant.log_loss
+    wrong = evaluation.compute(np.array([0]), np.array([[0.0, 1.0]]), ["a", "b"])
+    assert wrong.log_loss == pytest.approx(-np.log(1e-15), rel=1e-12)
+
+
 def straightforward_ece(truth: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == truth

@@ -528,7 +528,8 @@ def evaluate_summary(report: EvaluationReport, output: str | None) -> str:
         + (f", {report.tta} views per photo)" if report.tta > 1 else ")"),
         f"  photos      {metrics.count} scored, {len(report.unreadable)} unreadable",
         f"  accuracy    {metrics.accuracy:.2%} (top-3 {metrics.top3_accuracy:.2%}), macro-F1 {metrics.macro_f1:.4f}",
-        f"  calibration ECE {metrics.ece:.4f} (15 equal-width bins of the max probability)",
+        f"  calibration ECE {metrics.ece:.4f} (15 equal-width bins of the max probability)"
+        + ("" if metrics.log_loss is None else f", log-loss {metrics.log_loss:.4f}"),
     ]
     if metrics.at_threshold is not None:
         point = metrics.at_threshold

@@ -10,6 +10,10 @@ Definitions (also in the README):
   F1 over the classes present in the truth or the predictions (as `fruitpipe train` and sklearn do).
 - expected calibration error: ECE_BINS equal-width bins of the max probability, [i/15, (i+1)/15) with the
   last bin closed at 1; ECE = sum over bins of (bin count / n) * |accuracy - mean confidence|.
+- log-loss: the mean negative natural log of the probability given to the true class, probabilities
+  clipped to [LOG_LOSS_EPS, 1] first (sklearn's 1e-15 clip, so one confident mistake costs at most ~34.5).
+  A proper scoring rule: unlike accuracy it keeps ranking models once all are right, by how much
+  probability they put on the right class, which is why the recognition harness chooses recipes on it.
 - "not sure" threshold t: a photo is answered when its max probability >= t; coverage = share answered,
   accuracy = top-1 accuracy on the answered ones (None when none is answered).
 """
@@ -25,6 +29,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 ECE_BINS = 15
 TOP_K = 3
+LOG_LOSS_EPS = 1e-15
 CURVE_THRESHOLDS = tuple(round(step / 100, 2) for step in range(101))  # 0.00, 0.01, ..., 1.00
 
 
@@ -84,6 +89,7 @@ class EvaluationMetrics:
     reliability: tuple[ReliabilityBin, ...]
     coverage_curve: tuple[CoveragePoint, ...]
     at_threshold: CoveragePoint | None = None  # the threshold in force (--threshold or the bundle's), if any
+    log_loss: float | None = None  # optional: metrics.json written before it has none
 
     @property
     def classes(self) -> list[str]:
@@ -92,7 +98,7 @@ class EvaluationMetrics:
     def to_json(self) -> dict[str, Any]:
         return {
             "count": self.count, "accuracy": self.accuracy, "top3_accuracy": self.top3_accuracy,
-            "macro_f1": self.macro_f1,
+            "macro_f1": self.macro_f1, "log_loss": self.log_loss,
             "ece": self.ece, "ece_bins": ECE_BINS, "ece_binning": "equal-width bins of the max probability",
             "at_threshold": self.at_threshold.to_json() if self.at_threshold else None,
             "per_class": [row.to_json() for row in self.per_class],
@@ -173,6 +179,7 @@ def compute(truth: np.ndarray, probabilities: np.ndarray, classes: list[str],
         accuracy=float(correct.mean()),
         top3_accuracy=float((ranked[:, :TOP_K] == truth[:, None]).any(axis=1).mean()),
         macro_f1=float(f1[present].mean()),
+        log_loss=mean_log_loss(truth, probabilities),
         ece=float(sum(row.count * abs(row.accuracy - row.confidence) for row in reliability
                       if row.accuracy is not None and row.confidence is not None) / len(truth)),
         per_class=tuple(ClassScores(name, float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
@@ -182,6 +189,12 @@ def compute(truth: np.ndarray, probabilities: np.ndarray, classes: list[str],
         coverage_curve=tuple(coverage_at(t, confidence, correct) for t in CURVE_THRESHOLDS),
         at_threshold=None if threshold is None else coverage_at(threshold, confidence, correct),
     )
+
+
+def mean_log_loss(truth: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean -ln p(true class), p clipped at LOG_LOSS_EPS: a right answer given little probability still costs."""
+    true_probability = np.clip(probabilities[np.arange(len(truth)), truth], LOG_LOSS_EPS, 1.0)
+    return float(-np.log(true_probability).mean())
 
 
 def confusion_counts(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
