@@ -52,16 +52,32 @@ def test_recipes_differing_only_in_tta_share_a_model() -> None:
 
 
 def test_table_marks_the_chosen_recipe_and_doc_block_is_replaced(tmp_path: Path) -> None:
-    row = {"recipe": "r1", "selection": {"holdout_shifted_accuracy": 0.5}, "test_accuracy": 1.0,
-           "suite": {"grayscale": 0.25}, "suite_mean": 0.25, "non_fruit_unknown_rate": 0.9,
-           "test_coverage_at_threshold": None, "serve_p95_ms": 12.34}
-    results = {"recipes": [row, {**row, "recipe": "r2", "serve_p95_ms": None}], "chosen": "r2",
+    row = {"recipe": "r1", "selection": {"holdout_shifted_accuracy": 0.5, "holdout_shifted_log_loss": 0.01234},
+           "test_accuracy": 1.0, "suite": {"grayscale": 0.25}, "suite_mean": 0.25, "non_fruit_unknown_rate": 0.9,
+           "test_coverage_at_threshold": None, "serve_p95_ms": 12.34, "serve_load_average": 3.5}
+    results = {"recipes": [row, {**row, "recipe": "r2", "serve_p95_ms": None, "serve_load_average": None}],
+               "chosen": "r2",
                "measured_at": "now", "machine": {"cpu": "cpu", "cpus": 2}, "command": "cmd"}
     text = recognition.table(results)
-    assert "| r2 (chosen) |" in text and "| r1 |" in text and "25.0%" in text and "12.3" in text
+    assert "| r2 (chosen) |" in text and "| r1 | 0.0123 | 50.0% |" in text and "25.0%" in text and "12.3" in text
     doc = tmp_path / "recognition.md"
     doc.write_text("# R\n\nintro\n", encoding="utf-8")
     recognition.write_doc(results, doc)
     recognition.write_doc(results, doc)  # a second write replaces the block, not appends
     written = doc.read_text(encoding="utf-8")
     assert written.count(recognition.TABLE_START) == 1 and written.startswith("# R\n\nintro")
+    assert "3.50 (r1) on 2 vCPU" in written and "noisy" in written
+
+
+def selection_row(name: str, log_loss: float, holdout_accuracy: float, suite_mean: float) -> dict[str, object]:
+    return {"recipe": name, "suite_mean": suite_mean, "test_accuracy": 1.0,
+            "selection": {"holdout_shifted_log_loss": log_loss, "holdout_shifted_accuracy": holdout_accuracy}}
+
+
+def test_choice_is_lowest_holdout_log_loss_then_accuracy_then_listed_order() -> None:
+    """All four at 100% holdout accuracy (the saturation seen): log-loss decides, and never the suite."""
+    rows = [selection_row("cheap", 0.05, 1.0, 0.99), selection_row("sure", 0.01, 1.0, 0.10),
+            selection_row("sure-but-wrong-more", 0.01, 0.9, 0.99), selection_row("sure-later", 0.01, 1.0, 0.99)]
+    assert recognition.choose(rows) == "sure"
+    assert recognition.choose([rows[0], rows[2]]) == "sure-but-wrong-more"  # log-loss first
+    assert recognition.choose([rows[3], rows[1]]) == "sure-later"  # full tie: the first listed
