@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fruitpipe.ml",),
     ("fruitpipe.batch",),
     ("fruitpipe.recognise", "fruitpipe.ops"),
+    ("fruitpipe.monitor",),  # drift: on top of runs and trained models
     ("fruitpipe.benchmark",),
     ("fruitpipe.cli",),
     ("fruitpipe.__main__",),

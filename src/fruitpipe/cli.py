@@ -29,12 +29,14 @@ from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 
 if TYPE_CHECKING:  # the contracts' modules are imported by the commands that produce them
     from fruitpipe.batch.manifest import RunManifest
+    from fruitpipe.monitor.contracts import DriftReport
     from fruitpipe.recognise.bundle import Prediction
     from fruitpipe.recognise.contracts import Calibration, TrainManifest
     from fruitpipe.recognise.evaluation import EvaluationReport
 
 logger = logging.getLogger("fruitpipe")
 EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_DRIFT_ERROR = 2  # fruitpipe drift: 1 means drift, so errors and incomparable runs are 2
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -77,6 +79,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
     return value
 
 
@@ -265,6 +277,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_arguments(evaluate)
     _add_s3_arguments(evaluate)
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    drift = commands.add_parser(
+        "drift", help="has the current run's data drifted from the reference run's? exit 0 no drift (a warning "
+        "too), 1 drift, 2 error or incomparable runs",
+        description="Compares two complete runs in the reference run's PCA space (MMD^2 and a classifier "
+        "two-sample test, calibrated against the reference's own halves; reconstruction error for content the "
+        "reference never had; with --model, prediction drift) and writes drift.json + drift.png. Exit status: "
+        "0 no drift or a warning (said on the console and in drift.json), 1 drift, 2 error or incomparable "
+        "runs (other model weights, preprocessing, input size or feature dimension).")
+    drift.add_argument("--reference", required=True, metavar="RUN", help="output folder of 'fruitpipe run' whose "
+                       "PCA space and own variation the comparison uses (local or s3://)")
+    drift.add_argument("--current", required=True, metavar="RUN", help="output folder of the run to check")
+    drift.add_argument("--model", metavar="MODEL_DIR", help="folder written by 'fruitpipe train' (local): adds "
+                       "prediction drift (class mix, confidence)")
+    drift.add_argument("--output", default="fruitpipe-drift", metavar="DIR",
+                       help="folder for drift.json and drift.png, only those two files are replaced "
+                       "(default: %(default)s; never inside a run folder unless you say so)")
+    drift.add_argument("--alpha", type=_open_fraction, default=0.01,
+                       help="significance level, shared by the verdict tests (default: %(default)s)")
+    drift.add_argument("--sample", type=_positive_int, default=1000, metavar="N",
+                       help="rows per side for MMD and the diagnostics (default: %(default)s)")
+    drift.add_argument("--seed", type=int, default=0, help="seed of samples, splits and permutations "
+                       "(default: %(default)s)")
+    drift.add_argument("--json", action="store_true", help="print drift.json's content instead of a summary")
+    drift.add_argument("--quiet", action="store_true", help="no log lines; print the verdict line only")
+    _add_session_arguments(drift)
+    _add_s3_arguments(drift)
+    drift.set_defaults(handler=_cmd_drift)
 
     bench = commands.add_parser("bench", help="benchmark fruitpipe against the limit and the alternatives "
                                 "(bench/results.json + docs/performance.md)")
@@ -548,6 +588,62 @@ def not_sure(predictions: Sequence[Prediction]) -> str:
     """The console line of an unknown answer: its two best guesses."""
     guesses = " or ".join(f"{p.label} ({p.probability:.0%})" for p in predictions[:2])
     return f"not sure: maybe {guesses}"
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    """Exit 0 no drift or warning, 1 drift, 2 anything that stopped the comparison (one line)."""
+    from fruitpipe.config import DriftConfig
+
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        from fruitpipe.monitor import drift
+
+        master, remote = _session(args)
+        report = drift.run_drift(DriftConfig(
+            reference=args.reference, current=args.current, output=args.output, model=args.model,
+            alpha=args.alpha, sample=args.sample, seed=args.seed, master=master,
+            spark_conf=parse_spark_conf(args.conf), s3=_s3_options(args), remote=remote))
+    except KeyboardInterrupt:
+        raise
+    except (ValueError, OSError) as exc:
+        print(f"fruitpipe drift: error: {exc}", file=sys.stderr)
+        return EXIT_DRIFT_ERROR
+    except Exception as exc:  # a failed Spark job or a bug: still one line and exit 2, the scheduler's "error"
+        logger.debug("drift failed", exc_info=True)
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"fruitpipe drift: failed: {type(exc).__name__}: {first_line} (run with -v for the traceback)",
+              file=sys.stderr)
+        return EXIT_DRIFT_ERROR
+    if args.json:
+        print(report.dumps())
+    elif args.quiet:
+        print(drift_verdict_line(report))
+    else:
+        print(drift_summary(report, args.output))
+    return 1 if report.status == "drift" else 0
+
+
+def drift_verdict_line(report: DriftReport) -> str:
+    figures = ", ".join(f"{t.name} {t.statistic:.4g} (p {t.p_value:.2g})" for t in report.tests)
+    return f"fruitpipe drift: {report.status}: {figures}"
+
+
+def drift_summary(report: DriftReport, output: str) -> str:
+    lines = [
+        drift_verdict_line(report),
+        f"  reference   {report.reference.output} ({report.reference.rows} photos)",
+        f"  current     {report.current.output} ({report.current.rows} photos)",
+        f"  space       {report.space.model}, reference PCA k={report.space.k}",
+        *(f"  reason      {reason}" for reason in report.reasons),
+    ]
+    shifted = [c for c in report.components if c.q_value < report.settings.alpha]
+    lines.append(f"  components  {len(shifted)} of {len(report.components)} shifted (KS, BH q < "
+                 f"{report.settings.alpha:g}; diagnostic)")
+    if report.status == "warning":
+        lines.append("  exit 0      a warning is not drift (see the reasons)")
+    lines.append(f"  written     {output}: drift.json, drift.png ({report.seconds:.1f} s)")
+    return "\n".join(lines)
 
 
 def _integers(text: str, flag: str) -> tuple[int, ...]:

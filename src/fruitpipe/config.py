@@ -245,3 +245,36 @@ def parse_spark_conf(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"--conf expects KEY=VALUE, got {pair!r}")
         parsed.append((key.strip(), value))
     return tuple(parsed)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Everything `fruitpipe drift` needs: two complete run outputs, an optional model, where to write."""
+
+    reference: str  # run output whose PCA space and own variation the comparison is made in
+    current: str
+    output: str  # drift.json + drift.png go here (local or s3://)
+    model: str | None = None  # MODEL_DIR of 'fruitpipe train' (local): prediction drift
+    alpha: float = 0.01
+    sample: int = 1000  # rows per side for MMD and the diagnostics
+    seed: int = 0
+    permutations: int = 1000
+    calibration_splits: int = 50  # reference self-splits for MMD and reconstruction (driver, on the sample)
+    classifier_splits: int = 5  # reference self-splits for the classifier test (one Spark fit each)
+    block: int = 8  # consecutive frames of one class kept on one side of every split
+    master: str = DEFAULT_MASTER
+    spark_conf: tuple[tuple[str, str], ...] = ()
+    s3: S3Options = field(default_factory=S3Options)
+    remote: str | None = None
+
+    def __post_init__(self) -> None:
+        check_remote(self.remote)
+        if not self.reference or not self.current:
+            raise ValueError("drift needs --reference RUN and --current RUN")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}")
+        if self.sample < 20:
+            raise ValueError(f"--sample must be at least 20 rows per side, got {self.sample}")
+        if self.permutations < 100 or self.calibration_splits < 5 or self.classifier_splits < 2 or self.block < 1:
+            raise ValueError("drift needs >= 100 permutations, >= 5 calibration splits, >= 2 classifier "
+                             "splits and a block of >= 1 frame")

@@ -145,3 +145,8 @@ def pca_scatter_png(points: list[tuple[float, float, str]], classes: list[str]) 
         ax.legend(fontsize=7, ncol=2 if len(classes) > 12 else 1, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(f"First two principal components: {len(points)} sampled photos, {len(classes)} classes")
     return _png(fig)
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A finished matplotlib figure -> PNG bytes (closed): for figures made elsewhere (drift.png)."""
+    return _png(fig)

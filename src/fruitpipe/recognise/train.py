@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 TRAINING, TEST = "Training", "Test"
 CLASSIFIER, METRICS, PER_CLASS, CONFUSION = "classifier", "metrics.json", "per_class.csv", "confusion_matrix.png"
 LABEL_INDEX, VECTOR = "label_index", "pca_vector"
-FEATURE_TYPES = {"path": "string", "label": "string", "split": "string", VIEW: "int", "pca": "array<float>"}
+FEATURE_TYPES = {"path": "string", "label": "string", "split": "string", VIEW: "int", "pca": "array<float>",
+                 "features": "array<float>"}
 
 
 @dataclass(frozen=True)
