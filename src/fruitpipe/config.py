@@ -259,7 +259,7 @@ class DriftConfig:
     sample: int = 1000  # rows per side for MMD and the diagnostics
     seed: int = 0
     permutations: int = 1000
-    calibration_splits: int = 50  # reference self-splits for MMD and reconstruction (driver, on the sample)
+    calibration_splits: int = 20  # reference self-splits for MMD and reconstruction (driver, on the sample)
     classifier_splits: int = 5  # reference self-splits for the classifier test (one Spark fit each)
     block: int = 8  # consecutive frames of one class kept on one side of every split
     master: str = DEFAULT_MASTER

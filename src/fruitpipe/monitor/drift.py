@@ -270,7 +270,7 @@ def _auc(data: DataFrame, seed: int) -> tuple[float, int, int]:
                            array_to_vector(F.col("pca")).alias("vector"), (bucket < HELD_OUT).alias("held"))
     fit, held = prepared.where(~F.col("held")), prepared.where(F.col("held"))
     model = LogisticRegression(featuresCol="vector", labelCol="is_current", regParam=0.01, elasticNetParam=0.0,
-                               standardization=True, maxIter=100).fit(fit)
+                               standardization=True, maxIter=50).fit(fit)
     auc = BinaryClassificationEvaluator(labelCol="is_current", rawPredictionCol="rawPrediction",
                                         metricName="areaUnderROC").evaluate(model.transform(held))
     held_counts = {int(row["is_current"]): int(row["count"]) for row in held.groupBy("is_current").count().collect()}
