@@ -105,13 +105,17 @@ def test_ks_psi_bh_chi2_and_auc_against_scipy_and_sklearn() -> None:
     assert statistics.auc_p_value(auc, 80, 120) == pytest.approx(mw.pvalue, rel=1e-6)
 
 
-def test_block_splits_keep_frame_blocks_together_and_size_the_current_half() -> None:
+def test_block_splits_are_stratified_keep_blocks_together_and_size_the_current_half() -> None:
     from fruitpipe.monitor import selfsplit
 
     groups = np.repeat(np.arange(40), 5)
-    a, b = selfsplit.split(groups, 30, np.random.default_rng(0))
-    assert len(b) == 30 and not set(a) & set(b)
+    classes = np.array([f"c{g % 4}" for g in groups], dtype=object)
+    sample = selfsplit.ReferenceSample(groups=groups, classes=classes, projected=np.zeros((200, 2)),
+                                       features=np.zeros((200, 3)))
+    a, b = selfsplit.split(sample, 60, np.random.default_rng(0))
+    assert len(b) == 60 and not set(a) & set(b)
     assert not set(groups[a]) & set(groups[b])
+    assert all(abs(int((classes[b] == f"c{c}").sum()) - 15) <= 6 for c in range(4))
 
 
 def test_the_report_round_trips_and_refuses_newer_versions() -> None:

@@ -261,7 +261,7 @@ class DriftConfig:
     permutations: int = 1000
     calibration_splits: int = 20  # reference self-splits for MMD and reconstruction (driver, on the sample)
     classifier_splits: int = 5  # reference self-splits for the classifier test (one Spark fit each)
-    block: int = 8  # consecutive frames of one class kept on one side of every split
+    block: int = 4  # consecutive frames of one class kept on one side of every split
     master: str = DEFAULT_MASTER
     spark_conf: tuple[tuple[str, str], ...] = ()
     s3: S3Options = field(default_factory=S3Options)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +34,7 @@ BRIGHTNESS, HUE_DEGREES, BLUR_RADIUS = 0.7, 30, 1.5  # the documented strengths
 EVALUATION_FAMILIES = ("grayscale", "textured_background")
 PHOTO_SHIFTS = ("bright", "hue", "blur", *EVALUATION_FAMILIES)
 SPLIT_SEED_OFFSET = 10_000
-BLOCK = 8
+BLOCK = 4  # as the drift command's own default
 
 
 def _pillow_shift(name: str) -> Callable[[Any], Any]:
@@ -104,13 +106,17 @@ def variant_of(path: str) -> str:
 
 
 def block_halves(table: pa.Table, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of two halves: whole blocks of BLOCK consecutive frames per class, assigned at random."""
+    """Row indices of two halves, stratified by class: each class's blocks of BLOCK consecutive frame
+    numbers in random order, every other block to the second half (parity drawn per class)."""
     rng = np.random.default_rng(seed)
     keys = [(path.split("/")[-2], int(path.split("/")[-1].split("_")[0]) // BLOCK)
             for path in table.column("path").to_pylist()]
-    unique = sorted(set(keys))
-    chosen = {unique[i] for i in rng.permutation(len(unique))[: len(unique) // 2]}
-    first = np.array([key in chosen for key in keys])
+    second: set[tuple[str, int]] = set()
+    for name in sorted({label for label, _ in keys}):
+        blocks = [key for key in sorted(set(keys)) if key[0] == name]
+        order = rng.permutation(len(blocks))
+        second.update(blocks[i] for i in order[int(rng.integers(2))::2])
+    first = np.array([key not in second for key in keys])
     return np.flatnonzero(first), np.flatnonzero(~first)
 
 
@@ -147,6 +153,7 @@ def measure(work: Path, null_seeds: int, detection_seeds: int, results: Path) ->
     from fruitpipe.config import DriftConfig
     from fruitpipe.monitor.drift import run_drift
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this Python (pyarrow, fruitpipe)
     spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
     combined = build(work)
     table = relabelled(pq.read_table(combined / "features"))
@@ -174,6 +181,41 @@ def measure(work: Path, null_seeds: int, detection_seeds: int, results: Path) ->
                                                   "q99": t.calibration_q99} for t in report.tests}})
         logger.info("%s seed %d: %s", case, seed, report.status)
         results.write_text(json.dumps({**record, "summary": summary(record["runs"])}, indent=2))
+    return record
+
+
+def timing(work: Path, rows: int, results: Path) -> dict[str, Any]:
+    """Wall time of `run_drift` on `rows` vs `rows` rows. The runs repeat the pool's featurized rows (the
+    reference: the unshifted photos, the current: every variant) under new paths, since featurizing 2 x 10k
+    photos did not fit the shared machine's time; the drift command's work depends on the row count and k,
+    not on whether rows repeat."""
+    from pyspark.sql import SparkSession
+
+    from fruitpipe.config import DriftConfig
+    from fruitpipe.monitor.drift import run_drift
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+    combined = build(work)
+    table = relabelled(pq.read_table(combined / "features"))
+    variants = np.array([variant_of(path) for path in table.column("path").to_pylist()])
+    folder = work / f"timing-{rows}"
+    shutil.rmtree(folder, ignore_errors=True)
+    sides = {}
+    for name, source, fit in (("reference", table.filter(pa.array(variants == "base")), True),
+                              ("current", table, False)):
+        repeated = source.take(pa.array(np.arange(rows) % source.num_rows))
+        paths = [f"{path.rsplit('/', 1)[0]}/{i // source.num_rows}{path.rsplit('/', 1)[1]}"
+                 for i, path in enumerate(repeated.column("path").to_pylist())]
+        repeated = repeated.set_column(repeated.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
+        sides[name] = derive_run(combined, folder / name, repeated, spark, fit)
+    started = time.perf_counter()
+    report = run_drift(DriftConfig(reference=str(sides["reference"]), current=str(sides["current"]),
+                                   output=str(folder / "drift"), master="local[2]"))
+    record = {"cpu": _cpu(), "rows": [report.reference.rows, report.current.rows], "k": report.space.k,
+              "status": report.status, "seconds": round(time.perf_counter() - started, 1),
+              "command": f"python -m fruitpipe.benchmark.driftrates --work {work} --timing {rows}"}
+    results.write_text(json.dumps(record, indent=2))
     return record
 
 
@@ -226,11 +268,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="working folder (images, runs, pairs)")
     parser.add_argument("--null-seeds", type=int, default=20)
     parser.add_argument("--detection-seeds", type=int, default=5)
+    parser.add_argument("--timing", type=int, metavar="ROWS", help="instead: time drift on ROWS vs ROWS rows")
     parser.add_argument("--results", type=Path, default=Path("bench/drift.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    measure(args.work, args.null_seeds, args.detection_seeds, args.results)
+    if args.timing:
+        timing(args.work, args.timing, args.results)
+    else:
+        measure(args.work, args.null_seeds, args.detection_seeds, args.results)
 
 
 if __name__ == "__main__":

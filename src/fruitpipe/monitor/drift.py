@@ -21,7 +21,7 @@ import pyarrow as pa
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.ml.functions import array_to_vector
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from fruitpipe import storage
@@ -242,11 +242,12 @@ def _samples(rows: DataFrame, scored: DataFrame, config: DriftConfig,
     The reference rows come with their raw features (the novelty calibration refits on them), projected
     on the driver with the same arithmetic as `Scorer`; the current rows with their projection only."""
     reference = rows.where(F.col(SIDE) == REFERENCE).orderBy(_sample_order(config.seed)).limit(config.sample) \
-        .select(GROUP, "features").toArrow()
+        .select(GROUP, F.coalesce(F.col("label"), F.lit("")).alias("label"), "features").toArrow()
     features = np.array(reference.column("features").to_pylist(), dtype=np.float64)
     current = scored.where(F.col(SIDE) == CURRENT).orderBy(_sample_order(config.seed)).limit(config.sample) \
         .select("pca").toArrow()
     return (selfsplit.ReferenceSample(groups=np.asarray(reference.column(GROUP).to_numpy(zero_copy_only=False)),
+                                      classes=np.array(reference.column("label").to_pylist(), dtype=object),
                                       projected=(features - pca.mean) @ pca.components, features=features),
             CurrentSample(np.array(current.column("pca").to_pylist(), dtype=np.float64)))
 
@@ -277,10 +278,23 @@ def _auc(data: DataFrame, seed: int) -> tuple[float, int, int]:
     return float(auc), held_counts.get(1, 0), held_counts.get(0, 0)
 
 
+def _stratified_halves(reference: DataFrame, seed: int, share: float) -> DataFrame:
+    """The reference as two halves (SIDE 0 / 1), stratified by class like `selfsplit.split`: each class's
+    frame blocks ranked by a seeded hash, every other block to side 1 (parity drawn per class), side 1
+    then thinned to `share` of its rows (the current run's size)."""
+    blocks = reference.select("label", GROUP).distinct().withColumn(
+        "rank", F.dense_rank().over(Window.partitionBy("label").orderBy(F.xxhash64(F.col(GROUP), F.lit(seed)))))
+    parity = F.abs(F.xxhash64(F.col("label"), F.lit(-seed))) % 2
+    blocks = blocks.select(GROUP, ((F.col("rank") + parity) % 2 == 0).alias("second"))
+    joined = reference.join(blocks, on=GROUP, how="inner")
+    return joined.where(~F.col("second") | (F.rand(seed) < share)).select(
+        F.when(F.col("second"), 1).otherwise(0).alias(SIDE), GROUP, "pca")
+
+
 def _classifier_test(scored: DataFrame, config: DriftConfig, counts: dict[int, int]) -> TestResult:
     """The classifier two-sample test on every row, and its calibration: the same test between block
     halves of the reference, the "current" half sized like the current run."""
-    data = scored.select(SIDE, GROUP, "pca")
+    data = scored.select(SIDE, GROUP, F.coalesce(F.col("label"), F.lit("")).alias("label"), "pca")
     auc, positives, negatives = _auc(data, config.seed)
     p_value = statistics.auc_p_value(auc, positives, negatives) if positives and negatives else 1.0
     reference = data.where(F.col(SIDE) == REFERENCE)
@@ -288,9 +302,7 @@ def _classifier_test(scored: DataFrame, config: DriftConfig, counts: dict[int, i
     calibration = []
     for split in range(config.classifier_splits):
         seed = config.seed * 1000 + split + 1
-        half = (F.abs(F.xxhash64(F.col(GROUP), F.lit(-seed))) % 2 == 1)
-        kept = F.rand(seed) < share
-        halves = reference.where(~half | kept).select(F.when(half, 1).otherwise(0).alias(SIDE), GROUP, "pca")
+        halves = _stratified_halves(reference, seed, share)
         calibration.append(_auc(halves, seed)[0])
     return decision.judge("classifier", auc, p_value, config.alpha, calibration, decision.AUC_FLOOR,
                           (counts[REFERENCE], counts[CURRENT]),

@@ -5,7 +5,8 @@ Fruits 360 photos of one class folder are frames of one rotating fruit, so frame
 duplicates. A row-level random split would put twins on both sides and make the reference look far more
 self-similar than a new batch of photos of the same fruit ever is: the calibration would then be too
 tight and every fresh batch would "drift". Blocks of `block` consecutive file indices per class stay
-together; photos without a number in their name are their own block.
+together; photos without a number in their name are their own block. The split is stratified by class:
+unequal class shares between the halves would be a difference no batch of the same data has.
 """
 from __future__ import annotations
 
@@ -22,26 +23,20 @@ class ReferenceSample:
     reference's k components, the raw features (for the novelty calibration)."""
 
     groups: np.ndarray  # (n,) int
+    classes: np.ndarray  # (n,) str: the label ("" for a flat folder's top level)
     projected: np.ndarray  # (n, k)
     features: np.ndarray  # (n, d)
 
 
-def split(groups: np.ndarray, current_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(A, B) row indices: whole groups to B in random order until it would pass half of the rows, then
-    B trimmed to `current_size` rows at random; A is every row of the other groups."""
-    unique = rng.permutation(np.unique(groups))
-    half = len(groups) // 2
-    chosen: list[int] = []
-    taken = 0
-    for group in unique:
-        size = int((groups == group).sum())
-        if taken and taken + size > half:
-            continue
-        chosen.append(int(group))
-        taken += size
-        if taken >= half:
-            break
-    in_b = np.isin(groups, chosen)
+def split(sample: ReferenceSample, current_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(A, B) row indices, stratified by class: each class's blocks in random order, every other one to B
+    (which parity is drawn per class, so neither half is favoured), then B trimmed to `current_size` rows
+    at random; A is every row of the other blocks. Halves keep each class's share within one block."""
+    in_b = np.zeros(len(sample.groups), dtype=bool)
+    for name in np.unique(sample.classes):
+        rows = sample.classes == name
+        blocks = rng.permutation(np.unique(sample.groups[rows]))
+        in_b |= rows & np.isin(sample.groups, blocks[int(rng.integers(2))::2])
     b = np.flatnonzero(in_b)
     if len(b) > current_size:
         b = np.sort(rng.choice(b, current_size, replace=False))
@@ -54,7 +49,7 @@ def mmd_calibration(sample: ReferenceSample, current_size: int, sigma2: float, s
     kernel = statistics.rbf_kernel(sample.projected, sample.projected, sigma2)
     values = []
     for _ in range(splits):
-        a, b = split(sample.groups, current_size, rng)
+        a, b = split(sample, current_size, rng)
         rows = np.concatenate([a, b])
         first = np.zeros(len(rows), dtype=bool)
         first[: len(a)] = True
@@ -98,7 +93,7 @@ def novelty_calibration(sample: ReferenceSample, current_size: int, k: int, spli
     reference's), measures that optimism on half B. Conservative: half A has fewer rows than the reference."""
     ratios, pairs = [], []
     for _ in range(splits):
-        a, b = split(sample.groups, current_size, rng)
+        a, b = split(sample, current_size, rng)
         mean, axes = _principal(sample.features[a], min(k, len(a) - 1))
         q99 = float(np.quantile(_residuals(sample.features[a], mean, axes), 0.99))
         held_out = _residuals(sample.features[b], mean, axes)
