@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from fruitpipe.benchmark.recognition import cpu_name
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +79,20 @@ def derive_run(combined: Path, target: Path, rows: pa.Table, spark: Any, fit_pca
     from fruitpipe.ml import CentredPCA
     from fruitpipe.storage import Store
 
-    (target / "features").mkdir(parents=True)
-    pq.write_table(rows, target / "features" / "part-00000.parquet")
-    manifest = json.loads((combined / "manifest.json").read_text())
-    (target / "manifest.json").write_text(json.dumps({**manifest, "run_id": target.name}))
-    if fit_pca:
+    if fit_pca:  # its own PCA, and the `pca` column made with it, as a run writes them
         vectors = [(list(map(float, v)),) for v in rows.column("features").to_pylist()]
         data = spark.createDataFrame(vectors, "features array<float>")
         model = CentredPCA(inputCol="features", outputCol="pca").fit(data)
         model.write().save(str(target / "pca_model"))
+        projected = pa.Table.from_batches([model.projection().apply(batch) for batch in
+                                           rows.drop_columns(["pca"]).to_batches()])
+        rows = projected.select(rows.column_names)
     else:
         shutil.copytree(combined / "pca_model", target / "pca_model")
+    (target / "features").mkdir(parents=True)
+    pq.write_table(rows, target / "features" / "part-00000.parquet")
+    manifest = json.loads((combined / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps({**manifest, "run_id": target.name}))
     sinks.commit(Store(), str(target), {"ok": rows.num_rows})
     return target
 
@@ -159,7 +163,7 @@ def measure(work: Path, null_seeds: int, detection_seeds: int, results: Path) ->
     table = relabelled(pq.read_table(combined / "features"))
     variants = np.array([variant_of(path) for path in table.column("path").to_pylist()])
     base = table.filter(pa.array(variants == "base"))
-    record: dict[str, Any] = {"cpu": _cpu(), "command": f"python -m fruitpipe.benchmark.driftrates --work {work} "
+    record: dict[str, Any] = {"cpu": cpu_name(), "command": f"python -m fruitpipe.benchmark.driftrates --work {work} "
                               f"--null-seeds {null_seeds} --detection-seeds {detection_seeds}", "runs": []}
     cases = [("none", s) for s in range(null_seeds)] + [(name, s) for s in range(detection_seeds)
                                                          for name in (*PHOTO_SHIFTS, "unseen", "half_classes")]
@@ -212,7 +216,7 @@ def timing(work: Path, rows: int, results: Path) -> dict[str, Any]:
     started = time.perf_counter()
     report = run_drift(DriftConfig(reference=str(sides["reference"]), current=str(sides["current"]),
                                    output=str(folder / "drift"), master="local[2]"))
-    record = {"cpu": _cpu(), "rows": [report.reference.rows, report.current.rows], "k": report.space.k,
+    record = {"cpu": cpu_name(), "rows": [report.reference.rows, report.current.rows], "k": report.space.k,
               "status": report.status, "seconds": round(time.perf_counter() - started, 1),
               "command": f"python -m fruitpipe.benchmark.driftrates --work {work} --timing {rows}"}
     results.write_text(json.dumps(record, indent=2))
@@ -251,16 +255,6 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for entry in cases.values():
         entry["median_seconds"] = float(np.median(entry.pop("seconds")))
     return cases
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> None:

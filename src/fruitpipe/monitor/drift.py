@@ -67,8 +67,8 @@ def compare_runs(reference: Source, current: Source) -> None:
     ref, cur = reference.manifest.model, current.manifest.model
     differences = [
         ("model weights sha256", ref.weights_sha256[:16], cur.weights_sha256[:16]),
-        ("preprocessing", ref.preprocessing, cur.preprocessing),
         ("input size", ref.input_size, cur.input_size),
+        ("preprocessing", ref.preprocessing, cur.preprocessing),
         ("feature_dim", reference.manifest.feature_dim, current.manifest.feature_dim),
         ("precision", ref.precision or "fp32", cur.precision or "fp32"),
     ]
