@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--seed", type=int, default=0, help="seed of samples, splits and permutations "
                        "(default: %(default)s)")
     drift.add_argument("--json", action="store_true", help="print drift.json's content instead of a summary")
-    drift.add_argument("--quiet", action="store_true", help="no log lines; print the verdict line only")
+    drift.add_argument("-q", "--quiet", action="store_true", help="no info logs; print the verdict line only")
     _add_session_arguments(drift)
     _add_s3_arguments(drift)
     drift.set_defaults(handler=_cmd_drift)
