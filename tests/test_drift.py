@@ -249,24 +249,44 @@ def test_half_the_classes_dropped_with_a_model(runs: dict[str, Path], tmp_path: 
     assert loaded == report and png.startswith(b"\x89PNG")
 
 
-def test_cli_exit_codes_and_incomparable_runs(runs: dict[str, Path], small_sample: Path, tmp_path: Path) -> None:
-    from fruitpipe.batch import pipeline
-    from fruitpipe.config import RunConfig
+def _other_input_size(reference: Path, target: Path) -> Path:
+    """The reference run as a run made at another --image-size would describe itself (only its manifest
+    differs: the refusal is decided on the manifests, before any feature is read)."""
+    import dataclasses
 
-    other = tmp_path / "other-size"
-    pipeline.run(RunConfig(input=str(small_sample), output=str(other), master="local[2]", image_size=96))
+    from fruitpipe.batch.manifest import RunManifest
+
+    shutil.copytree(reference, target)
+    manifest = RunManifest.loads((target / "manifest.json").read_bytes(), "manifest")
+    other = dataclasses.replace(manifest, model=dataclasses.replace(manifest.model, input_size=96))
+    (target / "manifest.json").write_text(json.dumps(other.to_json()), encoding="utf-8")
+    return target
+
+
+def _drift_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`fruitpipe drift ARGS` through the CLI's own main, on the tests' Spark session (no second JVM)."""
+    from fruitpipe import cli
+
+    capsys.readouterr()
+    code = cli.main(["drift", *args])
+    return code, capsys.readouterr().out
+
+
+def test_cli_exit_codes_and_incomparable_runs(runs: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    other = _other_input_size(runs["reference"], tmp_path / "other-size")
     refused = fruitpipe_cli("drift", "--reference", str(runs["reference"]), "--current", str(other),
                             "--output", str(tmp_path / "x"))
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.strip().count("\n") == 0 and "input size differs" in refused.stderr
+    assert not (tmp_path / "x").exists()
     missing = fruitpipe_cli("drift", "--reference", str(tmp_path / "nope"), "--current", str(other))
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
-    flagged = fruitpipe_cli("drift", "--reference", str(runs["reference"]), "--current", str(runs["hue"]),
-                            "--output", str(tmp_path / "out"), "--json", "--master", "local[2]")
-    assert flagged.returncode == 1, flagged.stderr[-2000:]
-    assert json.loads(flagged.stdout)["status"] == "drift"
+    code, out = _drift_in_process(capsys, "--reference", str(runs["reference"]), "--current", str(runs["hue"]),
+                                  "--output", str(tmp_path / "out"), "--json")
+    assert code == 1 and json.loads(out)["status"] == "drift"
     assert (tmp_path / "out" / "drift.png").read_bytes().startswith(b"\x89PNG")
-    calm = fruitpipe_cli("drift", "--reference", str(runs["test"]), "--current", str(runs["test-again"]),
-                         "--output", str(tmp_path / "calm"), "--quiet", "--master", "local[2]")
-    assert calm.returncode == 0, calm.stderr[-2000:]
-    assert calm.stdout.count("\n") == 1 and calm.stdout.startswith("fruitpipe drift: ")
+    code, out = _drift_in_process(capsys, "--reference", str(runs["test"]), "--current", str(runs["test-again"]),
+                                  "--output", str(tmp_path / "calm"), "--quiet")
+    assert code == 0, out
+    assert out.count("\n") == 1 and out.startswith("fruitpipe drift: ")
