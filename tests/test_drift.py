@@ -247,6 +247,27 @@ def test_half_the_classes_dropped_with_a_model(runs: dict[str, Path], tmp_path: 
     assert report.prediction.jensen_shannon > 0.3 and report.prediction.p_value < 0.01
     loaded, png = drift.load(Store(), str(tmp_path / "out"))
     assert loaded == report and png.startswith(b"\x89PNG")
+    _check_report_section(half, tmp_path / "out", report, tmp_path)
+
+
+def _check_report_section(run: Path, drift_dir: Path, report, tmp_path: Path) -> None:
+    """`fruitpipe report RUN --drift DIR` adds the verdict, every verdict test, the vanished classes and the
+    figure (embedded); a folder without drift.json is refused in one line."""
+    import base64
+    import html
+
+    from fruitpipe import cli
+
+    target = tmp_path / "report.html"
+    assert cli.main(["report", str(run), "--drift", str(drift_dir), "--output", str(target)]) == 0
+    source = target.read_text(encoding="utf-8")
+    assert ">Drift</h2>" in source and "Verdict: drift" in source
+    for test in report.tests:
+        assert f"<th scope=\"row\">{test.name}</th>" in source
+    assert all(html.escape(name) in source for name in report.prediction.vanished)
+    png = (drift_dir / "drift.png").read_bytes()
+    assert base64.b64encode(png).decode() in source
+    assert cli.main(["report", str(run), "--drift", str(tmp_path), "--output", str(tmp_path / "no.html")]) == 1
 
 
 def _other_input_size(reference: Path, target: Path) -> Path:

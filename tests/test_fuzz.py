@@ -1,6 +1,6 @@
 """Decode + preprocessing under fuzzing: the seed corpus (the tests' bad and odd inputs and every
 regression a fuzz run found) replayed as plain tests, and a bounded atheris run (libFuzzer, coverage
-guided) over the same property with a memory cap, in `make test`."""
+guided) over the same property with its address space capped (fuzz_decode.bound_memory), in `make test`."""
 from __future__ import annotations
 
 import base64
@@ -15,7 +15,6 @@ from fuzzing import check_one, seed_corpus
 
 HARNESS = Path(__file__).parent / "fuzz_decode.py"
 SECONDS = int(os.environ.get("FRUITPIPE_FUZZ_SECONDS", "60"))
-RSS_LIMIT_MB = 1024  # a worker's decode must never need more: the limits refuse big images before allocating
 
 
 @pytest.mark.parametrize("name", sorted(seed_corpus()))
@@ -42,7 +41,7 @@ def test_bounded_fuzz_run_finds_no_crash(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     result = subprocess.run(
-        [sys.executable, str(HARNESS), f"-max_total_time={SECONDS}", f"-rss_limit_mb={RSS_LIMIT_MB}", "-timeout=30",
+        [sys.executable, str(HARNESS), f"-max_total_time={SECONDS}", "-rss_limit_mb=0", "-timeout=30",
          "-print_final_stats=1", str(corpus)],
         cwd=tmp_path, capture_output=True, text=True, timeout=SECONDS + 240)
     crashes = {path.name: base64.b64encode(path.read_bytes()[:4096]).decode()
@@ -50,3 +49,15 @@ def test_bounded_fuzz_run_finds_no_crash(tmp_path: Path) -> None:
     assert result.returncode == 0 and not crashes, (
         f"the fuzzer broke decode (copy the input into tests/data/fuzz/): {crashes}\n{result.stderr[-4000:]}")
     assert "Done" in result.stderr and len(list(corpus.iterdir())) >= len(seed_corpus()), result.stderr[-2000:]
+
+
+def test_the_fuzzer_caps_its_memory() -> None:
+    """bound_memory turns an oversized allocation into a MemoryError (a crash libFuzzer saves with its
+    input), in a child started by this (possibly large) pytest process."""
+    probe = ("import sys, numpy; sys.argv = ['x']; sys.path.insert(0, sys.argv[0] or '.');"
+             f"sys.path.insert(0, {str(HARNESS.parent)!r}); import fuzz_decode; fuzz_decode.bound_memory();"
+             "numpy.ones(64 << 20, dtype=numpy.uint8)\n"
+             "try:\n    numpy.ones(fuzz_decode.HEADROOM_MB << 21, dtype=numpy.uint8)\n"
+             "except MemoryError:\n    print('refused')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "refused", result.stderr[-2000:]

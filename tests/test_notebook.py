@@ -52,3 +52,11 @@ def test_walkthrough_runs_top_to_bottom(tmp_path: Path, monkeypatch) -> None:
     bundle = Bundle.load(summary["model_dir"])
     probabilities = bundle.probabilities([Path(summary["photo"]).read_bytes()])[0]
     assert summary["predicted"] == bundle.classes[int(np.argmax(probabilities))]
+
+    # drift: the verdict shown is the one written to drift.json, and under-exposed photos are drift
+    from fruitpipe.monitor import drift
+    from fruitpipe.storage import Store
+
+    written, png = drift.load(Store(), summary["drift_output"])
+    assert summary["drift_status"] == written.status == "drift", written.reasons
+    assert png.startswith(b"\x89PNG")

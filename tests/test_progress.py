@@ -96,13 +96,15 @@ def test_quiet_and_silent_write_nothing(caplog: pytest.LogCaptureFixture) -> Non
     assert stream.getvalue() == "" and caplog.records == []
 
 
-def test_a_stage_ended_by_an_error_is_reported_stopped(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stage_ended_by_an_error_logs_nothing_more(caplog: pytest.LogCaptureFixture) -> None:
+    """The command's one error line says what stopped it: a failed stage adds no line of its own."""
     reporter = Reporter(io.StringIO(), Mode.LOG, now=FakeClock())
-    with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt), reporter.stage("featurize", total=10):
-        reporter.update(4)
-        raise KeyboardInterrupt
-    assert caplog.records[-1].getMessage().startswith("featurize  4 / 10 img")
-    assert caplog.records[-1].getMessage().endswith("(stopped)")
+    with caplog.at_level(logging.INFO), pytest.raises(ValueError), reporter.stage("list"):
+        raise ValueError("input not found")
+    assert caplog.records == []
+    with caplog.at_level(logging.INFO), reporter.stage("list"):
+        pass
+    assert caplog.records[-1].getMessage().endswith("(done)")
 
 
 def test_images_from_the_widest_new_stage() -> None:
@@ -159,9 +161,17 @@ def test_run_on_a_terminal_shows_a_live_line(small_sample: Path, tmp_path: Path)
     assert out.startswith("fruitpipe run ") and "\r" not in out and "\x1b" not in out  # stdout unchanged
 
 
-def test_run_in_ci_logs_stage_lines(small_sample: Path, tmp_path: Path) -> None:
-    result = subprocess.run(_command(tmp_path / "out", small_sample), capture_output=True, text=True, env=_env(),
-                            timeout=600, check=False)
+@pytest.fixture(scope="module")
+def piped_runs(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """The same run with stderr on a pipe (as in CI), plain and with --quiet."""
+    root = tmp_path_factory.mktemp("piped")
+    return {name: subprocess.run(_command(root / name, small_sample, *extra), capture_output=True, text=True,
+                                 env=_env(), timeout=600, check=False)
+            for name, extra in {"plain": (), "quiet": ("--quiet",)}.items()}
+
+
+def test_run_in_ci_logs_stage_lines(piped_runs: dict[str, subprocess.CompletedProcess], small_sample: Path) -> None:
+    result = piped_runs["plain"]
     assert result.returncode == 0, result.stderr[-3000:]
     images = sum(1 for _ in small_sample.rglob("*.jpg"))
     assert "\r" not in result.stderr
@@ -171,9 +181,8 @@ def test_run_in_ci_logs_stage_lines(small_sample: Path, tmp_path: Path) -> None:
         assert f"fruitpipe.progress: {stage}  " in result.stderr, stage
 
 
-def test_quiet_run_shows_no_progress(small_sample: Path, tmp_path: Path) -> None:
-    result = subprocess.run(_command(tmp_path / "out", small_sample, "--quiet"), capture_output=True, text=True,
-                            env=_env(), timeout=600, check=False)
+def test_quiet_run_shows_no_progress(piped_runs: dict[str, subprocess.CompletedProcess]) -> None:
+    result = piped_runs["quiet"]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "\r" not in result.stderr and "fruitpipe.progress" not in result.stderr
     assert result.stdout.startswith("fruitpipe run ")

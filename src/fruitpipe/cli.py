@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_output", metavar="RUN_OUTPUT", help="output folder of 'fruitpipe run' (local or s3://)")
     report.add_argument("--model", metavar="MODEL_DIR", help="folder written by 'fruitpipe train': adds its "
                         "metrics, confusion matrix and calibration")
+    report.add_argument("--drift", metavar="DRIFT_DIR", help="output folder of 'fruitpipe drift': adds its verdict, "
+                        "tests and figure")
     report.add_argument("--output", metavar="FILE", help="where to write the page (default: RUN_OUTPUT/report.html)")
     _add_s3_arguments(report)
     report.set_defaults(handler=_cmd_report)
@@ -392,6 +394,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from fruitpipe.recognise.report_section import model_section
 
         sections.append(model_section(store, args.model, run.manifest))
+    if args.drift:
+        from fruitpipe.monitor.report_section import drift_section
+
+        sections.append(drift_section(store, args.drift))
     print(report.write(store, args.run_output, sections, target=args.output))
     return 0
 

@@ -165,8 +165,8 @@ class Reporter:
             snap = _final(snap, self._now() - self._began, completed)
             if self.mode is Mode.LIVE:
                 self._clear()
-            elif self.mode is Mode.LOG:
-                logger.info("%s (%s)", render(snap), "done" if completed else "stopped")
+            elif self.mode is Mode.LOG and completed:  # a stage that failed: the command's error line says so
+                logger.info("%s (done)", render(snap))
 
     def _draw(self, force: bool) -> None:
         assert self.stream is not None and self._snap is not None
