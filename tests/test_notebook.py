@@ -53,7 +53,7 @@ def test_walkthrough_runs_top_to_bottom(tmp_path: Path, monkeypatch) -> None:
     probabilities = bundle.probabilities([Path(summary["photo"]).read_bytes()])[0]
     assert summary["predicted"] == bundle.classes[int(np.argmax(probabilities))]
 
-    # drift: the verdict shown is the one written to drift.json, and under-exposed photos are drift
+    # drift: the verdict shown is the one written to drift.json, and the same photos in black and white are drift
     from fruitpipe.monitor import drift
     from fruitpipe.storage import Store
 
