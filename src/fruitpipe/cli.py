@@ -62,44 +62,31 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def _positive_number(text: str) -> float:
+def _number(text: str, accept: Callable[[float], bool], expected: str) -> float:
+    """A float flag value `accept` allows; anything else is argparse's one-line error naming `expected`."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_number(text: str) -> float:
+    return _number(text, lambda value: 0 < value < float("inf"), "a positive number")
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+    return _number(text, lambda value: 0.0 < value <= 1.0, "a number in (0, 1]")
 
 
 def _open_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
+    return _number(text, lambda value: 0.0 < value < 1.0, "a number in (0, 1)")
 
 
 def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text!r}")
-    return value
+    return _number(text, lambda value: 0.0 <= value <= 1.0, "a probability between 0 and 1")
 
 
 TTA_HELP = ("test-time augmentation: average the calibrated probabilities of N views of each photo (the photo "
