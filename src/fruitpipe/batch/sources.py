@@ -53,8 +53,9 @@ def list_images(store: Store, uri: str) -> ImageListing:
     found = store.list_files(uri, IMAGE_EXTENSIONS)
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
-    rejected = tuple((path, reason) for path, relative in found if (reason := storage.unsafe_reason(relative)))
-    files = [(path, relative) for path, relative in found if not storage.unsafe_reason(relative)]
+    reasons = [storage.unsafe_reason(relative) for _, relative in found]
+    rejected = tuple((path, reason) for (path, _), reason in zip(found, reasons, strict=True) if reason)
+    files = [item for item, reason in zip(found, reasons, strict=True) if not reason]
     if rejected:
         logger.warning("%d listed files rejected (e.g. %s: %s)", len(rejected), *rejected[0])
     if not files:
