@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def derive_run(combined: Path, target: Path, rows: pa.Table, spark: Any, fit_pca
     """A run output holding `rows` (columns of the combined run's features/), the combined run's manifest
     and `_SUCCESS`; its own `pca_model/` fitted with CentredPCA when it plays a reference."""
     from fruitpipe.batch import sinks
+    from fruitpipe.batch.manifest import RunManifest
     from fruitpipe.ml import CentredPCA
     from fruitpipe.storage import Store
 
@@ -91,8 +93,8 @@ def derive_run(combined: Path, target: Path, rows: pa.Table, spark: Any, fit_pca
         shutil.copytree(combined / "pca_model", target / "pca_model")
     (target / "features").mkdir(parents=True)
     pq.write_table(rows, target / "features" / "part-00000.parquet")
-    manifest = json.loads((combined / "manifest.json").read_text())
-    (target / "manifest.json").write_text(json.dumps({**manifest, "run_id": target.name}))
+    manifest = RunManifest.loads((combined / "manifest.json").read_bytes(), str(combined / "manifest.json"))
+    (target / "manifest.json").write_text(json.dumps(replace(manifest, run_id=target.name).to_json()))
     sinks.commit(Store(), str(target), {"ok": rows.num_rows})
     return target
 

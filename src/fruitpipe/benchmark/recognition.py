@@ -35,6 +35,7 @@ from PIL import Image
 
 from fruitpipe.image import shifts
 from fruitpipe.image.sampledata import bundled_sample_dir
+from fruitpipe.recognise.contracts import TrainManifest
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +175,8 @@ def accuracy(report: dict[str, Any]) -> float:
 
 def classifier_name(model_dir: Path) -> str:
     """The classifier configuration `fruitpipe train` chose for this model (from its manifest)."""
-    manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
-    return str(manifest["classifier"]["name"])
+    path = model_dir / "manifest.json"
+    return TrainManifest.loads(path.read_bytes(), str(path)).classifier.name
 
 
 def choose(rows: list[dict[str, Any]]) -> str:

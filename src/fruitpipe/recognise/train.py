@@ -172,30 +172,34 @@ def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataF
 
 def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, source: Source,
                       spec: models.ModelSpec, onnx: str, timer: StageTimer) -> TrainManifest:
-    with timer.stage("read"):
-        data = _read_with_views(spark, config.features, source, store)
-        classes = _classes(data, storage.redact(config.features))
-        indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
-        prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
-                                     .withColumn(VECTOR, array_to_vector(F.col("pca")))).persist()
-        training = prepared.where(F.col("split") == TRAINING)
-        test = prepared.where((F.col("split") == TEST) & (F.col(VIEW) == 0))
-        fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
-        counts = TrainCounts(training=training.where(F.col(VIEW) == 0).count(),
-                             validation=validation.where(F.col(VIEW) == 0).count(),
-                             test=test.count())
-    with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
-        chosen, fitted, scores = (_choose(fit_part, validation, len(classes)) if counts.validation
-                                  else (CANDIDATES[0], None, {}))
-    with timer.stage("calibrate"):  # no validation images: no temperature (T = 1) and no threshold
-        calibrated = calibrate(fitted, validation, config.target_precision) if fitted is not None else None
-    with timer.stage("fit"):
-        classifier = chosen.estimator().fit(training)
-    with timer.stage("evaluate"):
-        metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
-        if calibrated is not None:
-            metrics["calibration"] = selective_metrics(classifier, test, calibrated)
-    prepared.unpersist()
+    prepared: DataFrame | None = None  # persisted in "read", released however the stages end
+    try:
+        with timer.stage("read"):
+            data = _read_with_views(spark, config.features, source, store)
+            classes = _classes(data, storage.redact(config.features))
+            indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
+            prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
+                                         .withColumn(VECTOR, array_to_vector(F.col("pca")))).persist()
+            training = prepared.where(F.col("split") == TRAINING)
+            test = prepared.where((F.col("split") == TEST) & (F.col(VIEW) == 0))
+            fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
+            counts = TrainCounts(training=training.where(F.col(VIEW) == 0).count(),
+                                 validation=validation.where(F.col(VIEW) == 0).count(),
+                                 test=test.count())
+        with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
+            chosen, fitted, scores = (_choose(fit_part, validation, len(classes)) if counts.validation
+                                      else (CANDIDATES[0], None, {}))
+        with timer.stage("calibrate"):  # no validation images: no temperature (T = 1) and no threshold
+            calibrated = calibrate(fitted, validation, config.target_precision) if fitted is not None else None
+        with timer.stage("fit"):
+            classifier = chosen.estimator().fit(training)
+        with timer.stage("evaluate"):
+            metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
+            if calibrated is not None:
+                metrics["calibration"] = selective_metrics(classifier, test, calibrated)
+    finally:
+        if prepared is not None:
+            prepared.unpersist()
     headline = Metrics(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
     with timer.stage("write"):
         _write_evaluation(store, config.output, metrics, classes)
