@@ -28,7 +28,8 @@ def test_counts_and_dimensions(bundled_run, sample_dir: Path) -> None:
     features = pq.read_table(output / "features").to_pandas()
     errors = pq.read_table(output / "errors").to_pandas()
     listed = len(image_files(sample_dir))
-    assert manifest["counts"] == {"listed": listed, "ok": len(features), "rejected": len(errors), "views": 0}
+    assert manifest["counts"] == {"listed": listed, "ok": len(features), "rejected": len(errors), "views": 0,
+                                  "featurized": listed, "reused": 0, "removed": 0}
     assert len(features) == listed - len(errors)
     assert features["path"].is_unique
     assert {len(v) for v in features["features"]} == {1280} == {manifest["feature_dim"]}
@@ -45,9 +46,12 @@ def test_output_contract_files(bundled_run) -> None:
         assert (output / name).exists(), name
     assert (output / "scree.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     success = json.loads((output / "_SUCCESS").read_text())
-    on_disk = sorted(str(p.relative_to(output)) for p in output.rglob("*") if p.is_file() and p.name != "_SUCCESS")
-    assert success["files"] == on_disk
-    newest_other = max(p.stat().st_mtime for p in output.rglob("*") if p.is_file() and p.name != "_SUCCESS")
+    published = [p for p in output.rglob("*") if p.is_file() and p.name != "_SUCCESS"
+                 and p.relative_to(output).parts[0] != "_fruitpipe"]  # the run's state (its journal), not output
+    assert success["files"] == sorted(str(p.relative_to(output)) for p in published)
+    assert {p.name for p in output.iterdir()} - {p.relative_to(output).parts[0] for p in published} == {
+        "_SUCCESS", "_fruitpipe"}
+    newest_other = max(p.stat().st_mtime for p in published)
     assert (output / "_SUCCESS").stat().st_mtime >= newest_other
 
 
@@ -169,7 +173,8 @@ def test_bad_input_folder_completes_with_every_bad_file_in_errors(spark, sample_
     errors = pq.read_table(output / "errors").to_pandas()
     assert {Path(p).name: stage for p, stage in zip(errors["path"], errors["stage"], strict=True)} == expected
     assert errors["reason"].str.len().min() > 0
-    assert manifest.counts.to_json() == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected), "views": 0}
+    assert manifest.counts.to_json() == {"listed": 5 + len(expected), "ok": 5, "rejected": len(expected), "views": 0,
+                                         "featurized": 5 + len(expected), "reused": 0, "removed": 0}
     assert (output / "_SUCCESS").exists()
 
 

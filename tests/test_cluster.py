@@ -189,7 +189,8 @@ def test_cluster_run_equals_local_on_both_workers_and_survives_a_killed_worker(c
     assert workers_with_tasks(cluster, manifest) == {0, 1}, manifest["spark"]["executors"]
     executors = {e["id"]: e for e in manifest["spark"]["executors"]}
     assert executors[victim]["active"] is False and executors[victim]["completed_tasks"] >= 1
-    assert manifest["counts"] == {"listed": IMAGES, "ok": IMAGES, "rejected": 0, "views": 0}
+    assert manifest["counts"] == {"listed": IMAGES, "ok": IMAGES, "rejected": 0, "views": 0,
+                                  "featurized": IMAGES, "reused": 0, "removed": 0}
     assert_same_outputs(output, local_output)  # also: every path exactly once
 
 

@@ -15,6 +15,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fruitpipe.devtools",),  # test and benchmark infrastructure: imports no other fruitpipe package
     ("fruitpipe.runtime",),
     ("fruitpipe.progress",),  # what a long command shows while it runs (stdlib only)
+    ("fruitpipe.faults", "fruitpipe.signals"),  # the tests' kill points; SIGTERM as an exception (stdlib only)
     ("fruitpipe.config",),
     ("fruitpipe.storage",),
     ("fruitpipe.image",),
@@ -37,6 +38,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "fruitpipe.config": ("numpy", "pyspark", "boto3"),
     "fruitpipe.runtime": ("numpy", "pyspark", "boto3"),
     "fruitpipe.progress": ("numpy", "pyspark", "boto3"),
+    "fruitpipe.faults": ("numpy", "pyspark", "boto3"),
+    "fruitpipe.signals": ("numpy", "pyspark", "boto3"),
 }
 # Heavy libraries allowed only in these modules.
 ONLY_IN: dict[str, tuple[str, ...]] = {

@@ -188,8 +188,12 @@ def test_quiet_run_shows_no_progress(piped_runs: dict[str, subprocess.CompletedP
     assert result.stdout.startswith("fruitpipe run ")
 
 
-def test_ctrl_c_stops_a_run_with_one_line_and_nothing_published(sample_dir: Path, tmp_path: Path) -> None:
-    """SIGINT to the command's process group (what a terminal's Ctrl-C does) once featurize started."""
+@pytest.mark.parametrize(("signum", "to_group", "code"), [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_a_run_with_one_line_and_nothing_published(sample_dir: Path, tmp_path: Path, signum: int,
+                                                                to_group: bool, code: int) -> None:
+    """Once featurize started: SIGINT to the command's process group (what a terminal's Ctrl-C does), or
+    SIGTERM to the driver alone (what `kill`, a scheduler or Kubernetes does)."""
     output = tmp_path / "out"
     process = subprocess.Popen(_command(output, sample_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=_env(), start_new_session=True)
@@ -204,14 +208,19 @@ def test_ctrl_c_stops_a_run_with_one_line_and_nothing_published(sample_dir: Path
     time.sleep(2)  # tasks running, the JVM and Python workers up
     children = psutil.Process(process.pid).children(recursive=True)
     assert children, "expected a JVM and Python workers"
-    os.killpg(process.pid, signal.SIGINT)
+    if to_group:
+        os.killpg(process.pid, signum)
+    else:
+        os.kill(process.pid, signum)
     rest = process.stderr.read().decode(errors="replace")
-    assert process.wait(timeout=120) == 130, rest[-3000:]
+    assert process.wait(timeout=120) == code, rest[-3000:]
     after = rest.splitlines()
     assert [line for line in after if "interrupt" in line.lower()] == [
-        f"fruitpipe run: interrupted: nothing was published to {output} (no _SUCCESS; the partial output was "
-        "removed); run the command again"], rest[-3000:]
+        f"fruitpipe run: interrupted: nothing new was published to {output} (no partial output; the images "
+        "featurized so far are kept in its journal); run the same command with --resume to continue"], rest[-3000:]
     assert "Traceback" not in rest and "Exception" not in rest, rest[-3000:]
-    assert not (output / "_SUCCESS").exists() and not output.exists()
+    # nothing published, the journal kept (fruitpipe run --resume continues from it: tests/test_resume.py)
+    assert not (output / "_SUCCESS").exists()
+    assert sorted(path.name for path in output.iterdir()) == ["_fruitpipe"]
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], [p.cmdline()[:3] for p in alive]

@@ -38,7 +38,8 @@ def fault_free(spark, s3_endpoint: str, uploaded: list[str], tmp_path_factory: p
     output = tmp_path_factory.mktemp("fault-free") / "out"
     manifest = pipeline.run(RunConfig(input=INPUT, output=str(output), pca=PcaSettings(k=3),
                                       s3=S3Options(endpoint_url=s3_endpoint)))
-    assert manifest.counts.to_json() == {"listed": len(uploaded), "ok": len(uploaded), "rejected": 0, "views": 0}
+    assert manifest.counts.to_json() == {"listed": len(uploaded), "ok": len(uploaded), "rejected": 0, "views": 0,
+                                         "featurized": len(uploaded), "reused": 0, "removed": 0}
     table = pq.read_table(output / "features").to_pandas()
     return {path: np.asarray(vector) for path, vector in zip(table["path"], table["features"], strict=True)}
 
@@ -62,7 +63,7 @@ def test_run_completes_under_throttling_cuts_and_a_failing_key(spark, s3_endpoin
     features = pq.read_table(output / "features").to_pandas()
     errors = pq.read_table(output / "errors").to_pandas()
     assert manifest.counts.to_json() == {"listed": len(uploaded), "ok": len(features), "rejected": len(errors),
-                                         "views": 0}
+                                         "views": 0, "featurized": len(uploaded) - 1, "reused": 0, "removed": 0}
     assert features["path"].is_unique and errors["path"].is_unique
     assert sorted([*features["path"], *errors["path"]]) == uploaded  # each key once, features or errors
     # retries absorbed every transient fault: the only rejected key is the one failing for good

@@ -36,7 +36,8 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
     _bucket(s3_endpoint, "fruit-out")
     manifest = pipeline.run(RunConfig(input="s3://fruit-in/datasets/fruits 360", output="s3://fruit-out/runs/r1",
                                       pca=PcaSettings(k=4), s3=S3Options(endpoint_url=s3_endpoint)))
-    assert manifest.counts.to_json() == {"listed": uploaded, "ok": uploaded, "rejected": 0, "views": 0}
+    assert manifest.counts.to_json() == {"listed": uploaded, "ok": uploaded, "rejected": 0, "views": 0,
+                                         "featurized": uploaded, "reused": 0, "removed": 0}
     keys = download_prefix(s3_endpoint, "fruit-out", "runs/r1", tmp_path)
     for name in ("manifest.json", "_SUCCESS", "scree.png", "errors/part-00000.parquet"):
         assert name in keys

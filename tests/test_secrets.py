@@ -126,7 +126,8 @@ def library_run(cli_process, spark, s3_endpoint: str, s3_input: str, tiny_model:
 
 def test_library_run_writes_no_credentials(library_run) -> None:
     manifest, _, folder, keys = library_run
-    assert manifest.counts.to_json() == {"listed": 6, "ok": 6, "rejected": 0, "views": 0}
+    assert manifest.counts.to_json() == {"listed": 6, "ok": 6, "rejected": 0, "views": 0, "featurized": 6,
+                                         "reused": 0, "removed": 0}
     for name in ("manifest.json", "_SUCCESS", "scree.png", "features/part-00000.parquet", "errors/part-00000.parquet"):
         assert name in keys, keys
     assert any(k.startswith("pca_model/") and "metadata" in k for k in keys), keys
@@ -172,7 +173,8 @@ def test_cli_run_prints_and_writes_no_credentials(cli_run) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output.decode(errors="replace")[-3000:]
     assert b" INFO fruitpipe.batch.sources: listed 6 images" in result.stderr, "no fruitpipe logging on stderr"
-    assert json.loads(result.stdout)["counts"] == {"listed": 6, "ok": 6, "rejected": 0, "views": 0}
+    assert json.loads(result.stdout)["counts"] == {"listed": 6, "ok": 6, "rejected": 0, "views": 0, "featurized": 6,
+                                         "reused": 0, "removed": 0}
     assert "manifest.json" in keys and "_SUCCESS" in keys and "features/part-00000.parquet" in keys
     assert leaking_files(folder) == {}
     assert "secret key" not in leaks(output)

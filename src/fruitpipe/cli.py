@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from fruitpipe import __version__
+from fruitpipe import __version__, signals
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS
 from fruitpipe.config import (
     DEFAULT_MASTER,
@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the contracts' modules are imported by the commands that pr
     from fruitpipe.recognise.evaluation import EvaluationReport
 
 logger = logging.getLogger("fruitpipe")
-EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_USAGE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 1, 130, 143
 EXIT_DRIFT_ERROR = 2  # fruitpipe drift: 1 means drift, so errors and incomparable runs are 2
 
 
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
     _add_s3_arguments(run)
     run.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe output")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output, or bring a "
+                     "finished one up to date with the input: only new or changed images are featurized")
     run.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
     run.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
     _add_progress_arguments(run)
@@ -364,6 +366,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         remote=remote,
         augment=args.augment,
         price_per_vcpu_hour=args.price_per_vcpu_hour,
+        resume=args.resume,
     )
     manifest = pipeline.run(config, _progress(args))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
@@ -422,6 +425,8 @@ def summary(manifest: RunManifest) -> str:
         f"  output    {manifest.output}",
         f"  images    {counts.ok} ok, {counts.rejected} rejected of {counts.listed} listed"
         + (f", {counts.views} augmented views" if counts.views else ""),
+        *([f"  this pass {counts.featurized} featurized, {counts.reused or 0} reused from the journal, "
+           f"{counts.removed or 0} removed"] if counts.featurized is not None else []),
         f"  features  {manifest.feature_dim}-d from {manifest.model.name} "
         f"({manifest.model.precision or 'fp32'}, {manifest.model.runtime})",
         f"  PCA       k={pca.k} keeps {pca.variance_kept:.1%} of the variance",
@@ -684,14 +689,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("py4j", "matplotlib", "PIL", "botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    signals.install_terminate_handler()
     try:
         return handler(args)
     except (ValueError, OSError) as exc:
         print(f"fruitpipe {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (signals.Terminated)
         print(f"fruitpipe {args.command}: {interrupted(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if isinstance(stop, signals.Terminated) else EXIT_INTERRUPTED
     except Exception as exc:  # a failed Spark job (Py4JJavaError...) or a bug: one line, -v for the traceback
         logger.debug("%s failed", args.command, exc_info=True)
         from fruitpipe.batch import session
@@ -707,8 +713,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def interrupted(args: argparse.Namespace) -> str:
-    """The one line after Ctrl-C: what is (not) left behind and how to go on."""
-    if args.command in ("run", "train"):
+    """The one line after Ctrl-C or SIGTERM: what is (not) left behind and how to go on."""
+    if args.command == "run":
+        return (f"interrupted: nothing new was published to {args.output} (no partial output; the images "
+                "featurized so far are kept in its journal); run the same command with --resume to continue")
+    if args.command == "train":
         return (f"interrupted: nothing was published to {args.output} (no _SUCCESS; the partial output was "
                 "removed); run the command again")
     if args.command == "upload":

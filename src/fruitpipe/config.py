@@ -139,9 +139,12 @@ class RunConfig:
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
     augment: int = 0  # augmented views of every Training image besides the image (fruitpipe.image.shifts)
     price_per_vcpu_hour: float = DEFAULT_PRICE_PER_VCPU_HOUR  # the cost estimate's assumed price (batch.cost)
+    resume: bool = False  # continue an interrupted run in `output`, or bring a finished one up to date
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the output and --overwrite replaces it: give one of them")
         if not self.price_per_vcpu_hour >= 0:
             raise ValueError(f"--price-per-vcpu-hour must be a number >= 0, got {self.price_per_vcpu_hour}")
         check_augment(self.augment)

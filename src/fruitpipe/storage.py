@@ -178,6 +178,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 # ---------------------------------------------------------------- operations
 
 @dataclass(frozen=True)
+class Listed:
+    """One listed file: its full URI, its path relative to the listed folder (NFC) and its version."""
+
+    uri: str
+    relative: str
+    version: str  # "size:mtime_ns" (local) or "size:ETag" (S3): changes when the file is rewritten
+
+
+@dataclass(frozen=True)
 class Store:
     """Local paths, and s3:// through `options`: every read, write and listing of a run goes through one.
 
@@ -239,15 +248,21 @@ class Store:
         Returns (full URI, path relative to `uri` in NFC) pairs, sorted by relative path. A '.' or '..'
         segment (possible in S3 keys) is not "hidden": such paths are returned for the caller to refuse.
         """
+        return [(listed.uri, listed.relative) for listed in self.list_versions(uri, extensions)]
+
+    def list_versions(self, uri: str, extensions: Iterable[str]) -> list[Listed]:
+        """`list_files` with each file's version (`Listed.version`), from the same listing: no extra request."""
         wanted = tuple(ext.lower() for ext in extensions)
-        found = [(full, unicodedata.normalize("NFC", relative)) for full, relative in self._walk(uri)
+        found = [Listed(full, unicodedata.normalize("NFC", relative), version)
+                 for full, relative, version in self._walk(uri)
                  if relative.lower().endswith(wanted)
                  and not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))]
-        found.sort(key=lambda item: item[1])
+        found.sort(key=lambda item: item.relative)
         return found
 
-    def _walk(self, uri: str) -> Iterator[tuple[str, str]]:
-        """(full URI, relative path) of every file below `uri`; ValueError when there is no folder."""
+    def _walk(self, uri: str) -> Iterator[tuple[str, str, str]]:
+        """(full URI, relative path, version) of every file below `uri`; ValueError when there is no folder.
+        The version is "size:mtime_ns" locally and "size:ETag" on S3: it changes when the file is rewritten."""
         if is_local(uri):
             root = Path(local_path(uri))
             if not root.exists():
@@ -257,7 +272,11 @@ class Store:
             for directory, _, files in os.walk(root):
                 for name in files:
                     full = os.path.join(directory, name)
-                    yield full, os.path.relpath(full, root).replace(os.sep, "/")
+                    try:
+                        info = os.stat(full)
+                    except FileNotFoundError:  # removed while listing: not there
+                        continue
+                    yield full, os.path.relpath(full, root).replace(os.sep, "/"), f"{info.st_size}:{info.st_mtime_ns}"
             return
         location = parse_s3(uri)
         any_object = False
@@ -265,7 +284,8 @@ class Store:
             any_object = True
             relative = item["Key"][len(location.prefix):]
             if relative and not relative.endswith("/"):
-                yield f"s3://{location.bucket}/{item['Key']}", relative
+                yield (f"s3://{location.bucket}/{item['Key']}", relative,
+                       f"{item.get('Size', -1)}:{str(item.get('ETag', '')).strip(chr(34))}")
         if not any_object:
             raise ValueError(f"input not found or empty: {redact(uri)}")
 
@@ -333,12 +353,20 @@ class Store:
         if is_local(uri) and not os.path.isdir(local_path(uri)):
             return []
         try:
-            return sorted(relative for _, relative in self._walk(uri))
+            return sorted(relative for _, relative, _ in self._walk(uri))
         except ValueError:
             return []
 
-    def remove_tree(self, uri: str) -> None:
-        """Delete a folder/prefix and everything below it."""
+    def remove_tree(self, uri: str, keep: tuple[str, ...] = ()) -> None:
+        """Delete a folder/prefix and everything below it, except the files `keep` names (paths relative
+        to `uri`; one ending in "/" keeps a whole subfolder)."""
+        if keep:
+            for relative in self.list_tree(uri):
+                if not any(relative == kept or (kept.endswith("/") and relative.startswith(kept)) for kept in keep):
+                    self.remove(join(uri, *relative.split("/")))
+            if is_local(uri):
+                _remove_empty_folders(local_path(uri))
+            return
         if is_local(uri):
             path = local_path(uri)
             if os.path.isdir(path):
@@ -384,3 +412,10 @@ class Store:
                 relative = os.path.relpath(full, folder).replace(os.sep, "/")
                 with open(full, "rb") as handle:
                     self.write_bytes(join(uri, *relative.split("/")), handle.read())
+
+
+def _remove_empty_folders(root: str) -> None:
+    """Remove the empty folders below `root` (not `root` itself), deepest first."""
+    for directory, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        if directory != root and not os.listdir(directory):
+            os.rmdir(directory)

@@ -215,21 +215,30 @@ class Timings:
 @dataclass(frozen=True)
 class RunCounts:
     """Images listed, featurized and rejected (one `errors/` row each): photos, never views. `views`:
-    the augmented rows written besides them (`view` > 0; None in manifests from before `--augment`)."""
+    the augmented rows written besides them (`view` > 0; None in manifests from before `--augment`).
+    `featurized`: images read and run through decode and the model in this pass; `reused`: images whose
+    results the output's journal already had (a touched file with the same bytes too); `removed`: images
+    of the journal no longer listed (None in manifests from before the journal). listed = ok + rejected."""
 
     listed: int
     ok: int
     rejected: int
     views: int | None = None
+    featurized: int | None = None
+    reused: int | None = None
+    removed: int | None = None
 
     def to_json(self) -> dict[str, int]:
         counts = {"listed": self.listed, "ok": self.ok, "rejected": self.rejected}
-        return counts if self.views is None else {**counts, "views": self.views}
+        optional = {"views": self.views, "featurized": self.featurized, "reused": self.reused,
+                    "removed": self.removed}
+        return {**counts, **{name: value for name, value in optional.items() if value is not None}}
 
     @classmethod
     def from_json(cls, fields: Fields) -> RunCounts:
         return cls(fields.integer("listed"), fields.integer("ok"), fields.integer("rejected"),
-                   fields.optional_integer("views"))
+                   fields.optional_integer("views"), fields.optional_integer("featurized"),
+                   fields.optional_integer("reused"), fields.optional_integer("removed"))
 
 
 @dataclass(frozen=True)

@@ -5,21 +5,25 @@ MEMORY_AND_DISK while PCA is fitted and applied, and written by Spark.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.types import StringType, StructField, StructType
 
-from fruitpipe import __version__, sparkapi, storage
-from fruitpipe.batch import cost, plots, report, sampling, sinks, sources, tracking
+from fruitpipe import __version__, faults, sparkapi, storage
+from fruitpipe.batch import cost, lock, plots, report, sampling, sinks, sources, tracking
+from fruitpipe.batch.journal import Entry, Identity, Journal, Plan
 from fruitpipe.batch.manifest import (
     ClassCount,
     Executor,
@@ -33,7 +37,22 @@ from fruitpipe.batch.manifest import (
 )
 from fruitpipe.batch.session import java_version, spark_session
 from fruitpipe.config import RunConfig
-from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE, VIEW
+from fruitpipe.executor.journal import (
+    CURRENT_COLUMNS,
+    CURRENT_SCHEMA,
+    KEY,
+    OUTCOME,
+    PLAN_SCHEMA,
+    CompactTask,
+    CurrentTask,
+    JournalTask,
+    read_current,
+    write_compacted,
+)
+from fruitpipe.executor.journal import VERSION as VERSION_COL
+from fruitpipe.executor.metering import Meter
+from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
+from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE, PRIOR_SHA256, PRIOR_VERSION, VIEW
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.progress import Reporter
@@ -78,7 +97,8 @@ class StageTimer:
 
 def run(config: RunConfig, progress: Reporter | None = None) -> RunManifest:
     """Run the whole chain; returns the manifest (also written to the output). `progress` shows the
-    stages while they run (default: nothing shown)."""
+    stages while they run (default: nothing shown). With `config.resume`, an interrupted run in the
+    output is continued and a finished one brought up to date: only new or changed images are featurized."""
     timer = StageTimer(progress)
     store = Store(config.s3)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -86,55 +106,100 @@ def run(config: RunConfig, progress: Reporter | None = None) -> RunManifest:
     runtime = resolve(config.precision, config.executor.infer_batch)  # before Spark: a bad choice fails now
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
-    sinks.check_output(store, config.output, config.overwrite)
-    with timer.stage("list"):
-        listing = sources.list_images(store, config.input)
-    sinks.prepare_output(store, config.output, config.overwrite)
+    mode = sinks.check_output(store, config.output, config.overwrite, config.resume)
     with timer.stage("model"):
-        models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
-    with sinks.discarded_if_interrupted(store, config.output), ExitStack() as stack:
-        with timer.stage("spark_start"):
-            spark = stack.enter_context(spark_session(config.master, config.spark_conf, remote=config.remote))
-        return _run_in_session(spark, store, config, spec, runtime, listing, timer, run_id)
+        onnx = models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
+    entry = ModelEntry.of(spec, runtime, onnx_sha256=storage.file_sha256(onnx))
+    identity = Identity.of(entry, config.augment)
+    if mode == sinks.RESUME:  # refused before anything in the output is touched
+        _refuse_other_model(store, config.output, identity)
+        Journal(store, config.output, identity).refuse_others()
+    with lock.held(store, config.output, run_id):
+        with timer.stage("list"):
+            listing = sources.list_images(store, config.input)
+        sinks.prepare_run_output(store, config.output, mode)
+        journal = Journal.open(store, config.output, identity)
+        faults.arm_driver()
+        publication = sinks.Publication()
+        with sinks.unpublished_if_interrupted(store, config.output, publication), ExitStack() as stack:
+            with timer.stage("spark_start"):
+                spark = stack.enter_context(spark_session(config.master, config.spark_conf, remote=config.remote))
+            job = Job(config, store, spec, runtime, entry, listing, journal, timer, run_id, publication)
+            return _run_in_session(spark, job)
 
 
-def _run_in_session(spark: SparkSession, store: Store, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
-                    listing: sources.ImageListing, timer: StageTimer, run_id: str) -> RunManifest:
+def _refuse_other_model(store: Store, output: str, identity: Identity) -> None:
+    """An output from before the journal has only its manifest to say how it was made: compared here."""
+    if Journal(store, output, identity).others() or not store.exists(storage.join(output, sinks.MANIFEST)):
+        return  # Journal.open compares journals
+    where = storage.redact(storage.join(output, sinks.MANIFEST))
+    manifest = RunManifest.loads(store.read_bytes(storage.join(output, sinks.MANIFEST)), where)
+    differences = identity.differences(Identity.of(manifest.model, manifest.augment or 0))
+    if differences:
+        raise ValueError(f"{storage.redact(output)} was made differently ({'; '.join(differences)}); features "
+                         "of two models never mix: pass --overwrite to start over, or choose another --output")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run's fixed inputs, handed down the Spark part."""
+
+    config: RunConfig
+    store: Store
+    spec: models.ModelSpec
+    runtime: Runtime
+    entry: ModelEntry
+    listing: sources.ImageListing
+    journal: Journal
+    timer: StageTimer
+    run_id: str
+    publication: sinks.Publication
+
+
+def _run_in_session(spark: SparkSession, job: Job) -> RunManifest:
     """The Spark part, its jobs tagged with the run (a shared session's other jobs are not its cost);
-    the report is written after the manifest and before _SUCCESS, which lists it."""
-    tag = f"fruitpipe-run-{run_id}"
+    the report is written after the manifest and before _SUCCESS, which lists it; the journal is
+    compacted before and cleaned after it."""
+    tag = f"fruitpipe-run-{job.run_id}"
+    config, store = job.config, job.store
     with sparkapi.tagged_jobs(spark, tag):
-        manifest, sample = _featurize_and_summarise(spark, store, config, spec, runtime, listing, timer, run_id,
-                                                    tag)
+        manifest, sample = _featurize_and_summarise(spark, job, tag)
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.write_json(store, storage.join(config.output, sinks.REPORT_SAMPLE), sample.to_json())
     began = time.perf_counter()
     report.write(store, config.output, report.run_sections(report.RunOutput.read(store, config.output, manifest,
                                                                                  sample)))
     logger.info("report.html written in %.2f s", time.perf_counter() - began)
+    faults.reached("driver-before-success")
     sinks.commit(store, config.output, manifest.counts.to_json())
+    job.journal.clean_up(job.run_id)
     return manifest
 
 
-def _featurize_and_summarise(spark: SparkSession, store: Store, config: RunConfig, spec: models.ModelSpec,
-                             runtime: Runtime, listing: sources.ImageListing, timer: StageTimer, run_id: str,
-                             tag: str) -> tuple[RunManifest, ReportSample]:
-    images = sources.to_dataframe(spark, listing, config.executor.rows_per_partition)
-    if config.augment:
-        images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
-    featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
-                                 precision=runtime.precision, inferBatch=runtime.infer_batch,
-                                 batchSize=config.executor.batch_size,
-                                 readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
-                                 maxPixels=config.limits.max_pixels, s3Options=store.options.to_wire(),
-                                 augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "")
+def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[RunManifest, ReportSample]:
+    config, timer, listing = job.config, job.timer, job.listing
     meter = sparkapi.cpu_meter(spark)
-    featurized = featurizer.meter_cpu(meter).transform(images).drop(AUGMENT_COL).persist(StorageLevel.MEMORY_AND_DISK)
+    entries = job.journal.index()
+    plan = job.journal.plan(listing, entries)
+    logger.info("journal: %d of %d images done before, %d to featurize, %d no longer listed",
+                plan.reused, len(listing.rows), len(plan.pending), plan.removed)
+    with timer.stage("featurize", len(plan.pending)), tracking.follow_tasks(spark, timer.progress,
+                                                                           len(plan.pending)):
+        _featurize_pass(spark, job, plan, meter)
+    this_pass = job.journal.index(job.journal.segment_files(job.journal.segments(job.run_id)))
+    same_bytes = sum(1 for entry in this_pass.values() if entry.same_as is not None)
+    entries = {**this_pass, **entries}
+    featurized = _current_rows(spark, job, entries).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts, per_class, pca = _featurize_fit_write(featurized, store, config, listing, timer, run_id)
+        counts, per_class, pca = _featurize_fit_write(featurized, job)
+        # from the journal, not the tasks' summaries: a retried task's summary lacks what its dead attempt did
+        counts = replace(counts, featurized=len(this_pass) - same_bytes, reused=plan.reused + same_bytes,
+                         removed=plan.removed)
         with timer.stage("report_sample"):
             photos = featurized.where(F.col(ERROR_STAGE).isNull() & (F.col(VIEW) == 0))
             sample = sampling.stratified_sample(photos, pca, per_class)
+        with timer.stage("journal_compact"):
+            _compact(featurized.where(~F.col(TRANSIENT_COL)), job)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist(blocking=True)  # no block removal left running when the session stops next
     cpu = cost.CpuSeconds(task=sparkapi.task_cpu_seconds(spark, tag),
@@ -142,19 +207,71 @@ def _featurize_and_summarise(spark: SparkSession, store: Store, config: RunConfi
                           missing=() if meter is not None else (
                               "null on Spark Connect: the status store (task CPU) and accumulators (Python "
                               "worker CPU) live on the server, out of the client's reach",))
-    manifest = _manifest(spark, config, spec, runtime, listing, pca, counts, timer, run_id)
+    manifest = _manifest(spark, job, pca, counts)
     cores = manifest.spark.default_parallelism
     return replace(manifest, class_counts=per_class,
                    cost=cost.estimate(cpu, counts.listed, manifest.timings_s.total, cores,
                                       config.price_per_vcpu_hour)), sample
 
 
-def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig, listing: sources.ImageListing,
-                         timer: StageTimer, run_id: str) -> tuple[RunCounts, tuple[ClassCount, ...], CentredPCAModel]:
-    """featurize (counted per class) -> errors/ -> PCA fit on the photos (view 0) -> features/ (views too) +
-    model + scree; (counts, per-class counts, model)."""
-    with timer.stage("featurize", len(listing.rows)), tracking.follow_tasks(featurized.sparkSession, timer.progress,
-                                                                           len(listing.rows)):
+PENDING_SCHEMA = StructType([*sources.SCHEMA.fields, StructField(KEY, StringType(), False),
+                             StructField(VERSION_COL, StringType(), False),
+                             StructField(PRIOR_SHA256, StringType(), True),
+                             StructField(PRIOR_VERSION, StringType(), True)])
+TRANSIENT_COL = "__transient"
+
+
+def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | None) -> None:
+    """The images the journal lacks, featurized into this pass's segments (what they hold is what counts)."""
+    if not plan.pending:
+        return
+    config = job.config
+    cores = max(1, sparkapi.default_parallelism(spark))
+    images = sparkapi.parallelize(spark, list(plan.pending), PENDING_SCHEMA,
+                                  sources.partition_count(len(plan.pending), cores, config.executor.rows_per_partition))
+    if config.augment:
+        images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
+    featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
+                                 precision=job.runtime.precision, inferBatch=job.runtime.infer_batch,
+                                 batchSize=config.executor.batch_size,
+                                 readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
+                                 maxPixels=config.limits.max_pixels, s3Options=job.store.options.to_wire(),
+                                 augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "")
+    task = JournalTask(job.journal.segments(job.run_id), job.journal.transient(job.run_id), job.store)
+    summary = featurizer.meter_cpu(meter).journal(images, task)
+    outcomes = {row[OUTCOME]: int(row["count"]) for row in summary.groupBy(OUTCOME).count().collect()}
+    logger.info("featurize pass: %s (a retried task reports only what its last attempt did)", outcomes)
+
+
+def _current_rows(spark: SparkSession, job: Job, entries: dict[tuple[str, str], Entry]) -> DataFrame:
+    """Every listed image's rows from the journal (planned on the driver, read in executors), plus this
+    pass's passing read failures (reported, not remembered): the run's featurized rows."""
+    rows = job.journal.current(job.listing, entries)
+    cores = max(1, sparkapi.default_parallelism(spark))
+    partitions = sources.partition_count(max(1, len(rows)), cores, job.config.executor.rows_per_partition)
+    plan = sparkapi.parallelize(spark, list(rows), from_arrow_schema(PLAN_SCHEMA), partitions)
+    schema = from_arrow_schema(CURRENT_SCHEMA)
+    current = plan.mapInArrow(functools.partial(read_current, CurrentTask(job.store)), schema)
+    current = current.withColumn(TRANSIENT_COL, F.lit(False))
+    failed = job.journal.segment_files(job.journal.transient(job.run_id))
+    if failed:
+        uris = spark.createDataFrame([(uri,) for uri in failed], f"{URI_COLUMN} string")
+        read = uris.mapInArrow(functools.partial(read_parts, ReadTask(CURRENT_COLUMNS, job.store)), schema)
+        current = current.unionByName(read.withColumn(TRANSIENT_COL, F.lit(True)))
+    return current
+
+
+def _compact(current: DataFrame, job: Job) -> None:
+    """The journal rewritten as one segment per partition of the current rows (stale ones go after _SUCCESS)."""
+    task = CompactTask(job.journal.compacted(job.run_id), job.store)
+    current.drop(TRANSIENT_COL).mapInArrow(functools.partial(write_compacted, task), "rows long").collect()
+
+
+def _featurize_fit_write(featurized: DataFrame, job: Job) -> tuple[RunCounts, tuple[ClassCount, ...], CentredPCAModel]:
+    """current rows (counted per class) -> errors/ -> PCA fit on the photos (view 0) -> features/ (views
+    too) + model + scree; (counts, per-class counts, model). The published version is replaced from here."""
+    config, store, timer, listing = job.config, job.store, job.timer, job.listing
+    with timer.stage("resolve"):
         ok_count, rejected, views, per_class = _count_outcomes(featurized)
     errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
         "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
@@ -162,22 +279,26 @@ def _featurize_fit_write(featurized: DataFrame, store: Store, config: RunConfig,
         errors = errors.unionByName(featurized.sparkSession.createDataFrame(
             [(path, sources.LIST_STAGE, reason) for path, reason in listing.rejected], errors.schema))
         rejected += len(listing.rejected)
-    with timer.stage("write_errors"):
-        sinks.write_errors(errors, config.output, run_id, store, rejected)
     if ok_count < 2:
         raise ValueError(f"only {ok_count} of {listing.listed} images could be featurized "
-                         f"(reasons in {storage.join(config.output, sinks.ERRORS)}); PCA needs at least 2")
+                         f"(reasons in the log and {storage.join(config.output, sinks.ERRORS)} of a run that "
+                         "publishes); PCA needs at least 2")
     ok = featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
     with timer.stage("pca_fit"):
         pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
                          varianceTarget=config.pca.variance_target).fit(ok.where(F.col(VIEW) == 0))
+    faults.reached("driver-before-publish")
+    job.publication.started = True
+    sinks.unpublish(store, config.output)
+    with timer.stage("write_errors"):
+        sinks.write_errors(errors, config.output, job.run_id, store, rejected)
     with timer.stage("write"):
-        _write_outputs(ok, pca, store, config, run_id)
+        _write_outputs(ok, pca, store, config, job.run_id)
     return RunCounts(listed=listing.listed, ok=ok_count, rejected=rejected, views=views), per_class, pca
 
 
 def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int, tuple[ClassCount, ...]]:
-    """One pass that computes (and caches) every feature vector, counting photos (ok, rejected) per class
+    """One pass that reads (and caches) every current row, counting photos (ok, rejected) per class
     and split, and views; (ok, rejected, views, per class)."""
     per_class, views = sampling.outcomes(featurized)
     return sum(count.ok for count in per_class), sum(count.rejected for count in per_class), views, per_class
@@ -192,20 +313,20 @@ def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: Ru
     store.write_bytes(storage.join(config.output, sinks.SCREE), scree)
 
 
-def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, runtime: Runtime,
-              listing: sources.ImageListing, pca: CentredPCAModel, counts: RunCounts, timer: StageTimer,
-              run_id: str) -> RunManifest:
+def _manifest(spark: SparkSession, job: Job, pca: CentredPCAModel, counts: RunCounts) -> RunManifest:
+    config, listing, timer = job.config, job.listing, job.timer
     timings = timer.timings()
     total = timings.total
     listed = sparkapi.executors(spark)
+    featurize_seconds = timer.seconds["featurize"]
     return RunManifest(
-        run_id=run_id,
+        run_id=job.run_id,
         input=storage.redact(listing.root),
         output=storage.redact(config.output),
         layout=listing.layout,
         classes=tuple(listing.labels),
-        model=ModelEntry.of(spec, runtime, onnx_sha256=storage.file_sha256(models.onnx_file(spec))),
-        feature_dim=spec.feature_dim,
+        model=job.entry,
+        feature_dim=job.spec.feature_dim,
         pca=PcaSummary(
             k=pca.components,
             variance_target=config.pca.variance_target,
@@ -215,7 +336,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, ru
         counts=counts,
         timings_s=timings,
         throughput_img_s=round(counts.listed / total, 2) if total else None,
-        featurize_img_s=round(counts.listed / timer.seconds["featurize"], 2),
+        featurize_img_s=round((counts.featurized or 0) / featurize_seconds, 2) if featurize_seconds else 0.0,
         versions=_versions(sparkapi.is_connect(spark)),
         augment=config.augment,
         spark=SparkSummary(
@@ -223,7 +344,7 @@ def _manifest(spark: SparkSession, config: RunConfig, spec: models.ModelSpec, ru
             application_id=sparkapi.application_id(spark),
             executors=None if listed is None else tuple(Executor(**row) for row in listed),  # None: Spark Connect
             default_parallelism=sparkapi.default_parallelism(spark),
-            partitions=sources.partition_count(counts.listed, sparkapi.default_parallelism(spark),
+            partitions=sources.partition_count(max(1, counts.featurized or 0), sparkapi.default_parallelism(spark),
                                                config.executor.rows_per_partition),
         ),
     )

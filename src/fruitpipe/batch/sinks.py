@@ -37,28 +37,50 @@ FEATURE_COLUMNS = ("path", "label", "split", "view", "width", "height", "feature
 ERROR_COLUMNS = ("path", "stage", "reason")
 
 
-def check_output(store: Store, uri: str, overwrite: bool) -> bool:
-    """Refuse an existing output unless overwrite, and never one fruitpipe did not write.
+STATE = "_fruitpipe/"  # the journal and the lock (fruitpipe.batch.journal, .lock): never published
+LOCK_FILE = "_fruitpipe/lock.json"
+FRESH, REPLACE, RESUME = "fresh", "replace", "resume"
 
-    Returns whether an old output must be removed; changes nothing (cheap, before listing)."""
+
+def check_output(store: Store, uri: str, overwrite: bool, resume: bool | None = None) -> str:
+    """FRESH (nothing there), REPLACE (--overwrite of a fruitpipe output) or RESUME (--resume of one);
+    refuses an existing output otherwise, and never touches one fruitpipe did not write. Changes nothing
+    (cheap, before listing). `resume` None: the caller has no --resume (train)."""
     if not store.exists(uri) or store.is_empty_dir(uri):
-        return False
+        return FRESH
+    if not any(store.exists(storage.join(uri, marker)) for marker in (MANIFEST, SUCCESS, STATE.rstrip("/"))):
+        raise ValueError(f"output {uri} is not empty and is not a fruitpipe output; refusing to "
+                         f"{'resume' if resume else 'overwrite'} it")
+    if resume:
+        return RESUME
     if not overwrite:
-        raise ValueError(f"output {uri} already exists; pass --overwrite to replace it")
-    if not any(store.exists(storage.join(uri, marker)) for marker in (MANIFEST, SUCCESS)):
-        raise ValueError(f"output {uri} is not empty and is not a fruitpipe output; refusing to overwrite it")
-    return True
+        hint = "" if resume is None else "--resume to continue it or bring it up to date, or "
+        raise ValueError(f"output {uri} already exists; pass {hint}--overwrite to replace it")
+    return REPLACE
 
 
 def prepare_output(store: Store, uri: str, overwrite: bool) -> None:
-    """Clear an old output (when allowed), then check that we can write, so a missing bucket or a
-    permission problem fails now rather than after featurizing."""
-    if check_output(store, uri, overwrite):
+    """`prepare_run_output` for outputs without a journal (a model folder): REPLACE when overwrite."""
+    prepare_run_output(store, uri, REPLACE if check_output(store, uri, overwrite) == REPLACE else FRESH)
+
+
+def prepare_run_output(store: Store, uri: str, mode: str) -> None:
+    """Clear an old output for REPLACE (but the lock this run holds), then check that we can write, so a
+    missing bucket or a permission problem fails now rather than after featurizing. RESUME keeps
+    everything: the published version stays readable until this run publishes its own."""
+    if mode == REPLACE:
         logger.info("removing previous output %s", uri)
-        store.remove_tree(uri)
+        store.remove_tree(uri, keep=(LOCK_FILE,))
     probe = storage.join(uri, WRITE_CHECK)
     store.write_bytes(probe, b"fruitpipe write check\n")
     store.remove(probe)
+
+
+def unpublish(store: Store, uri: str) -> None:
+    """Before a run publishes: `_SUCCESS` first (no reader trusts what follows), then the published files;
+    the journal and the lock stay."""
+    store.remove(storage.join(uri, SUCCESS))
+    store.remove_tree(uri, keep=(STATE,))
 
 
 def write_dataset(df: DataFrame, uri: str, run_id: str, store: Store, fmt: str = "parquet") -> None:
@@ -114,21 +136,41 @@ def write_json(store: Store, uri: str, document: dict[str, Any]) -> None:
 
 def commit(store: Store, output: str, counts: Mapping[str, int]) -> None:
     """Write _SUCCESS last: the run's files and counts."""
-    files = [path for path in store.list_tree(output) if path != SUCCESS and "/_temporary/" not in f"/{path}"]
+    files = [path for path in store.list_tree(output)
+             if path != SUCCESS and "/_temporary/" not in f"/{path}" and not path.startswith(STATE)]
     write_json(store, storage.join(output, SUCCESS), SuccessMarker(tuple(files), counts).to_json())
+
+
+class Publication:
+    """Whether a run has started replacing its output's published files (see `discarded_if_interrupted`)."""
+
+    def __init__(self) -> None:
+        self.started = False
 
 
 @contextmanager
 def discarded_if_interrupted(store: Store, output: str) -> Iterator[None]:
-    """On Ctrl-C, remove what the block wrote to `output`, so an interrupted run leaves nothing half-written
-    (no `_SUCCESS` was written: it comes last). The output was empty or cleared by `prepare_output`
-    before the block, so everything in it is this run's. Only KeyboardInterrupt: a failed stage keeps
-    its files for diagnosis as before."""
+    """On Ctrl-C, remove what the block wrote to `output` (a model folder: emptied or new before it)."""
     try:
         yield
     except KeyboardInterrupt:
         logger.debug("interrupted: removing the partial output %s", storage.redact(output))
         store.remove_tree(output)
+        raise
+
+
+@contextmanager
+def unpublished_if_interrupted(store: Store, output: str, publication: Publication) -> Iterator[None]:
+    """On Ctrl-C (or SIGTERM) once publishing has started, remove what was published, so an interrupted run
+    leaves nothing half-written (no `_SUCCESS` was written: it comes last); before that, nothing of the
+    output was touched. The journal (`_fruitpipe/`) always stays: `--resume` continues from it. Only
+    KeyboardInterrupt: a failed stage keeps its files for diagnosis as before."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if publication.started:
+            logger.debug("interrupted: removing the partial output %s", storage.redact(output))
+            unpublish(store, output)
         raise
 
 

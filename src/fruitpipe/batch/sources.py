@@ -37,6 +37,7 @@ class ImageListing:
     layout: str  # "fruits360" | "flat"
     rows: list[tuple[str, str | None, str | None]]
     rejected: tuple[tuple[str, str], ...] = ()  # (path, reason): listed but unsafe (storage.unsafe_reason)
+    identities: tuple[tuple[str, str], ...] = ()  # (key, version) per row: the relative path (NFC) and its version
 
     @property
     def listed(self) -> int:
@@ -50,21 +51,22 @@ class ImageListing:
 
 def list_images(store: Store, uri: str) -> ImageListing:
     """List jpg/jpeg/png files below `uri`; ValueError for a missing or image-less folder."""
-    found = store.list_files(uri, IMAGE_EXTENSIONS)
+    found = store.list_versions(uri, IMAGE_EXTENSIONS)
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
-    reasons = [storage.unsafe_reason(relative) for _, relative in found]
-    rejected = tuple((path, reason) for (path, _), reason in zip(found, reasons, strict=True) if reason)
+    reasons = [storage.unsafe_reason(item.relative) for item in found]
+    rejected = tuple((item.uri, reason) for item, reason in zip(found, reasons, strict=True) if reason)
     files = [item for item, reason in zip(found, reasons, strict=True) if not reason]
     if rejected:
         logger.warning("%d listed files rejected (e.g. %s: %s)", len(rejected), *rejected[0])
     if not files:
         raise ValueError(f"no usable images under {storage.redact(uri)}: all {len(rejected)} rejected "
                          f"({rejected[0][1]})")
-    layout = detect_layout([relative for _, relative in files])
-    rows = [(path, *label_and_split(relative, layout)) for path, relative in files]
+    layout = detect_layout([item.relative for item in files])
+    rows = [(item.uri, *label_and_split(item.relative, layout)) for item in files]
+    identities = tuple((item.relative, item.version) for item in files)
     logger.info("listed %d images in %s layout under %s", len(rows), layout, storage.redact(uri))
-    return ImageListing(uri, layout, rows, rejected)
+    return ImageListing(uri, layout, rows, rejected, identities)
 
 
 def detect_layout(relatives: list[str]) -> str:

@@ -8,6 +8,7 @@ in the read threads); a rejected image comes out once, with its reason.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,14 +31,19 @@ from fruitpipe.storage import Store
 logger = logging.getLogger(__name__)
 
 ERROR_STAGE, ERROR_REASON = "error_stage", "error_reason"
+# with `identify` (the run's journal): the bytes' sha256, and the version whose results stand for this one
+# when the bytes are the same as that earlier version's (a touched file: no decode, no model call)
+SHA256, SAME_AS = "sha256", "same_as"
+PRIOR_SHA256, PRIOR_VERSION = "prior_sha256", "prior_version"  # optional input columns with `identify`
 VIEW = "view"  # 0: the photo itself; 1..N: its augmented views
 FIRST_CHUNK = 8  # images in a task's first chunk (the time to the first featurized batch), then batch_size
 BATCH_LOG_ENV = "FRUITPIPE_BATCH_LOG"  # file to append one JSON line per featurized batch to (the benchmark's probe)
 
 
-def output_fields(features_col: str) -> list[pa.Field]:
+def output_fields(features_col: str, identify: bool = False) -> list[pa.Field]:
     """Columns featurization appends to its input (the Spark schema is derived from these)."""
-    return [
+    identity = [pa.field(SHA256, pa.string()), pa.field(SAME_AS, pa.string())] if identify else []
+    return [*identity,
         pa.field(VIEW, pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
@@ -64,6 +70,7 @@ class FeaturizeTask:
     store: Store = field(default_factory=Store)  # where the images are read from (pickled with the task)
     augment: int = 0  # augmented views per chosen image, besides the image itself
     augment_col: str | None = None  # boolean column choosing the images to augment; None: every image
+    identify: bool = False  # hash the bytes read (sha256 column); skip images whose hash is their prior_sha256
 
 
 @dataclass
@@ -76,29 +83,50 @@ class Loaded:
     stage: str | None = None
     reason: str | None = None
     views: tuple[np.ndarray, ...] = ()  # augmented views 1..N of `pixels`
+    sha256: str | None = None  # of the bytes read (with `identify`)
+    same_as: str | None = None  # the earlier version with the same bytes: its results stand (nothing decoded)
 
 
-def load_image(uri: str, task: FeaturizeTask) -> Loaded:
-    """Read and decode one image; never raises (failures become a stage and a reason)."""
+def is_transient(stage: str | None, reason: str | None) -> bool:
+    """A read that failed for a reason that may pass (network, throttling, permissions, a file gone
+    since listing): not a verdict on the image, so a journal does not remember it. A file over the
+    size limit is refused at reading too, and that is a verdict."""
+    return stage == "read" and not (reason or "").startswith("ValueError")
+
+
+def load_image(uri: str, task: FeaturizeTask, prior: tuple[str | None, str | None] = (None, None)) -> Loaded:
+    """Read and decode one image; never raises (failures become a stage and a reason). With
+    `task.identify`, the bytes are hashed, and bytes equal to `prior` (sha256, version) are not decoded."""
     try:
         data = task.store.read_bytes(uri, limit=task.limits.max_bytes)
     except Exception as exc:
         return Loaded(stage="read", reason=f"{type(exc).__name__}: {exc}")
+    digest = hashlib.sha256(data).hexdigest() if task.identify else None
+    if digest is not None and digest == prior[0]:
+        return Loaded(sha256=digest, same_as=prior[1])
     try:
         pixels, (width, height) = decode_for_model(data, task.limits, task.preprocessing.input_size,
                                               task.preprocessing.resize)
     except DecodeError as exc:
-        return Loaded(stage="decode", reason=str(exc))
-    return Loaded(pixels=pixels, width=width, height=height)
+        return Loaded(stage="decode", reason=str(exc), sha256=digest)
+    return Loaded(pixels=pixels, width=width, height=height, sha256=digest)
 
 
-def load_views(uri: str, task: FeaturizeTask, augment: bool) -> Loaded:
+def load_views(uri: str, task: FeaturizeTask, augment: bool,
+               prior: tuple[str | None, str | None] = (None, None)) -> Loaded:
     """load_image, plus the image's augmented views when it is chosen (and was decoded)."""
-    loaded = load_image(uri, task)
+    loaded = load_image(uri, task, prior)
     if augment and task.augment and loaded.pixels is not None:
         pixels = loaded.pixels
         loaded.views = tuple(augmented_view(pixels, uri, view) for view in range(1, task.augment + 1))
     return loaded
+
+
+def _priors(chunk: pa.RecordBatch, task: FeaturizeTask) -> list[tuple[str | None, str | None]]:
+    """(sha256, version) of each row's earlier version, when the task identifies and the input has them."""
+    if not task.identify or PRIOR_SHA256 not in chunk.schema.names:
+        return [(None, None)] * chunk.num_rows
+    return list(zip(chunk.column(PRIOR_SHA256).to_pylist(), chunk.column(PRIOR_VERSION).to_pylist(), strict=True))
 
 
 def _augment_flags(chunk: pa.RecordBatch, task: FeaturizeTask) -> list[bool]:
@@ -125,8 +153,8 @@ def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) 
         pending: tuple[pa.RecordBatch, list[Future[Loaded]]] | None = None
         for chunk in _chunks(batches, task.batch_size):
             uris = chunk.column(task.path_col).to_pylist()
-            submitted = (chunk, [pool.submit(load_views, uri, task, flag)
-                                 for uri, flag in zip(uris, _augment_flags(chunk, task), strict=True)])
+            submitted = (chunk, [pool.submit(load_views, uri, task, flag, prior) for uri, flag, prior
+                                 in zip(uris, _augment_flags(chunk, task), _priors(chunk, task), strict=True)])
             if pending is not None:
                 yield log.record(_finish(task, onnx_path, *pending))
             pending = submitted
@@ -179,7 +207,8 @@ def _finish(task: FeaturizeTask, onnx_path: str, chunk: pa.RecordBatch,
             _check_dim(features, task.feature_dim)
         except Exception as exc:  # a model failure rejects this chunk's images (once each, no views), with the reason
             reason = f"{type(exc).__name__}: {exc}"
-            rejected = [item if item.pixels is None else Loaded(stage="embed", reason=reason) for item in photos]
+            rejected = [item if item.pixels is None else Loaded(stage="embed", reason=reason, sha256=item.sha256)
+                        for item in photos]
             return _to_batch(chunk, rejected, [0] * len(photos), [], empty, task)
         logger.debug("embedded %d images in %.3fs", len(good), time.perf_counter() - started)
         finite = np.asarray(np.isfinite(features).all(axis=1), dtype=bool)
@@ -198,7 +227,8 @@ def _reject_non_finite(task: FeaturizeTask, chunk: pa.RecordBatch, photos: list[
         bad.setdefault(photo_of_good[index], view_of_good[index])
     for photo, view in bad.items():
         where = "" if view == 0 else f" of augmented view {view}"
-        photos[photo] = Loaded(stage="embed", reason=f"non-finite features (NaN or Inf){where} from the model")
+        photos[photo] = Loaded(stage="embed", reason=f"non-finite features (NaN or Inf){where} from the model",
+                               sha256=photos[photo].sha256)
     logger.warning("rejected %d images whose features were not finite", len(bad))
     keep = np.array([photo not in bad for photo in photo_of_good], dtype=bool)
     rows, loaded, views, _ = _expand(chunk, photos)
@@ -216,7 +246,7 @@ def _expand(chunk: pa.RecordBatch, loaded: list[Loaded]) -> tuple[pa.RecordBatch
         for view, pixels in enumerate((item.pixels, *item.views)):
             rows.append(row)
             items.append(Loaded(pixels=pixels, width=item.width, height=item.height, stage=item.stage,
-                                reason=item.reason))
+                                reason=item.reason, sha256=item.sha256))
             views.append(view)
     return chunk.take(pa.array(rows, type=pa.int32())), items, views, rows
 
@@ -235,11 +265,14 @@ def _to_batch(chunk: pa.RecordBatch, loaded: list[Loaded], views: list[int], goo
     vectors = pa.ListArray.from_arrays(
         pa.array(offsets), pa.array(features.reshape(-1), type=pa.float32()), mask=pa.array(~has_features)
     )
-    columns = [*chunk.columns,
+    identity = [pa.array([item.sha256 for item in loaded], type=pa.string()),
+                pa.array([item.same_as for item in loaded], type=pa.string())] if task.identify else []
+    columns = [*chunk.columns, *identity,
                pa.array(views, type=pa.int32()),
                pa.array([item.width for item in loaded], type=pa.int32()),
                pa.array([item.height for item in loaded], type=pa.int32()),
                vectors,
                pa.array([item.stage for item in loaded], type=pa.string()),
                pa.array([item.reason for item in loaded], type=pa.string())]
-    return pa.RecordBatch.from_arrays(columns, schema=pa.schema([*chunk.schema, *output_fields(task.output_col)]))
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema([*chunk.schema,
+                                                                 *output_fields(task.output_col, task.identify)]))

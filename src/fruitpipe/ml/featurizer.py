@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Iterator
 
+import pyarrow as pa
 from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
@@ -20,6 +22,7 @@ from pyspark.sql.types import StructField, StructType
 
 from fruitpipe import sparkapi
 from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options, check_augment
+from fruitpipe.executor.journal import SUMMARY_SCHEMA, JournalTask, journal_partition
 from fruitpipe.executor.metering import Meter, cpu_metered
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
 from fruitpipe.image import models
@@ -106,12 +109,32 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
         return check_augment(self.getOrDefault(self.augment))
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
+        task = self._task(dataset, identify=False)
+        added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
+        schema = StructType(dataset.schema.fields + added)
+        return dataset.mapInArrow(self._metered(functools.partial(featurize_partition, task)), schema)
+
+    def journal(self, dataset: DataFrame, journal: JournalTask) -> DataFrame:
+        """Featurize `dataset` (path, label, split, key, version, prior_sha256, prior_version) into the
+        journal's segments, one per batch (`fruitpipe.executor.journal`); returns one (key, outcome) row
+        per image: the features stay in the segments, nothing heavy crosses back to the JVM."""
+        task = self._task(dataset, identify=True)
+        body = functools.partial(journal_partition, task, journal)
+        schema = StructType([StructField(f.name, from_arrow_type(f.type), True) for f in SUMMARY_SCHEMA])
+        return dataset.mapInArrow(self._metered(body), schema)
+
+    def _metered(self, body: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+                 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+        meter: Meter | None = getattr(self, "_cpu_meter", None)  # absent on a loaded or fresh stage
+        return body if meter is None else functools.partial(cpu_metered, meter, body)
+
+    def _task(self, dataset: DataFrame, identify: bool) -> FeaturizeTask:
         augment = self.views()
         spec = self.spec()
         onnx_path = models.onnx_file(spec)
         spark = dataset.sparkSession
         settings = ExecutorSettings(self.getOrDefault(self.batchSize), self.getOrDefault(self.readThreads))
-        task = FeaturizeTask(
+        return FeaturizeTask(
             model_file=sparkapi.ship_file(spark, str(onnx_path)),
             preprocessing=spec.preprocessing,
             runtime=self.runtime(),
@@ -125,9 +148,5 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
             store=Store(self.s3_options()),
             augment=augment,
             augment_col=self.getOrDefault(self.augmentCol) or None,
+            identify=identify,
         )
-        added = [StructField(f.name, from_arrow_type(f.type), True) for f in output_fields(task.output_col)]
-        schema = StructType(dataset.schema.fields + added)
-        body = functools.partial(featurize_partition, task)
-        meter: Meter | None = getattr(self, "_cpu_meter", None)  # absent on a loaded or fresh stage
-        return dataset.mapInArrow(body if meter is None else functools.partial(cpu_metered, meter, body), schema)

@@ -1,0 +1,224 @@
+"""The run journal, driver side: what is already done lives in the output and survives a dead driver.
+
+`<output>/_fruitpipe/journal-<fingerprint>/` holds `identity.json` (model, weights, graph, input size,
+preprocessing, precision, augment: what the features depend on) and `segments/<pass>/*.parquet`, written
+by executors (`fruitpipe.executor.journal`). An image is identified by its key (the relative path, NFC)
+and its version ("size:mtime_ns" locally, "size:ETag" on S3). A pass featurizes the listed (key,
+version) pairs the journal lacks (an anti-join), then reads the run's current rows back from the
+segments; every choice among duplicates (a retried or speculative attempt, a segment compacted again) is
+the smallest segment name, so the outcome does not depend on which attempt won. After `_SUCCESS` the
+segments are compacted to one per partition and stale ones removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+
+from fruitpipe import storage
+from fruitpipe.batch import sources
+from fruitpipe.batch.manifest import Fields, ModelEntry
+from fruitpipe.executor.journal import KEY, VERSION, read_table
+from fruitpipe.executor.worker import SAME_AS, SHA256, VIEW
+from fruitpipe.storage import Store
+
+logger = logging.getLogger(__name__)
+
+STATE_FOLDER = "_fruitpipe"  # everything of a run's that is not its published output
+JOURNAL_PREFIX = "journal-"
+IDENTITY = "identity.json"
+SEGMENTS, TRANSIENT = "segments", "transient"
+COMPACT_SUFFIX = "-compact"
+MAX_ALIAS_HOPS = 16
+INDEX_COLUMNS = (KEY, VERSION, SHA256, SAME_AS, VIEW)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a run's features depend on: two runs may share a journal only when all of it is equal."""
+
+    model: str
+    weights_sha256: str
+    onnx_sha256: str | None
+    input_size: int
+    preprocessing: str  # canonical JSON of the model's preprocessing
+    precision: str
+    feature_dim: int
+    augment: int
+
+    @classmethod
+    def of(cls, entry: ModelEntry, augment: int) -> Identity:
+        return cls(model=entry.name, weights_sha256=entry.weights_sha256, onnx_sha256=entry.onnx_sha256,
+                   input_size=entry.input_size,
+                   preprocessing=json.dumps(entry.preprocessing.to_json(), sort_keys=True),
+                   precision=entry.precision or "fp32", feature_dim=entry.feature_dim, augment=augment)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": 1, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, document: object, where: str) -> Identity:
+        fields = Fields(document, where)
+        return cls(model=fields.text("model"), weights_sha256=fields.text("weights_sha256"),
+                   onnx_sha256=fields.optional_text("onnx_sha256"), input_size=fields.integer("input_size"),
+                   preprocessing=fields.text("preprocessing"), precision=fields.text("precision"),
+                   feature_dim=fields.integer("feature_dim"), augment=fields.integer("augment"))
+
+    def differences(self, other: Identity) -> list[str]:
+        """'name: this run's value vs the output's' for every field that differs."""
+        names = {"model": "model", "weights_sha256": "weights", "onnx_sha256": "ONNX graph",
+                 "input_size": "input size (--image-size)", "preprocessing": "preprocessing",
+                 "precision": "precision", "feature_dim": "feature dimension", "augment": "--augment"}
+        mine, theirs = asdict(self), asdict(other)
+        return [f"{label} {_short(mine[name])} here vs {_short(theirs[name])} in the output"
+                for name, label in names.items() if mine[name] != theirs[name]]
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text[:16] + "…" if len(text) > 24 else text
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (key, version) the journal holds: its segment, its bytes' hash, and the version it aliases."""
+
+    segment: str
+    sha256: str | None
+    same_as: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a pass does: the rows to featurize (with their earlier version's hash) and what is reused."""
+
+    pending: list[tuple[str, str | None, str | None, str, str, str | None, str | None]]
+    reused: int  # listed images whose results the journal has
+    removed: int  # keys the journal had that are no longer listed
+
+
+class Journal:
+    """One output's journal for one identity; `open` refuses an output made with another identity."""
+
+    def __init__(self, store: Store, output: str, identity: Identity) -> None:
+        self.store = store
+        self.output = output
+        self.identity = identity
+        self.folder = storage.join(output, STATE_FOLDER, JOURNAL_PREFIX + identity.fingerprint())
+
+    @classmethod
+    def open(cls, store: Store, output: str, identity: Identity) -> Journal:
+        """The output's journal (created when missing); ValueError naming the difference when the output's
+        journal was made with another model, weights, input size, preprocessing, precision or augment."""
+        journal = cls(store, output, identity)
+        journal.refuse_others()
+        identity_file = storage.join(journal.folder, IDENTITY)
+        if not store.exists(identity_file):
+            store.write_bytes(identity_file, (json.dumps(identity.to_json(), indent=2) + "\n").encode("utf-8"))
+        return journal
+
+    def refuse_others(self) -> None:
+        """ValueError naming the difference when the output holds a journal of another identity."""
+        for other in self.others():
+            raw = self.store.read_bytes(storage.join(other, IDENTITY))
+            theirs = Identity.from_json(json.loads(raw), storage.redact(storage.join(other, IDENTITY)))
+            differences = "; ".join(self.identity.differences(theirs)) or "another fingerprint"
+            raise ValueError(f"{storage.redact(self.output)} was made differently ({differences}); features of "
+                             "two models never mix: pass --overwrite to start over, or choose another --output")
+
+    def others(self) -> list[str]:
+        """Journal folders of other identities in this output."""
+        state = storage.join(self.output, STATE_FOLDER)
+        names = {relative.split("/", 1)[0] for relative in self.store.list_tree(state) if "/" in relative}
+        mine = JOURNAL_PREFIX + self.identity.fingerprint()
+        return [storage.join(self.output, STATE_FOLDER, name) for name in sorted(names)
+                if name.startswith(JOURNAL_PREFIX) and name != mine]
+
+    def segments(self, pass_id: str) -> str:
+        return storage.join(self.folder, SEGMENTS, pass_id)
+
+    def transient(self, pass_id: str) -> str:
+        return storage.join(self.folder, TRANSIENT, pass_id)
+
+    def segment_files(self, root: str | None = None) -> list[str]:
+        """Segment URIs below `root` (default: every pass's segments), sorted by name (pass, partition,
+        attempt, batch)."""
+        root = root or storage.join(self.folder, SEGMENTS)
+        return [storage.join(root, *relative.split("/")) for relative in self.store.list_tree(root)
+                if relative.endswith(".parquet")]
+
+    def index(self, files: Iterable[str] | None = None) -> dict[tuple[str, str], Entry]:
+        """(key, version) -> Entry over the segments (all, or `files`); the smallest segment name wins."""
+        chosen = sorted(self.segment_files() if files is None else files)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            tables = list(pool.map(lambda uri: (uri, read_table(self.store, uri, INDEX_COLUMNS)), chosen))
+        entries: dict[tuple[str, str], Entry] = {}
+        for uri, table in tables:
+            photos = table.filter(pc.equal(table.column(VIEW), 0))
+            for key, version, sha, same in zip(*(photos.column(name).to_pylist()
+                                                 for name in (KEY, VERSION, SHA256, SAME_AS)), strict=True):
+                entries.setdefault((key, version), Entry(uri, sha, same))
+        return entries
+
+    def plan(self, listing: sources.ImageListing, entries: dict[tuple[str, str], Entry]) -> Plan:
+        """Which listed images to featurize: those whose (key, version) the journal cannot resolve, each with
+        the hash of its key's latest materialised version (same bytes then cost no model call)."""
+        latest: dict[str, tuple[str, str, str | None]] = {}  # key -> (segment, version, sha256)
+        for (key, version), entry in entries.items():
+            if entry.same_as is None and (key not in latest or entry.segment > latest[key][0]):
+                latest[key] = (entry.segment, version, entry.sha256)
+        pending = []
+        reused = 0
+        for (path, label, split), (key, version) in zip(listing.rows, listing.identities, strict=True):
+            if resolve(entries, key, version) is not None:
+                reused += 1
+                continue
+            _, prior_version, prior_sha = latest.get(key, ("", None, None))
+            pending.append((path, label, split, key, version, prior_sha, prior_version))
+        listed_keys = {key for key, _ in listing.identities}
+        removed = len({key for key, _ in entries} - listed_keys)
+        return Plan(pending, reused, removed)
+
+    def current(self, listing: sources.ImageListing,
+                entries: dict[tuple[str, str], Entry]) -> list[tuple[str, str, str, str, str, str | None, str | None]]:
+        """Read plan of the run's current rows: (segment, key, source version, version, path, label, split)
+        for every listed image the journal resolves, sorted by segment (each segment read once)."""
+        rows = []
+        for (path, label, split), (key, version) in zip(listing.rows, listing.identities, strict=True):
+            found = resolve(entries, key, version)
+            if found is not None:
+                segment, source_version = found
+                rows.append((segment, key, source_version, version, path, label, split))
+        rows.sort(key=lambda row: (row[0], row[1]))
+        return rows
+
+    def compacted(self, run_id: str) -> str:
+        return storage.join(self.folder, SEGMENTS, run_id + COMPACT_SUFFIX)
+
+    def clean_up(self, run_id: str) -> None:
+        """After _SUCCESS: keep only this run's compacted segments; drop passing-failure records."""
+        keep = run_id + COMPACT_SUFFIX + "/"
+        self.store.remove_tree(storage.join(self.folder, SEGMENTS), keep=(keep,))
+        self.store.remove_tree(storage.join(self.folder, TRANSIENT))
+
+
+def resolve(entries: dict[tuple[str, str], Entry], key: str, version: str) -> tuple[str, str] | None:
+    """(segment, version whose rows stand) for a listed (key, version), following same-bytes aliases;
+    None when the journal does not have it."""
+    for _ in range(MAX_ALIAS_HOPS):
+        entry = entries.get((key, version))
+        if entry is None:
+            return None
+        if entry.same_as is None:
+            return entry.segment, version
+        version = entry.same_as
+    return None

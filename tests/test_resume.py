@@ -1,0 +1,266 @@
+"""A living pipeline: the journal, `run --resume` after a crash and as an incremental pass, the writer lock,
+and the faults around them (deterministic kill points from fruitpipe.faults).
+
+Every resumed output is compared with an uninterrupted run over the same input: the exact path set,
+features allclose (1e-5) and the PCA spectrum."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fruitpipe import cli
+from fruitpipe.batch import lock, pipeline
+from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, S3Options
+from fruitpipe.storage import Store
+from helpers import copy_subset
+
+pytestmark = pytest.mark.slow
+
+SMALL_BATCHES = ExecutorSettings(batch_size=8)  # several segments per task on a small input
+RUNNER = """
+import json, sys
+from fruitpipe.batch import pipeline
+from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig
+manifest = pipeline.run(RunConfig(input=sys.argv[1], output=sys.argv[2], pca=PcaSettings(k=3), master=sys.argv[3],
+                                  resume=sys.argv[4] == "resume", executor=ExecutorSettings(batch_size=8)))
+print(json.dumps(manifest.counts.to_json()))
+"""
+
+
+def _config(source: Path, output: Path, resume: bool = False, **changes) -> RunConfig:
+    return RunConfig(input=str(source), output=str(output), pca=PcaSettings(k=3), resume=resume,
+                     executor=SMALL_BATCHES, **changes)
+
+
+def _published(output: Path) -> tuple[dict[tuple[str, int], np.ndarray], set[str], np.ndarray]:
+    """((path, view) -> features, rejected paths, PCA spectrum) of a finished output."""
+    assert (output / "_SUCCESS").exists()
+    features = pq.read_table(output / "features", columns=["path", "view", "features"]).to_pydict()
+    rows = {(path, view): np.asarray(vector) for path, view, vector
+            in zip(features["path"], features["view"], features["features"], strict=True)}
+    assert len(rows) == len(features["path"]), "a (path, view) written twice"
+    errors = set(pq.read_table(output / "errors", columns=["path"]).column("path").to_pylist())
+    spectrum = np.asarray(json.loads((output / "manifest.json").read_text())["pca"]["explained_variance_ratio"])
+    return rows, errors, spectrum
+
+
+def assert_same_output(output: Path, reference: Path) -> None:
+    rows, errors, spectrum = _published(output)
+    expected, expected_errors, expected_spectrum = _published(reference)
+    assert set(rows) == set(expected) and errors == expected_errors
+    for key, vector in expected.items():
+        np.testing.assert_allclose(rows[key], vector, atol=1e-5)
+    np.testing.assert_allclose(spectrum, expected_spectrum, atol=1e-5)
+
+
+def journal_keys(output: Path) -> set[str]:
+    """The keys (relative paths) the output's journal holds, read independently of fruitpipe's reader."""
+    keys: set[str] = set()
+    for segment in (output / "_fruitpipe").glob("journal-*/segments/*/*.parquet"):
+        table = pq.read_table(segment, columns=["key", "view"]).to_pydict()
+        keys.update(key for key, view in zip(table["key"], table["view"], strict=True) if view == 0)
+    return keys
+
+
+def _run_killed(source: Path, output: Path, fault: str, tmp_path: Path, master: str = "local[2]",
+                extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """RUNNER in its own process group with $FRUITPIPE_FAULT; the whole group is killed once the driver
+    is gone (no JVM or worker left writing). Returns the result and the fault points that fired."""
+    mark = tmp_path / f"fault-{fault.replace(':', '-')}.txt"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "FRUITPIPE_FAULT": fault,
+           "FRUITPIPE_FAULT_MARK": str(mark), **(extra_env or {})}
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(source), str(output), master, "fresh"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    out, err = process.communicate(timeout=600)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    time.sleep(1)
+    fired = mark.read_text().splitlines() if mark.exists() else []
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err), fired
+
+
+@pytest.fixture(scope="module")
+def photos(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes x (10 Training + 4 Test) photos."""
+    return copy_subset(sample_dir, tmp_path_factory.mktemp("resume-in") / "in", 4, {"Training": 10, "Test": 4})
+
+
+@pytest.fixture(scope="module")
+def reference(spark, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run over `photos`."""
+    output = tmp_path_factory.mktemp("resume-reference") / "out"
+    manifest = pipeline.run(_config(photos, output))
+    assert manifest.counts.featurized == manifest.counts.listed == 56
+    assert journal_keys(output) == {str(p.relative_to(photos)) for p in photos.rglob("*.jpg")}
+    return output
+
+
+def test_a_finished_run_resumed_featurizes_nothing_and_republishes_the_same(spark, photos: Path, reference: Path,
+                                                                            tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    manifest = pipeline.run(_config(photos, output, resume=True))
+    assert (manifest.counts.featurized, manifest.counts.reused, manifest.counts.removed) == (0, 56, 0)
+    assert manifest.counts.listed == manifest.counts.ok + manifest.counts.rejected
+    assert_same_output(output, reference)
+
+
+def test_incremental_pass_featurizes_only_new_and_changed_images(spark, sample_dir: Path, tmp_path: Path) -> None:
+    """+5 new, 1 rewritten, 1 touched (same bytes), 2 deleted: 6 featurized, the touched one without a
+    model call, 2 removed, PCA refitted; the output equals a fresh run over the new input."""
+    source = copy_subset(sample_dir, tmp_path / "in", 3, {"Training": 8, "Test": 3})
+    output = tmp_path / "out"
+    first = pipeline.run(_config(source, output))
+    assert first.counts.featurized == 33
+    kiwi = sorted((sample_dir / "Training").iterdir())[5]
+    new = sorted(kiwi.glob("*.jpg"))[:5]
+    (source / "Training" / kiwi.name).mkdir()
+    for photo in new:
+        shutil.copy(photo, source / "Training" / kiwi.name / photo.name)
+    files = sorted(source.rglob("*.jpg"))
+    rewritten, touched, deleted = files[0], files[1], files[2:4]
+    shutil.copy(new[0], rewritten)  # other bytes under the same key
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new version, the same bytes
+    for path in deleted:
+        path.unlink()
+    second = pipeline.run(_config(source, output, resume=True))
+    counts = second.counts
+    assert (counts.featurized, counts.removed, counts.listed) == (6, 2, 36)
+    assert counts.reused == 36 - 6 and counts.ok + counts.rejected == counts.listed
+    assert second.pca.explained_variance_ratio != first.pca.explained_variance_ratio  # refitted on the new rows
+    fresh = tmp_path / "fresh"
+    pipeline.run(_config(source, fresh))
+    assert_same_output(output, fresh)
+    features = pq.read_table(output / "features", columns=["path", "features"]).to_pydict()
+    by_path = dict(zip(features["path"], features["features"], strict=True))
+    reference = pq.read_table(fresh / "features", columns=["path", "features"]).to_pydict()
+    np.testing.assert_allclose(by_path[str(rewritten)],
+                               dict(zip(reference["path"], reference["features"], strict=True))[str(rewritten)])
+
+
+def test_touched_file_costs_no_model_call(spark, sample_dir: Path, tmp_path: Path) -> None:
+    """The pass that sees a touched file records it as an alias of its earlier version (same sha256)."""
+    source = copy_subset(sample_dir, tmp_path / "in", 2, {"Training": 4})
+    output = tmp_path / "out"
+    pipeline.run(_config(source, output))
+    touched = sorted(source.rglob("*.jpg"))[0]
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    manifest = pipeline.run(_config(source, output, resume=True))
+    assert (manifest.counts.featurized, manifest.counts.reused) == (0, 8)
+    rows = pq.read_table(output / "features", columns=["path", "features"]).to_pydict()
+    assert str(touched) in rows["path"]
+
+
+@pytest.mark.parametrize("flag", [["--image-size", "160"], ["--model", "efficientnet-lite1"], ["--augment", "1"]])
+def test_resume_with_another_model_is_refused_and_the_output_untouched(spark, photos: Path, reference: Path,
+                                                                      tmp_path: Path, capsys, flag) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    before = {path: path.stat().st_mtime_ns for path in output.rglob("*")}
+    code = cli.main(["run", "--input", str(photos), "--output", str(output), "--resume", "--k", "3", *flag])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(lines) == 1 and "was made differently" in lines[0] and "--overwrite" in lines[0], lines
+    assert {"--image-size": "input size", "--model": "model", "--augment": "--augment"}[flag[0]] in lines[0]
+    assert {path: path.stat().st_mtime_ns for path in output.rglob("*")} == before
+
+
+def test_an_existing_output_without_resume_or_overwrite_is_refused(spark, photos: Path, reference: Path,
+                                                                   tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    with pytest.raises(ValueError, match=r"already exists; pass --resume .* or --overwrite"):
+        pipeline.run(_config(photos, output))
+
+
+def test_driver_killed_mid_featurize_then_resume(spark, photos: Path, reference: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    result, fired = _run_killed(photos, output, "driver-after-segments:2", tmp_path)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert fired and fired[0].startswith("driver-after-segments")
+    assert not (output / "_SUCCESS").exists() and not (output / "features").exists()
+    done = journal_keys(output)
+    assert 0 < len(done) < 56
+    manifest = pipeline.run(_config(photos, output, resume=True))  # the dead run's lock: its pid is gone
+    assert manifest.counts.featurized == 56 - len(done) and manifest.counts.reused == len(done)
+    assert_same_output(output, reference)
+
+
+@pytest.mark.parametrize("point", ["driver-before-publish", "driver-before-success"])
+def test_driver_killed_while_publishing_then_resume_featurizes_nothing(spark, photos: Path, reference: Path,
+                                                                        tmp_path: Path, point: str) -> None:
+    output = tmp_path / "out"
+    result, fired = _run_killed(photos, output, point, tmp_path)
+    assert result.returncode == -signal.SIGKILL and fired == [f"{point}:1:{fired[0].split(':')[2]}"], result.stderr
+    assert not (output / "_SUCCESS").exists()
+    manifest = pipeline.run(_config(photos, output, resume=True))
+    assert (manifest.counts.featurized, manifest.counts.reused) == (0, 56)
+    assert_same_output(output, reference)
+
+
+def test_python_worker_death_is_retried_and_redoes_at_most_one_batch(spark, photos: Path, reference: Path,
+                                                                     tmp_path: Path) -> None:
+    """local[2,3]: Spark retries a failed task. The worker of partition 0 dies after its 2nd segment; the
+    retry skips what the first attempt wrote down."""
+    output, batches = tmp_path / "out", tmp_path / "batches.jsonl"
+    result, fired = _run_killed(photos, output, "worker-after-segment:2", tmp_path, master="local[2,3]",
+                                extra_env={"FRUITPIPE_BATCH_LOG": str(batches)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(fired) == 1 and fired[0].startswith("worker-after-segment:2"), fired
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["featurized"] == 56 and counts["ok"] == 56
+    embedded = sum(json.loads(line)["rows"] for line in batches.read_text().splitlines())
+    assert 56 <= embedded <= 56 + SMALL_BATCHES.batch_size, embedded
+    assert_same_output(output, reference)
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_taken_over(spark, photos: Path, reference: Path,
+                                                                       tmp_path: Path, capsys, caplog) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(reference, output)
+    store = Store()
+    with lock.held(store, str(output), "another-run"):  # a live writer (this process)
+        code = cli.main(["run", "--input", str(photos), "--output", str(output), "--resume", "--k", "3"])
+        lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "is being written by another fruitpipe run (another-run" in lines[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (output / lock.LOCK).write_text(json.dumps({"run_id": "killed-run", "host": os.uname().nodename,
+                                                "pid": int(dead.stdout), "heartbeat": time.time()}))
+    with caplog.at_level("WARNING", logger="fruitpipe.batch.lock"):
+        manifest = pipeline.run(_config(photos, output, resume=True))
+    assert manifest.counts.featurized == 0
+    assert any("taking over the lock of run killed-run" in record.getMessage() for record in caplog.records)
+    assert not (output / lock.LOCK).exists()  # released at the end
+
+
+def test_transient_read_failures_are_retried_next_pass(spark, s3_endpoint: str, small_sample: Path,
+                                                       tmp_path: Path) -> None:
+    """3 keys answer 500 for good through the fault proxy: reported, not remembered; the next pass
+    (without the proxy) featurizes exactly those 3."""
+    from fruitpipe.devtools.faultproxy import FaultProxy
+    from fruitpipe.devtools.s3server import upload_folder
+
+    upload_folder(s3_endpoint, small_sample, "resume-in", "photos")
+    failing = sorted(str(p.relative_to(small_sample)) for p in small_sample.rglob("*.jpg"))[:3]
+    source, output = "s3://resume-in/photos", tmp_path / "out"
+    with FaultProxy(s3_endpoint, fail_keys=set(failing)) as endpoint:
+        first = pipeline.run(RunConfig(input=source, output=str(output), pca=PcaSettings(k=3),
+                                       s3=S3Options(endpoint_url=endpoint, read_attempts=1)))
+    assert (first.counts.rejected, first.counts.featurized) == (3, first.counts.listed - 3)
+    errors = pq.read_table(output / "errors").to_pydict()
+    assert sorted(errors["path"]) == [f"{source}/{key}" for key in failing] and set(errors["stage"]) == {"read"}
+    second = pipeline.run(RunConfig(input=source, output=str(output), pca=PcaSettings(k=3), resume=True,
+                                    s3=S3Options(endpoint_url=s3_endpoint)))
+    assert (second.counts.featurized, second.counts.rejected, second.counts.ok) == (3, 0, second.counts.listed)
