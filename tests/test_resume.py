@@ -264,3 +264,67 @@ def test_transient_read_failures_are_retried_next_pass(spark, s3_endpoint: str, 
     second = pipeline.run(RunConfig(input=source, output=str(output), pca=PcaSettings(k=3), resume=True,
                                     s3=S3Options(endpoint_url=s3_endpoint)))
     assert (second.counts.featurized, second.counts.rejected, second.counts.ok) == (3, 0, second.counts.listed)
+
+
+def _lines_until(stream, marker: str, seen: list[str]) -> str:
+    """Read `stream` line by line into `seen` until a line containing `marker` (that line)."""
+    for line in stream:
+        seen.append(line)
+        if marker in line:
+            return line
+    pytest.fail(f"{marker!r} never came: " + "".join(seen)[-3000:])
+
+
+def _pca_by_key(output: Path, root: Path) -> dict[str, np.ndarray]:
+    table = pq.read_table(output / "features", columns=["path", "view", "pca"]).to_pydict()
+    return {str(Path(path).relative_to(root)): np.asarray(pca)
+            for path, view, pca in zip(table["path"], table["view"], table["pca"], strict=True) if view == 0}
+
+
+def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(photos: Path, reference: Path,
+                                                                          tmp_path: Path) -> None:
+    """`fruitpipe watch` in one session: pass 1 featurizes all, pass 2 finds no change and publishes
+    nothing, 5 new photos arrive and SIGTERM lands mid-pass: that pass finishes and publishes (PCA
+    kept: 61 photos are under the 10% growth), the watch exits 0; a restart continues (no change)."""
+    source, output = tmp_path / "in", tmp_path / "out"
+    shutil.copytree(photos, source)
+    command = [sys.executable, "-m", "fruitpipe.cli", "watch", "--input", str(source), "--output", str(output),
+               "--k", "3", "--interval", "2"]  # 2 s: the 5 copies land well between two listings
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    assert process.stdout is not None
+    seen: list[str] = []
+    try:
+        assert "56 featurized, 0 reused, 0 removed" in _lines_until(process.stdout, "watch pass 1:", seen)
+        published = (output / "_SUCCESS").stat().st_mtime_ns
+        assert "no change (56 listed)" in _lines_until(process.stdout, "watch pass 2:", seen)
+        assert (output / "_SUCCESS").stat().st_mtime_ns == published  # nothing rewritten
+        arrived = sorted((source / "Training").iterdir())[0]
+        for index, photo in enumerate(sorted(arrived.glob("*.jpg"))[:5]):
+            shutil.copy(photo, arrived / f"arrived-{index}.jpg")  # same bytes, new keys
+        _lines_until(process.stdout, "featurize: started", seen)
+        os.kill(process.pid, signal.SIGTERM)
+        rest = process.stdout.read()
+        assert process.wait(timeout=120) == 0, "".join(seen)[-2000:] + rest[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    pass_lines = [line for line in rest.splitlines() if line.startswith("watch pass")]
+    assert len(pass_lines) == 1 and "5 featurized, 56 reused" in pass_lines[0], rest[-3000:]
+    assert "PCA k=3 kept (fitted on 56 photos)" in pass_lines[0]
+    assert "stopped by SIGTERM after the pass in progress" in rest and "Traceback" not in rest, rest[-3000:]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert (manifest["counts"]["ok"], manifest["pca"]["fitted_rows"], manifest["pca"]["refitted"]) == (61, 56, False)
+    pca, expected = _pca_by_key(output, source), _pca_by_key(reference, photos)
+    assert len(pca) == 61
+    for key, vector in expected.items():  # the frozen PCA is pass 1's: the uninterrupted run's fit on the 56
+        np.testing.assert_allclose(pca[key], vector, atol=1e-4)
+    for index in range(5):  # same bytes as their originals: the same projection
+        key = str((arrived / f"arrived-{index}.jpg").relative_to(source))
+        original = str(sorted(p for p in arrived.glob("*.jpg") if not p.name.startswith("arrived"))[index]
+                       .relative_to(source))
+        np.testing.assert_allclose(pca[key], pca[original], atol=1e-5)
+    again = subprocess.run([*command, "--max-passes", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.startswith("watch pass 1: no change (61 listed)"), again.stdout

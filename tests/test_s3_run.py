@@ -43,7 +43,10 @@ def test_s3_to_s3_equals_local_run(spark, s3_endpoint: str, small_sample: Path, 
         assert name in keys
     assert {"pca_model/arrays.npz", "pca_model/metadata/part-00000"} <= set(keys)
     assert not any("_temporary" in key for key in keys)
-    assert json.loads((tmp_path / "_SUCCESS").read_text())["files"] == [k for k in keys if k != "_SUCCESS"]
+    state = [k for k in keys if k.startswith("_fruitpipe/")]  # the run's journal: state, not published output
+    assert state and all(k.startswith("_fruitpipe/journal-") for k in state)  # the lock is released
+    assert json.loads((tmp_path / "_SUCCESS").read_text())["files"] == [
+        k for k in keys if k != "_SUCCESS" and k not in state]
     local_out, local_manifest = local_reference
     remote = features_by_path(tmp_path, "s3://fruit-in/datasets/fruits 360/")
     local = features_by_path(local_out, f"{small_sample}/")

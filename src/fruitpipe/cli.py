@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -22,6 +23,7 @@ from fruitpipe.config import (
     PcaSettings,
     RunConfig,
     S3Options,
+    WatchSchedule,
     parse_spark_conf,
 )
 from fruitpipe.progress import Mode, Reporter
@@ -29,6 +31,7 @@ from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
 
 if TYPE_CHECKING:  # the contracts' modules are imported by the commands that produce them
     from fruitpipe.batch.manifest import RunManifest
+    from fruitpipe.batch.watch import PassReport
     from fruitpipe.monitor.contracts import DriftReport
     from fruitpipe.recognise.bundle import Prediction
     from fruitpipe.recognise.contracts import Calibration, TrainManifest
@@ -75,6 +78,10 @@ def _number(text: str, accept: Callable[[float], bool], expected: str) -> float:
 
 def _positive_number(text: str) -> float:
     return _number(text, lambda value: 0 < value < float("inf"), "a positive number")
+
+
+def _non_negative_number(text: str) -> float:
+    return _number(text, lambda value: 0 <= value < float("inf"), "a number >= 0")
 
 
 def _fraction(text: str) -> float:
@@ -153,36 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     run = commands.add_parser("run", help="images -> CNN features -> PCA -> Parquet + manifest")
-    run.add_argument("--input", help="folder of images (Fruits 360 or flat layout); default: the bundled sample")
-    run.add_argument("--output", default="fruitpipe-output", help="output folder (default: %(default)s)")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="model name, onnx:PATH or torch:ARCH:WEIGHTS "
-                     "(see 'fruitpipe models'; default: %(default)s)")
-    choice = run.add_mutually_exclusive_group()
-    choice.add_argument("--k", type=_positive_int, help="number of PCA components")
-    choice.add_argument("--variance", type=_fraction, help="keep the smallest k reaching this variance (default 0.95)")
-    run.add_argument("--image-size", type=_positive_int, metavar="PIXELS",
-                     help="square model input side (default: the model's, 224 for efficientnet-lite0); "
-                     "smaller is faster, less accurate")
-    run.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
-                     help="fp32 (reference), bf16 (OpenVINO, CPUs with AMX/AVX512-BF16: ~2x faster, features' "
-                          "cosine to fp32 >= 0.99) or auto (bf16 where the CPU has it); default: %(default)s")
-    run.add_argument("--augment", type=int, default=0, metavar="N",
-                     help="also featurize N augmented views of every Training image (training-side shifts, "
-                          "deterministic per path and view; rows carry view 0..N; 0-32, default: %(default)s)")
-    _add_session_arguments(run)
-    run.add_argument("--env-archive", metavar="PATH", help="environment archive from 'fruitpipe package' for "
-                     "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
-    _add_s3_arguments(run)
+    _add_run_arguments(run)
     run.add_argument("--overwrite", action="store_true", help="replace an existing fruitpipe output")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run in --output, or bring a "
                      "finished one up to date with the input: only new or changed images are featurized")
-    run.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
     run.add_argument("--json", action="store_true", help="print the manifest as JSON instead of a summary")
-    _add_progress_arguments(run)
-    run.add_argument("--price-per-vcpu-hour", type=_positive_number, default=DEFAULT_PRICE_PER_VCPU_HOUR,
-                     metavar="PRICE", help="price of one vCPU for one hour, for the cost estimate in the manifest "
-                     "and report (default: %(default)s, AWS on-demand m5.xlarge us-east-1, USD 0.192/h for 4 vCPUs)")
     run.set_defaults(handler=_cmd_run)
+
+    watch = commands.add_parser("watch", help="keep --output up to date with --input: an incremental pass every "
+                                "--interval seconds in one Spark session, until SIGTERM or Ctrl-C")
+    _add_run_arguments(watch)
+    watch.add_argument("--interval", type=_non_negative_number, default=60.0, metavar="SECONDS",
+                       help="seconds between the end of a pass and the next listing (default: %(default)s)")
+    refit = watch.add_mutually_exclusive_group()
+    refit.add_argument("--refit-every", type=_positive_int, metavar="N",
+                       help="refit PCA every N publishing passes (frozen in between)")
+    refit.add_argument("--refit-growth", type=_positive_number, metavar="F",
+                       help="refit PCA once the photos grew by the fraction F since its fit (default 0.1)")
+    watch.add_argument("--max-passes", type=_positive_int, metavar="N", help="stop after N passes")
+    watch.set_defaults(handler=_cmd_watch)
 
     report = commands.add_parser("report", help="rebuild a run's report.html (one self-contained page), "
                                  "optionally with a trained model's metrics")
@@ -347,17 +343,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `run` and `watch` share: input, output, model, PCA, Spark, storage, progress, cost."""
+    parser.add_argument("--input", help="folder of images (Fruits 360 or flat layout); default: the bundled sample")
+    parser.add_argument("--output", default="fruitpipe-output", help="output folder (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, onnx:PATH or torch:ARCH:WEIGHTS "
+                        "(see 'fruitpipe models'; default: %(default)s)")
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--k", type=_positive_int, help="number of PCA components")
+    choice.add_argument("--variance", type=_fraction, help="keep the smallest k reaching this variance (default 0.95)")
+    parser.add_argument("--image-size", type=_positive_int, metavar="PIXELS",
+                        help="square model input side (default: the model's, 224 for efficientnet-lite0); "
+                        "smaller is faster, less accurate")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default=DEFAULT_PRECISION,
+                        help="fp32 (reference), bf16 (OpenVINO, CPUs with AMX/AVX512-BF16: ~2x faster, features' "
+                             "cosine to fp32 >= 0.99) or auto (bf16 where the CPU has it); default: %(default)s")
+    parser.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="also featurize N augmented views of every Training image (training-side shifts, "
+                             "deterministic per path and view; rows carry view 0..N; 0-32, default: %(default)s)")
+    _add_session_arguments(parser)
+    parser.add_argument("--env-archive", metavar="PATH", help="environment archive from 'fruitpipe package' for "
+                        "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
+    _add_s3_arguments(parser)
+    parser.add_argument("--csv", action="store_true", help="also write csv/: path, label, split, PCA components")
+    _add_progress_arguments(parser)
+    parser.add_argument("--price-per-vcpu-hour", type=_positive_number, default=DEFAULT_PRICE_PER_VCPU_HOUR,
+                        metavar="PRICE", help="price of one vCPU for one hour, for the cost estimate in the manifest "
+                        "and report (default: %(default)s, AWS on-demand m5.xlarge us-east-1, USD 0.192/h for 4 "
+                        "vCPUs)")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fruitpipe.batch import pipeline
 
+    config = _run_config(args, overwrite=args.overwrite, resume=args.resume)
+    manifest = pipeline.run(config, _progress(args))
+    print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    """One line per pass on stdout (flushed: a log collector sees it at once); exit 0 on a clean stop."""
+    from fruitpipe.batch import watch
+
+    schedule = WatchSchedule(interval_s=args.interval, refit_every=args.refit_every,
+                             refit_growth=args.refit_growth, max_passes=args.max_passes)
+    stop = watch.watch(_run_config(args, overwrite=False, resume=True), schedule,
+                       lambda report: print(pass_line(report), flush=True), _progress(args))
+    if stop.signum is not None:
+        print(f"fruitpipe watch: stopped by {signal.Signals(stop.signum).name} after the pass in progress; "
+              f"{args.output} holds the last published version", file=sys.stderr)
+    return 0
+
+
+def pass_line(report: PassReport) -> str:
+    """`watch`'s line for one pass."""
+    manifest = report.manifest
+    if manifest is None:
+        return f"watch pass {report.number}: no change ({report.listed} listed), {report.seconds:.1f} s"
+    counts, pca = manifest.counts, manifest.pca
+    fit = "refitted" if pca.refitted else f"kept (fitted on {pca.fitted_rows} photos)"
+    return (f"watch pass {report.number}: {counts.featurized} featurized, {counts.reused} reused, {counts.removed} "
+            f"removed, {counts.ok} ok / {counts.rejected} rejected; PCA k={pca.k} {fit}; {report.seconds:.1f} s; "
+            f"published {manifest.output} ({manifest.run_id})")
+
+
+def _run_config(args: argparse.Namespace, overwrite: bool, resume: bool) -> RunConfig:
     master, remote = _session(args)
-    config = RunConfig(
+    return RunConfig(
         input=args.input or _bundled_sample(),
         output=args.output,
         model=args.model,
         pca=PcaSettings(k=args.k, variance=args.variance),
         master=master,
-        overwrite=args.overwrite,
+        overwrite=overwrite,
         csv=args.csv,
         spark_conf=_run_spark_conf(args),
         s3=_s3_options(args),
@@ -366,11 +425,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         remote=remote,
         augment=args.augment,
         price_per_vcpu_hour=args.price_per_vcpu_hour,
-        resume=args.resume,
+        resume=resume,
     )
-    manifest = pipeline.run(config, _progress(args))
-    print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json else summary(manifest))
-    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -717,6 +773,9 @@ def interrupted(args: argparse.Namespace) -> str:
     if args.command == "run":
         return (f"interrupted: nothing new was published to {args.output} (no partial output; the images "
                 "featurized so far are kept in its journal); run the same command with --resume to continue")
+    if args.command == "watch":
+        return (f"interrupted during a pass: {args.output} keeps its last published version (the pass's images "
+                "featurized so far are kept in its journal); run the same command to continue")
     if args.command == "train":
         return (f"interrupted: nothing was published to {args.output} (no _SUCCESS; the partial output was "
                 "removed); run the command again")

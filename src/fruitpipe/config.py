@@ -5,6 +5,7 @@ Stdlib only: this module is imported everywhere, including in Spark's Python wor
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from fruitpipe.runtime import DEFAULT_PRECISION, PRECISION_CHOICES
@@ -160,6 +161,44 @@ class RunConfig:
             raise ValueError("a model name is required (--model)")
         if not self.master:
             raise ValueError("a Spark master is required (--master)")
+
+
+DEFAULT_REFIT_GROWTH = 0.1  # `watch` refits PCA once the photos grew by 10% since its fit (unless told otherwise)
+
+
+@dataclass(frozen=True)
+class WatchSchedule:
+    """When `fruitpipe watch` passes and refits: every `interval_s` seconds; PCA refitted every
+    `refit_every` passes, or once the photos grew by `refit_growth` (a fraction) since the fit
+    (default 0.1); `max_passes` ends the watch (None: until SIGTERM/Ctrl-C)."""
+
+    interval_s: float = 60.0
+    refit_every: int | None = None
+    refit_growth: float | None = None
+    max_passes: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.interval_s >= 0:
+            raise ValueError(f"--interval must be a number of seconds >= 0, got {self.interval_s}")
+        if self.refit_every is not None and self.refit_growth is not None:
+            raise ValueError("--refit-every and --refit-growth are two schedules: give one of them")
+        if self.refit_every is not None and self.refit_every < 1:
+            raise ValueError(f"--refit-every must be a number of passes >= 1, got {self.refit_every}")
+        if self.refit_growth is not None and not self.refit_growth > 0:
+            raise ValueError(f"--refit-growth must be a fraction > 0 (0.1 = 10% more photos), got {self.refit_growth}")
+        if self.max_passes is not None and self.max_passes < 1:
+            raise ValueError(f"--max-passes must be >= 1, got {self.max_passes}")
+
+    def refit_now(self, passes_since_fit: int) -> bool:
+        """With --refit-every N: whether this pass, `passes_since_fit` publishing passes after the fit, refits."""
+        return self.refit_every is not None and passes_since_fit >= self.refit_every
+
+    def refit_at(self, fitted_rows: int) -> int | None:
+        """With the growth schedule: the photos (ok) from which a pass refits a PCA fitted on `fitted_rows`."""
+        if self.refit_every is not None:
+            return None
+        growth = DEFAULT_REFIT_GROWTH if self.refit_growth is None else self.refit_growth
+        return math.ceil(fitted_rows * (1 + growth))
 
 
 @dataclass(frozen=True)

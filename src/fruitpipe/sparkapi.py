@@ -165,7 +165,9 @@ def task_cpu_seconds(spark: SparkSession, tag: str) -> float | None:
         logger.info("task CPU time: not available through Spark Connect (recorded as null)")
         return None
     context = spark.sparkContext._jsc.sc()
-    if not context.listenerBus().waitUntilEmpty(30_000):
+    try:  # void: it returns once drained and throws TimeoutException after 30 s
+        context.listenerBus().waitUntilEmpty(30_000)
+    except Exception:  # py4j's Py4JJavaError wrapping the timeout
         logger.warning("Spark's listener bus did not drain in 30 s: task CPU time may miss the last tasks")
     store = context.statusStore()
     jobs = store.jobsList(None)

@@ -37,7 +37,7 @@ class _Interrupt:
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
-        self.signum: int = signal.SIGINT
+        self.signum = signal.SIGINT
         self.received = threading.Event()
         self.raised = threading.Event()
         self.finished = threading.Event()
@@ -58,7 +58,7 @@ class _Interrupt:
         with self._lock:
             if self.received.is_set():
                 return
-            self.signum = signum
+            self.signum = signal.Signals(signum)
             self.received.set()
         threading.Thread(target=self._cancel, name="fruitpipe-interrupt", daemon=True).start()
 
@@ -69,8 +69,8 @@ class _Interrupt:
             while not self.finished.is_set():
                 ready, _, _ = select.select([wakeup], [], [], RETRY_SECONDS)
                 received = wakeup.recv(64) if ready else b""
-                for signum in STOP_SIGNALS:
-                    if signum in received:
+                for signum in STOP_SIGNALS:  # unless another handler (signals.stop_after_current) took over
+                    if signum in received and signal.getsignal(signum) == self.handle:
                         self.start(signum)
 
     def _cancel(self) -> None:

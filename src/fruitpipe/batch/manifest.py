@@ -244,21 +244,26 @@ class RunCounts:
 @dataclass(frozen=True)
 class PcaSummary:
     """The fitted PCA: k, the variance target in force (None when k was given), the variance kept and
-    the full spectrum (the scree plot's)."""
+    the full spectrum (the scree plot's). `fitted_rows`: the photos it was fitted on, and `refitted`:
+    whether this run fitted it (False: `watch` kept the previous run's, frozen); None in older manifests."""
 
     k: int
     variance_target: float | None
     variance_kept: float
     explained_variance_ratio: tuple[float, ...]
+    fitted_rows: int | None = None
+    refitted: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
+        fitted = {} if self.fitted_rows is None else {"fitted_rows": self.fitted_rows, "refitted": self.refitted}
         return {"k": self.k, "variance_target": self.variance_target, "variance_kept": self.variance_kept,
-                "explained_variance_ratio": list(self.explained_variance_ratio)}
+                "explained_variance_ratio": list(self.explained_variance_ratio), **fitted}
 
     @classmethod
     def from_json(cls, fields: Fields) -> PcaSummary:
         return cls(fields.integer("k"), fields.optional_number("variance_target"), fields.number("variance_kept"),
-                   fields.numbers("explained_variance_ratio"))
+                   fields.numbers("explained_variance_ratio"), fields.optional_integer("fitted_rows"),
+                   fields.flag("refitted") if fields.has("refitted") else None)
 
 
 @dataclass(frozen=True)

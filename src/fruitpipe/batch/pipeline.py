@@ -100,32 +100,71 @@ def run(config: RunConfig, progress: Reporter | None = None) -> RunManifest:
     stages while they run (default: nothing shown). With `config.resume`, an interrupted run in the
     output is continued and a finished one brought up to date: only new or changed images are featurized."""
     timer = StageTimer(progress)
+    run_id = new_run_id()
+    prepared, listing = prepare(config, timer)
+    with lock.held(prepared.store, config.output, run_id):
+        journal = open_journal(prepared)
+        publication = sinks.Publication()
+        with sinks.unpublished_if_interrupted(prepared.store, config.output, publication), ExitStack() as stack:
+            spark = start_spark(stack, config, timer)
+            return run_pass(spark, Job(prepared, listing, journal, timer, run_id, publication))
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every pass into one output shares, settled before Spark starts: the settings, the store, the
+    model (exported once) and what the output held (FRESH, REPLACE or RESUME)."""
+
+    config: RunConfig
+    store: Store
+    spec: models.ModelSpec
+    runtime: Runtime
+    entry: ModelEntry
+    identity: Identity
+    mode: str
+
+
+def prepare(config: RunConfig, timer: StageTimer) -> tuple[Prepared, sources.ImageListing]:
+    """Check the settings and the output, list the input, export the model: each can fail in one line
+    before Spark starts; an output made another way is refused here, before anything in it is touched."""
     store = Store(config.s3)
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spec = models.with_input_size(models.resolve(config.model), config.image_size)
     runtime = resolve(config.precision, config.executor.infer_batch)  # before Spark: a bad choice fails now
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
     mode = sinks.check_output(store, config.output, config.overwrite, config.resume)
+    with timer.stage("list"):
+        listing = sources.list_images(store, config.input)
     with timer.stage("model"):
         onnx = models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
     entry = ModelEntry.of(spec, runtime, onnx_sha256=storage.file_sha256(onnx))
     identity = Identity.of(entry, config.augment)
-    if mode == sinks.RESUME:  # refused before anything in the output is touched
+    if mode == sinks.RESUME:
         _refuse_other_model(store, config.output, identity)
         Journal(store, config.output, identity).refuse_others()
-    with lock.held(store, config.output, run_id):
-        with timer.stage("list"):
-            listing = sources.list_images(store, config.input)
-        sinks.prepare_run_output(store, config.output, mode)
-        journal = Journal.open(store, config.output, identity)
-        faults.arm_driver()
-        publication = sinks.Publication()
-        with sinks.unpublished_if_interrupted(store, config.output, publication), ExitStack() as stack:
-            with timer.stage("spark_start"):
-                spark = stack.enter_context(spark_session(config.master, config.spark_conf, remote=config.remote))
-            job = Job(config, store, spec, runtime, entry, listing, journal, timer, run_id, publication)
-            return _run_in_session(spark, job)
+    return Prepared(config, store, spec, runtime, entry, identity, mode), listing
+
+
+def list_input(prepared: Prepared, timer: StageTimer) -> sources.ImageListing:
+    with timer.stage("list"):
+        return sources.list_images(prepared.store, prepared.config.input)
+
+
+def open_journal(prepared: Prepared) -> Journal:
+    """The output made ready (cleared for REPLACE, write-checked) and its journal; the lock is held."""
+    sinks.prepare_run_output(prepared.store, prepared.config.output, prepared.mode)
+    journal = Journal.open(prepared.store, prepared.config.output, prepared.identity)
+    faults.arm_driver()
+    return journal
+
+
+def start_spark(stack: ExitStack, config: RunConfig, timer: StageTimer) -> SparkSession:
+    with timer.stage("spark_start"):
+        return stack.enter_context(spark_session(config.master, config.spark_conf, remote=config.remote))
 
 
 def _refuse_other_model(store: Store, output: str, identity: Identity) -> None:
@@ -142,22 +181,42 @@ def _refuse_other_model(store: Store, output: str, identity: Identity) -> None:
 
 @dataclass(frozen=True)
 class Job:
-    """One run's fixed inputs, handed down the Spark part."""
+    """One pass's inputs, handed down the Spark part. `frozen`: a PCA to keep instead of fitting one
+    (`watch` between refits); `entries`: the journal's index when the caller has read it already."""
 
-    config: RunConfig
-    store: Store
-    spec: models.ModelSpec
-    runtime: Runtime
-    entry: ModelEntry
+    prepared: Prepared
     listing: sources.ImageListing
     journal: Journal
     timer: StageTimer
     run_id: str
     publication: sinks.Publication
+    frozen: FrozenPca | None = None
+    entries: dict[tuple[str, str], Entry] | None = None
+
+    @property
+    def config(self) -> RunConfig:
+        return self.prepared.config
+
+    @property
+    def store(self) -> Store:
+        return self.prepared.store
 
 
-def _run_in_session(spark: SparkSession, job: Job) -> RunManifest:
-    """The Spark part, its jobs tagged with the run (a shared session's other jobs are not its cost);
+@dataclass(frozen=True)
+class FrozenPca:
+    """The published PCA a pass keeps, the photos it was fitted on, and from how many photos (ok) the pass
+    refits instead (None: it keeps it whatever the count)."""
+
+    model: CentredPCAModel
+    fitted_rows: int
+    refit_at_rows: int | None = None
+
+    def kept_for(self, photos: int) -> bool:
+        return self.refit_at_rows is None or photos < self.refit_at_rows
+
+
+def run_pass(spark: SparkSession, job: Job) -> RunManifest:
+    """One pass, the Spark part, its jobs tagged with the run (a shared session's other jobs are not its cost);
     the report is written after the manifest and before _SUCCESS, which lists it; the journal is
     compacted before and cleaned after it."""
     tag = f"fruitpipe-run-{job.run_id}"
@@ -179,7 +238,7 @@ def _run_in_session(spark: SparkSession, job: Job) -> RunManifest:
 def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[RunManifest, ReportSample]:
     config, timer, listing = job.config, job.timer, job.listing
     meter = sparkapi.cpu_meter(spark)
-    entries = job.journal.index()
+    entries = job.journal.index() if job.entries is None else job.entries
     plan = job.journal.plan(listing, entries)
     logger.info("journal: %d of %d images done before, %d to featurize, %d no longer listed",
                 plan.reused, len(listing.rows), len(plan.pending), plan.removed)
@@ -232,7 +291,7 @@ def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | No
     if config.augment:
         images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
-                                 precision=job.runtime.precision, inferBatch=job.runtime.infer_batch,
+                                 precision=job.prepared.runtime.precision, inferBatch=job.prepared.runtime.infer_batch,
                                  batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
                                  maxPixels=config.limits.max_pixels, s3Options=job.store.options.to_wire(),
@@ -284,9 +343,13 @@ def _featurize_fit_write(featurized: DataFrame, job: Job) -> tuple[RunCounts, tu
                          f"(reasons in the log and {storage.join(config.output, sinks.ERRORS)} of a run that "
                          "publishes); PCA needs at least 2")
     ok = featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
-    with timer.stage("pca_fit"):
-        pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
-                         varianceTarget=config.pca.variance_target).fit(ok.where(F.col(VIEW) == 0))
+    if job.frozen is not None and job.frozen.kept_for(ok_count):
+        pca = job.frozen.model
+        logger.info("PCA kept (fitted on %d photos, %d now)", job.frozen.fitted_rows, ok_count)
+    else:
+        with timer.stage("pca_fit"):
+            pca = CentredPCA(inputCol="features", outputCol="pca", k=config.pca.k,
+                             varianceTarget=config.pca.variance_target).fit(ok.where(F.col(VIEW) == 0))
     faults.reached("driver-before-publish")
     job.publication.started = True
     sinks.unpublish(store, config.output)
@@ -315,6 +378,7 @@ def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: Ru
 
 def _manifest(spark: SparkSession, job: Job, pca: CentredPCAModel, counts: RunCounts) -> RunManifest:
     config, listing, timer = job.config, job.listing, job.timer
+    kept = job.frozen.fitted_rows if job.frozen is not None and pca is job.frozen.model else None  # PCA kept
     timings = timer.timings()
     total = timings.total
     listed = sparkapi.executors(spark)
@@ -325,13 +389,15 @@ def _manifest(spark: SparkSession, job: Job, pca: CentredPCAModel, counts: RunCo
         output=storage.redact(config.output),
         layout=listing.layout,
         classes=tuple(listing.labels),
-        model=job.entry,
-        feature_dim=job.spec.feature_dim,
+        model=job.prepared.entry,
+        feature_dim=job.prepared.spec.feature_dim,
         pca=PcaSummary(
             k=pca.components,
             variance_target=config.pca.variance_target,
             variance_kept=round(pca.variance_kept, 6),
             explained_variance_ratio=tuple(pca.spectrum),
+            fitted_rows=counts.ok if kept is None else kept,
+            refitted=kept is None,
         ),
         counts=counts,
         timings_s=timings,
