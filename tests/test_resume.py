@@ -21,7 +21,7 @@ import pytest
 
 from fruitpipe import cli
 from fruitpipe.batch import lock, pipeline
-from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, S3Options
+from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, S3Options, WatchSchedule
 from fruitpipe.storage import Store
 from helpers import copy_subset
 
@@ -328,3 +328,27 @@ def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(photos
     again = subprocess.run([*command, "--max-passes", "1"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.startswith("watch pass 1: no change (61 listed)"), again.stdout
+
+
+def test_watch_schedule_refits_on_growth_or_every_n_passes() -> None:
+    growth = WatchSchedule()  # default: 10% more photos than the fit
+    assert growth.refit_at(56) == 62 and not growth.refit_now(100)
+    assert WatchSchedule(refit_growth=0.5).refit_at(100) == 150
+    every = WatchSchedule(refit_every=2)
+    assert every.refit_at(56) is None and [every.refit_now(n) for n in (1, 2, 3)] == [False, True, True]
+    kept = pipeline.FrozenPca(model=None, fitted_rows=56, refit_at_rows=62)  # type: ignore[arg-type]
+    assert kept.kept_for(61) and not kept.kept_for(62)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--refit-every", "2", "--refit-growth", "0.2"], "not allowed with argument"),
+    (["--refit-every", "0"], "expected a positive integer"),
+    (["--interval", "-1"], "expected a number >= 0"),
+    (["--overwrite"], "unrecognized arguments: --overwrite"),
+])
+def test_watch_flags_are_checked_in_one_line(capsys: pytest.CaptureFixture[str], flags: list[str],
+                                            message: str) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["watch", "--output", "/nonexistent/out", *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(lines) == 1 and message in lines[0], lines
