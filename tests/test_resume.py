@@ -74,13 +74,15 @@ def journal_keys(output: Path) -> set[str]:
 
 
 def _run_killed(source: Path, output: Path, fault: str, tmp_path: Path, master: str = "local[2]",
-                extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+                extra_env: dict[str, str] | None = None,
+                resume: bool = False) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """RUNNER in its own process group with $FRUITPIPE_FAULT; the whole group is killed once the driver
     is gone (no JVM or worker left writing). Returns the result and the fault points that fired."""
     mark = tmp_path / f"fault-{fault.replace(':', '-')}.txt"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "FRUITPIPE_FAULT": fault,
            "FRUITPIPE_FAULT_MARK": str(mark), **(extra_env or {})}
-    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(source), str(output), master, "fresh"],
+    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(source), str(output), master,
+                                "resume" if resume else "fresh"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
     out, err = process.communicate(timeout=600)
@@ -198,12 +200,20 @@ def test_driver_killed_mid_featurize_then_resume(spark, photos: Path, reference:
     assert_same_output(output, reference)
 
 
-@pytest.mark.parametrize("point", ["driver-before-publish", "driver-before-success"])
-def test_driver_killed_while_publishing_then_resume_featurizes_nothing(spark, photos: Path, reference: Path,
-                                                                        tmp_path: Path, point: str) -> None:
+def test_driver_killed_before_publishing_then_before_success_then_resume_featurizes_nothing(
+        spark, photos: Path, reference: Path, tmp_path: Path) -> None:
+    """Killed once everything is featurized but before publishing (the output untouched), then a --resume
+    killed after publishing but before _SUCCESS (a journal compacted but not cleaned): neither state is
+    visible as a version, and the next --resume featurizes nothing."""
     output = tmp_path / "out"
-    result, fired = _run_killed(photos, output, point, tmp_path)
-    assert result.returncode == -signal.SIGKILL and fired == [f"{point}:1:{fired[0].split(':')[2]}"], result.stderr
+    result, fired = _run_killed(photos, output, "driver-before-publish", tmp_path)
+    assert result.returncode == -signal.SIGKILL and [mark.rsplit(":", 1)[0] for mark in fired] == [
+        "driver-before-publish:1"], result.stderr[-2000:]
+    assert sorted(path.name for path in output.iterdir()) == ["_fruitpipe"] and len(journal_keys(output)) == 56
+    result, fired = _run_killed(photos, output, "driver-before-success", tmp_path, resume=True)
+    assert result.returncode == -signal.SIGKILL and [mark.rsplit(":", 1)[0] for mark in fired] == [
+        "driver-before-success:1"], result.stderr[-2000:]
+    assert (output / "features").exists() and (output / "manifest.json").exists()
     assert not (output / "_SUCCESS").exists()
     manifest = pipeline.run(_config(photos, output, resume=True))
     assert (manifest.counts.featurized, manifest.counts.reused) == (0, 56)
@@ -281,8 +291,8 @@ def _pca_by_key(output: Path, root: Path) -> dict[str, np.ndarray]:
             for path, view, pca in zip(table["path"], table["view"], table["pca"], strict=True) if view == 0}
 
 
-def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(photos: Path, reference: Path,
-                                                                          tmp_path: Path) -> None:
+def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(
+        spark, photos: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`fruitpipe watch` in one session: pass 1 featurizes all, pass 2 finds no change and publishes
     nothing, 5 new photos arrive and SIGTERM lands mid-pass: that pass finishes and publishes (PCA
     kept: 61 photos are under the 10% growth), the watch exits 0; a restart continues (no change)."""
@@ -325,9 +335,13 @@ def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(photos
         original = str(sorted(p for p in arrived.glob("*.jpg") if not p.name.startswith("arrived"))[index]
                        .relative_to(source))
         np.testing.assert_allclose(pca[key], pca[original], atol=1e-5)
-    again = subprocess.run([*command, "--max-passes", "1"], capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.startswith("watch pass 1: no change (61 listed)"), again.stdout
+    capsys.readouterr()
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main([*command[3:], "--max-passes", "1"]) == 0  # the restart, in this process's session
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # cli.main installs its SIGTERM handler
+    assert capsys.readouterr().out.startswith("watch pass 1: no change (61 listed)")
 
 
 def test_watch_schedule_refits_on_growth_or_every_n_passes() -> None:

@@ -122,3 +122,42 @@ def test_featurizer_carries_every_s3_option_and_still_loads_one_saved_with_the_o
     part.write_text(json.dumps(metadata) + "\n")
     assert ImageFeaturizer.load(str(old)).s3_options() == S3Options(endpoint_url="http://127.0.0.1:9",
                                                                     region="eu-west-3")
+
+
+def test_fanned_listing_equals_the_sequential_one_and_lists_each_class_on_its_own(s3_endpoint: str) -> None:
+    """Fruits 360 keys plus the odd ones (a root file, a file straight in Training/, a deeper folder, a
+    folder marker, more than one page in one class): the fanned listing finds exactly the keys, versions
+    and sizes the plain paginated one does, with one full listing per class folder."""
+    import boto3
+
+    from fruitpipe.storage import S3Location
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="fanned")
+    keys = [f"photos/{split}/{label}/{index:04d}.jpg" for split in ("Training", "Test")
+            for label in ("Apple Red", "Kiwi", "Lemon") for index in range(3)]
+    keys += [f"photos/Training/Kiwi/many/{index:04d}.jpg" for index in range(1005)]  # two pages in one class
+    keys += ["photos/readme.txt", "photos/Training/loose.jpg", "photos/Training/Kiwi/", "other/outside.jpg"]
+    for key in keys:
+        client.put_object(Bucket="fanned", Key=key, Body=key.encode())
+    store = Store(S3Options(endpoint_url=s3_endpoint))
+    location = S3Location("fanned", "photos")
+    sequential = {(item["Key"], item["Size"], item["ETag"]) for item in store.list_objects(location)}
+    listed: list[str] = []
+    original = Store.list_objects
+
+    def recording(self: Store, where: S3Location):
+        listed.append(where.prefix)
+        return original(self, where)
+
+    Store.list_objects = recording  # type: ignore[method-assign]
+    try:
+        fanned = [(item["Key"], item["Size"], item["ETag"]) for item in store.list_objects_fanned(location)]
+    finally:
+        Store.list_objects = original  # type: ignore[method-assign]
+    assert len(fanned) == len(set(fanned)) and set(fanned) == sequential
+    assert len(sequential) == len(keys) - 1  # all but other/outside.jpg
+    assert sorted(listed) == sorted(f"photos/{split}/{label}/" for split in ("Training", "Test")
+                                    for label in ("Apple Red", "Kiwi", "Lemon"))
+    walked = sorted(relative for _, relative, _ in store._walk("s3://fanned/photos"))
+    assert walked == sorted(key[len("photos/"):] for key in keys if key.startswith("photos/") and not key.endswith("/"))

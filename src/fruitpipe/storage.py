@@ -22,6 +22,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,8 @@ RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTime
                    "ServiceUnavailable", "500", "502", "503", "504"}
 DENIED_CODES = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+LISTING_FAN_DEPTH = 2  # Training/ and Test/, then their class folders: each class paginated on its own
+LISTING_THREADS = 16
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")  # what botocore accepts (S3 itself is stricter)
 
 
@@ -242,6 +245,47 @@ class Store:
                 return
             yield from page.get("Contents", [])
 
+    def list_objects_fanned(self, location: S3Location, depth: int = LISTING_FAN_DEPTH,
+                            threads: int = LISTING_THREADS) -> Iterator[dict[str, Any]]:
+        """Every object under the prefix, like `list_objects`, but the folders `depth` levels down
+        (Training/ and Test/, then their class folders) found first with delimiter listings and then
+        paginated concurrently: one sequential chain of 1,000-key pages becomes one per folder. Order
+        is not the key order (callers sort)."""
+        folders, objects = self._folders(location.prefix, location, depth, threads)
+        yield from objects
+        if not folders:
+            return
+        with ThreadPoolExecutor(max_workers=min(threads, len(folders))) as pool:
+            for listed in pool.map(lambda folder: list(self.list_objects(S3Location(location.bucket, folder))),
+                                   folders):
+                yield from listed
+
+    def _folders(self, prefix: str, location: S3Location, depth: int,
+                 threads: int) -> tuple[list[str], list[dict[str, Any]]]:
+        """(the prefixes `depth` delimiter levels below `prefix`, the objects met on the way there)."""
+        level, objects = [prefix], list[dict[str, Any]]()
+        for _ in range(depth):
+            with ThreadPoolExecutor(max_workers=max(1, min(threads, len(level)))) as pool:
+                found = list(pool.map(lambda folder: self._one_level(S3Location(location.bucket, folder)), level))
+            level = [sub for subfolders, _ in found for sub in subfolders]
+            objects.extend(item for _, items in found for item in items)
+            if not level:
+                break
+        return level, objects
+
+    def _one_level(self, location: S3Location) -> tuple[list[str], list[dict[str, Any]]]:
+        """A delimiter listing: (subfolder prefixes, objects directly in the folder)."""
+        paginator = self.client().get_paginator("list_objects_v2")
+        iterator = iter(paginator.paginate(Bucket=location.bucket, Prefix=location.prefix, Delimiter="/"))
+        folders: list[str] = []
+        objects: list[dict[str, Any]] = []
+        while True:
+            page = self.with_retries(lambda: next(iterator, None), f"listing {location.uri}")
+            if page is None:
+                return folders, objects
+            folders.extend(common["Prefix"] for common in page.get("CommonPrefixes", []))
+            objects.extend(page.get("Contents", []))
+
     def list_files(self, uri: str, extensions: Iterable[str]) -> list[tuple[str, str]]:
         """All files below `uri` with one of `extensions` (case-insensitive), skipping hidden ones.
 
@@ -280,7 +324,7 @@ class Store:
             return
         location = parse_s3(uri)
         any_object = False
-        for item in self.list_objects(location):
+        for item in self.list_objects_fanned(location):
             any_object = True
             relative = item["Key"][len(location.prefix):]
             if relative and not relative.endswith("/"):
