@@ -127,7 +127,8 @@ def test_featurizer_carries_every_s3_option_and_still_loads_one_saved_with_the_o
 def test_fanned_listing_equals_the_sequential_one_and_lists_each_class_on_its_own(s3_endpoint: str) -> None:
     """Fruits 360 keys plus the odd ones (a root file, a file straight in Training/, a deeper folder, a
     folder marker, more than one page in one class): the fanned listing finds exactly the keys, versions
-    and sizes the plain paginated one does, with one full listing per class folder."""
+    and sizes the plain paginated one does, with one full listing per class folder; a listing that fits
+    in one page is not fanned out."""
     import boto3
 
     from fruitpipe.storage import S3Location
@@ -153,10 +154,12 @@ def test_fanned_listing_equals_the_sequential_one_and_lists_each_class_on_its_ow
     Store.list_objects = recording  # type: ignore[method-assign]
     try:
         fanned = [(item["Key"], item["Size"], item["ETag"]) for item in store.list_objects_fanned(location)]
+        small = [item["Key"] for item in store.list_objects_fanned(S3Location("fanned", "photos/Test"))]
     finally:
         Store.list_objects = original  # type: ignore[method-assign]
     assert len(fanned) == len(set(fanned)) and set(fanned) == sequential
     assert len(sequential) == len(keys) - 1  # all but other/outside.jpg
+    assert sorted(small) == sorted(key for key in keys if key.startswith("photos/Test/"))  # one page: not fanned
     assert sorted(listed) == sorted(f"photos/{split}/{label}/" for split in ("Training", "Test")
                                     for label in ("Apple Red", "Kiwi", "Lemon"))
     walked = sorted(relative for _, relative, _ in store._walk("s3://fanned/photos"))

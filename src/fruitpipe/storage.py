@@ -247,10 +247,16 @@ class Store:
 
     def list_objects_fanned(self, location: S3Location, depth: int = LISTING_FAN_DEPTH,
                             threads: int = LISTING_THREADS) -> Iterator[dict[str, Any]]:
-        """Every object under the prefix, like `list_objects`, but the folders `depth` levels down
-        (Training/ and Test/, then their class folders) found first with delimiter listings and then
-        paginated concurrently: one sequential chain of 1,000-key pages becomes one per folder. Order
-        is not the key order (callers sort)."""
+        """Every object under the prefix, like `list_objects`; when there is more than one page, the
+        folders `depth` levels down (Training/ and Test/, then their class folders) are found with
+        delimiter listings and paginated concurrently: one sequential chain of 1,000-key pages becomes one
+        per folder. Order is not the key order (callers sort)."""
+        first = self.with_retries(lambda: self.client().list_objects_v2(Bucket=location.bucket,
+                                                                       Prefix=location.prefix),
+                                  f"listing {location.uri}")
+        if not first.get("IsTruncated"):  # one page holds it all: nothing to gain from fanning out
+            yield from first.get("Contents", [])
+            return
         folders, objects = self._folders(location.prefix, location, depth, threads)
         yield from objects
         if not folders:
