@@ -137,8 +137,7 @@ def prepare(config: RunConfig, timer: StageTimer) -> tuple[Prepared, sources.Ima
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
     mode = sinks.check_output(store, config.output, config.overwrite, config.resume)
-    with timer.stage("list"):
-        listing = sources.list_images(store, config.input)
+    listing = _list(store, config, timer)
     with timer.stage("model"):
         onnx = models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
     entry = ModelEntry.of(spec, runtime, onnx_sha256=storage.file_sha256(onnx))
@@ -150,8 +149,13 @@ def prepare(config: RunConfig, timer: StageTimer) -> tuple[Prepared, sources.Ima
 
 
 def list_input(prepared: Prepared, timer: StageTimer) -> sources.ImageListing:
+    """The input listed again (a later `watch` pass)."""
+    return _list(prepared.store, prepared.config, timer)
+
+
+def _list(store: Store, config: RunConfig, timer: StageTimer) -> sources.ImageListing:
     with timer.stage("list"):
-        return sources.list_images(prepared.store, prepared.config.input)
+        return sources.list_images(store, config.input)
 
 
 def open_journal(prepared: Prepared) -> Journal:
