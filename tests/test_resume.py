@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fruitpipe import cli
-from fruitpipe.batch import lock, pipeline
+from fruitpipe.batch import lock, pipeline, sinks
+from fruitpipe.batch.manifest import RunManifest
 from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, S3Options, WatchSchedule
+from fruitpipe.ml import CentredPCAModel
 from fruitpipe.storage import Store
 from helpers import copy_subset
 
@@ -322,6 +324,7 @@ def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(
             os.killpg(process.pid, signal.SIGKILL)
     pass_lines = [line for line in rest.splitlines() if line.startswith("watch pass")]
     assert len(pass_lines) == 1 and "5 featurized, 56 reused" in pass_lines[0], rest[-3000:]
+    assert "appended to" in pass_lines[0]  # only new photos under the kept PCA: new parts, nothing rewritten
     assert "PCA k=3 kept (fitted on 56 photos)" in pass_lines[0]
     assert "stopped by SIGTERM after the pass in progress" in rest and "Traceback" not in rest, rest[-3000:]
     manifest = json.loads((output / "manifest.json").read_text())
@@ -342,6 +345,70 @@ def test_watch_publishes_each_pass_keeps_pca_and_stops_cleanly_on_sigterm(
     finally:
         signal.signal(signal.SIGTERM, handler)  # cli.main installs its SIGTERM handler
     assert capsys.readouterr().out.startswith("watch pass 1: no change (61 listed)")
+
+
+def _frozen_pass(spark, config: RunConfig, fitted: Path) -> RunManifest:
+    """One `watch`-style pass into `config.output` with the PCA of the output `fitted` kept (frozen)."""
+    model = CentredPCAModel.read().load(str(fitted / "pca_model"))
+    timer = pipeline.StageTimer()
+    prepared, listing = pipeline.prepare(config, timer)
+    journal = pipeline.open_journal(prepared)
+    job = pipeline.Job(prepared, listing, journal, timer, pipeline.new_run_id(), sinks.Publication(),
+                       pipeline.FrozenPca(model, fitted_rows=56))
+    return pipeline.run_pass(spark, job)
+
+
+def _feature_parts(output: Path) -> dict[str, int]:
+    return {part.name: part.stat().st_mtime_ns for part in (output / "features").glob("*.parquet")}
+
+
+def test_a_pass_that_only_adds_appends_and_equals_a_rewrite(spark, photos: Path, tmp_path: Path) -> None:
+    """Under a frozen PCA a pass that only adds photos (3 new, 1 undecodable) writes new parts next to the
+    old ones and rewrites nothing else but the manifest, sample and report; its output equals a pass that
+    rewrites everything with the same PCA (rows, projections, errors, counts, sample). A pass after one
+    that died once it had featurized, or after a deletion, rewrites and compacts."""
+    source, appended, rewritten = tmp_path / "in", tmp_path / "appended", tmp_path / "rewritten"
+    shutil.copytree(photos, source)
+    pipeline.run(_config(source, appended))
+    shutil.copytree(appended, rewritten)
+    for published in rewritten.glob("_fruitpipe/journal-*/published.json"):
+        published.unlink()  # no record of what the version is made of: that pass must rewrite
+    before = _feature_parts(appended)
+    folder = sorted((source / "Training").iterdir())[1]
+    for index, photo in enumerate(sorted((source / "Test" / folder.name).glob("*.jpg"))[:3]):
+        shutil.copy(photo, folder / f"new-{index}.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    added = _frozen_pass(spark, _config(source, appended, resume=True), appended)
+    full = _frozen_pass(spark, _config(source, rewritten, resume=True), appended)
+    assert (added.counts.featurized, added.counts.reused, added.counts.listed) == (4, 56, 60)
+    assert added.counts == full.counts and added.class_counts == full.class_counts
+    assert (added.pca.refitted, full.pca.refitted) == (False, False)
+    assert (added.publication, full.publication) == ("appended", "rewritten")
+    parts = _feature_parts(appended)
+    assert {name: parts[name] for name in before} == before  # the old parts untouched
+    assert [name for name in parts if name not in before] and all(added.run_id in name for name in parts
+                                                                  if name not in before)
+    assert not any(full.run_id in name for name in _feature_parts(rewritten))
+    assert_same_output(appended, rewritten)
+    projected, expected = _pca_by_key(appended, source), _pca_by_key(rewritten, source)
+    assert set(projected) == set(expected) and len(expected) == 59
+    for key, vector in expected.items():
+        np.testing.assert_allclose(projected[key], vector, atol=1e-5)
+    assert (json.loads((appended / "report_sample.json").read_text())
+            == json.loads((rewritten / "report_sample.json").read_text()))
+    success = json.loads((appended / "_SUCCESS").read_text())
+    assert {name for name in success["files"] if name.startswith("features/")} == {f"features/{n}" for n in parts}
+    journal = next((appended / "_fruitpipe").glob("journal-*"))
+    assert len(list((journal / "segments").iterdir())) == 2  # the first run's compaction and this pass's
+
+    dead = journal / "segments" / "29991231T000000Z-dead"  # a pass that featurized, then died
+    dead.mkdir()
+    shutil.copy(next((journal / "segments" / added.run_id).glob("*.parquet")), dead / "p00000-a00-b00000.parquet")
+    shutil.copy(sorted((source / "Test" / folder.name).glob("*.jpg"))[3], folder / "new-3.jpg")
+    after_death = _frozen_pass(spark, _config(source, appended, resume=True), appended)
+    assert not any(after_death.run_id in name for name in _feature_parts(appended))  # rewritten
+    assert [p.name for p in (journal / "segments").iterdir()] == [after_death.run_id + "-compact"]
+    assert after_death.counts.listed == 61 and after_death.counts.featurized == 1
 
 
 def test_watch_schedule_refits_on_growth_or_every_n_passes() -> None:

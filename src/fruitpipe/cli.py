@@ -398,14 +398,17 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def pass_line(report: PassReport) -> str:
     """`watch`'s line for one pass."""
+    from fruitpipe.batch.manifest import APPENDED
+
     manifest = report.manifest
     if manifest is None:
         return f"watch pass {report.number}: no change ({report.listed} listed), {report.seconds:.1f} s"
     counts, pca = manifest.counts, manifest.pca
     fit = "refitted" if pca.refitted else f"kept (fitted on {pca.fitted_rows} photos)"
+    how = "appended to" if manifest.publication == APPENDED else "published"
     return (f"watch pass {report.number}: {counts.featurized} featurized, {counts.reused} reused, {counts.removed} "
             f"removed, {counts.ok} ok / {counts.rejected} rejected; PCA k={pca.k} {fit}; {report.seconds:.1f} s; "
-            f"published {manifest.output} ({manifest.run_id})")
+            f"{how} {manifest.output} ({manifest.run_id})")
 
 
 def _run_config(args: argparse.Namespace, overwrite: bool, resume: bool) -> RunConfig:

@@ -40,7 +40,8 @@ class StagedPart(WriterCommitMessage):
 
 class StagedDataSource(DataSource):
     """`df.write.format("fruitpipe_staged").option("run_id", ...).save(uri)`; options:
-    format (parquet | csv), run_id, and s3 (`S3Options.to_wire`; absent: the default AWS chain)."""
+    format (parquet | csv), run_id, s3 (`S3Options.to_wire`; absent: the default AWS chain) and
+    part_tag (parts added next to a dataset's existing ones are named with it; see `part_name`)."""
 
     @classmethod
     def name(cls) -> str:
@@ -61,13 +62,14 @@ class StagedWriter(DataSourceArrowWriter):
             raise ValueError(f"unknown format {self.format!r}")
         self.store = Store(S3Options.from_wire(options["s3"])) if options.get("s3") else Store()
         self.schema = schema
+        self.part_tag = options.get("part_tag", "")
 
     @property
     def staging(self) -> str:
         return staging_folder(self.target, self.run_id)
 
     def final_name(self, partition: int) -> str:
-        return part_name(self.target, partition, self.format)
+        return part_name(self.target, partition, self.format, self.part_tag)
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> StagedPart:
         batches = list(iterator)
@@ -77,7 +79,7 @@ class StagedWriter(DataSourceArrowWriter):
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         """Publish one staged part per partition (empty ones skipped unless all are), then clean up."""
         publish(self.store, self.target, self.run_id, self.format, [m for m in messages if isinstance(m, StagedPart)],
-                empty_table(self.schema).schema)
+                empty_table(self.schema).schema, self.part_tag)
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         logger.warning("write to %s aborted; removing staged parts", storage.redact(self.target))
@@ -101,16 +103,18 @@ def stage_part(store: Store, target: str, run_id: str, fmt: str, table: pa.Table
     return StagedPart(partition, staged, table.num_rows)
 
 
-def publish(store: Store, target: str, run_id: str, fmt: str, staged: list[StagedPart], schema: pa.Schema) -> None:
+def publish(store: Store, target: str, run_id: str, fmt: str, staged: list[StagedPart], schema: pa.Schema,
+            part_tag: str = "") -> None:
     """Driver side: one staged part per partition (the first reported; empty ones skipped unless all
-    are) moved to its final name, then the staging removed."""
+    are) moved to its final name, then the staging removed. With `part_tag` the parts join a dataset that
+    exists already: named with the tag (no clash with its parts), and no empty part for no rows."""
     parts: dict[int, StagedPart] = {}
     for part in staged:
         parts.setdefault(part.partition, part)
-    published = [part for part in parts.values() if part.rows] or list(parts.values())[:1]
+    published = [part for part in parts.values() if part.rows] or ([] if part_tag else list(parts.values())[:1])
     for part in sorted(published, key=lambda p: p.partition):
-        store.move(part.staged, part_name(target, part.partition, fmt))
-    if not parts:  # no partitions at all: still leave a readable, empty dataset
+        store.move(part.staged, part_name(target, part.partition, fmt, part_tag))
+    if not parts and not part_tag:  # no partitions at all: still leave a readable, empty dataset
         _write_empty_table(store, target, schema, fmt)
     remove_staging(store, target, run_id)
     logger.info("published %d parts, %d rows to %s", max(1, len(published)),
@@ -169,7 +173,7 @@ class StageTransformed:
 
 
 def write_transformed(df: DataFrame, target: str, run_id: str, store: Store, transform: BatchTransform,
-                      fmt: str = "parquet") -> None:
+                      fmt: str = "parquet", part_tag: str = "") -> None:
     """The same staged commit as the Data Source, fused with a per-batch transform in ONE Python pass.
 
     For the features dataset (projection + write): the vectors cross from the JVM to Python once instead
@@ -182,14 +186,17 @@ def write_transformed(df: DataFrame, target: str, run_id: str, store: Store, tra
     task = StageTransformed(target, run_id, fmt, store, transform, schema)
     try:
         rows = df.mapInArrow(task, STAGED_SCHEMA).collect()
-        publish(store, target, run_id, fmt, [StagedPart(r["partition"], r["staged"], r["rows"]) for r in rows], schema)
+        publish(store, target, run_id, fmt, [StagedPart(r["partition"], r["staged"], r["rows"]) for r in rows], schema,
+                part_tag)
     except BaseException:
         discard_failed_write(df.sparkSession, store, target, run_id)
         raise
 
 
-def part_name(target: str, partition: int, fmt: str) -> str:
-    return storage.join(target, f"part-{partition:05d}.{EXTENSIONS[fmt]}")
+def part_name(target: str, partition: int, fmt: str, part_tag: str = "") -> str:
+    """`part-00003.parquet`; with a tag (a pass appending to the dataset) `part-00003-<tag>.parquet`."""
+    tag = f"-{part_tag}" if part_tag else ""
+    return storage.join(target, f"part-{partition:05d}{tag}.{EXTENSIONS[fmt]}")
 
 
 def empty_table(schema: StructType) -> pa.Table:

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 STATE_FOLDER = "_fruitpipe"  # everything of a run's that is not its published output
 JOURNAL_PREFIX = "journal-"
 IDENTITY = "identity.json"
+PUBLISHED = "published.json"
 SEGMENTS, TRANSIENT = "segments", "transient"
 COMPACT_SUFFIX = "-compact"
 MAX_ALIAS_HOPS = 16
@@ -104,6 +105,26 @@ class Plan:
     pending: list[tuple[str, str | None, str | None, str, str, str | None, str | None]]
     reused: int  # listed images whose results the journal has
     removed: int  # keys the journal had that are no longer listed
+
+
+@dataclass(frozen=True)
+class PublishedState:
+    """What the output's published version was made from: its journal's segment folders (one per pass, or
+    one compacted) and how many of its photos failed for a passing reason (in errors/, retried next
+    pass). Written after `_SUCCESS`; a pass may append to the version only when the journal still holds
+    exactly these folders (no pass died after featurizing) and none of its photos is due for a retry."""
+
+    run_id: str
+    passes: tuple[str, ...]
+    transient: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": 1, "run_id": self.run_id, "passes": list(self.passes), "transient": self.transient}
+
+    @classmethod
+    def from_json(cls, document: object, where: str) -> PublishedState:
+        fields = Fields(document, where)
+        return cls(fields.text("run_id"), fields.texts("passes"), fields.integer("transient"))
 
 
 class Journal:
@@ -204,11 +225,35 @@ class Journal:
     def compacted(self, run_id: str) -> str:
         return storage.join(self.folder, SEGMENTS, run_id + COMPACT_SUFFIX)
 
-    def clean_up(self, run_id: str) -> None:
-        """After _SUCCESS: keep only this run's compacted segments; drop passing-failure records."""
-        keep = run_id + COMPACT_SUFFIX + "/"
-        self.store.remove_tree(storage.join(self.folder, SEGMENTS), keep=(keep,))
+    def passes(self) -> tuple[str, ...]:
+        """The segment folders the journal holds (a pass's, or a compaction's), sorted."""
+        root = storage.join(self.folder, SEGMENTS)
+        return tuple(sorted({relative.split("/", 1)[0] for relative in self.store.list_tree(root) if "/" in relative}))
+
+    def transient_count(self, run_id: str) -> int:
+        """The photos this pass failed to read for a passing reason."""
+        return sum(read_table(self.store, uri, [KEY]).num_rows
+                   for uri in self.segment_files(self.transient(run_id)))
+
+    def clean_up(self, run_id: str, compacted: bool, transient: int) -> None:
+        """After _SUCCESS: keep only this run's compacted segments (or, when it appended, every segment the
+        version is made of); drop passing-failure records; record what the version was made from."""
+        if compacted:
+            keep = run_id + COMPACT_SUFFIX + "/"
+            self.store.remove_tree(storage.join(self.folder, SEGMENTS), keep=(keep,))
         self.store.remove_tree(storage.join(self.folder, TRANSIENT))
+        state = PublishedState(run_id, self.passes(), transient)
+        self.store.write_bytes(storage.join(self.folder, PUBLISHED),
+                               (json.dumps(state.to_json(), indent=2) + "\n").encode("utf-8"))
+
+    def published(self) -> PublishedState | None:
+        """What the published version was made from (None: not recorded, e.g. a pass died before)."""
+        uri = storage.join(self.folder, PUBLISHED)
+        try:
+            raw = self.store.read_bytes(uri)
+        except FileNotFoundError:
+            return None
+        return PublishedState.from_json(json.loads(raw), storage.redact(uri))
 
 
 def resolve(entries: dict[tuple[str, str], Entry], key: str, version: str) -> tuple[str, str] | None:

@@ -368,6 +368,9 @@ class RunCost:
                    fields.optional_number("estimated_cost"), fields.number("reserved_cost"), fields.texts("notes"))
 
 
+REWRITTEN, APPENDED = "rewritten", "appended"  # RunManifest.publication
+
+
 @dataclass(frozen=True)
 class RunManifest:
     """`manifest.json` of a run: what went in, which model and settings, what came out, how fast.
@@ -392,6 +395,9 @@ class RunManifest:
     augment: int | None = None  # augmented views per Training image (None: written before --augment)
     cost: RunCost | None = None  # None: written before cost was recorded
     class_counts: tuple[ClassCount, ...] | None = None  # per class and split; None: written before it
+    # how this version was published: REWRITTEN (every output written) or APPENDED (a pass that only added
+    # photos under a frozen PCA wrote new parts next to the earlier ones); None: written before it
+    publication: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         document = {
@@ -404,7 +410,7 @@ class RunManifest:
         }
         optional = {"augment": self.augment, "cost": None if self.cost is None else self.cost.to_json(),
                     "class_counts": None if self.class_counts is None
-                    else [count.to_json() for count in self.class_counts]}
+                    else [count.to_json() for count in self.class_counts], "publication": self.publication}
         return {**document, **{key: value for key, value in optional.items() if value is not None}}
 
     @classmethod
@@ -422,7 +428,7 @@ class RunManifest:
             augment=fields.optional_integer("augment"),
             cost=RunCost.from_json(fields.child("cost")) if fields.has("cost") else None,
             class_counts=tuple(ClassCount.from_json(item) for item in fields.children("class_counts"))
-            if fields.has("class_counts") else None)
+            if fields.has("class_counts") else None, publication=fields.optional_text("publication"))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> RunManifest:

@@ -25,6 +25,8 @@ from fruitpipe import __version__, faults, sparkapi, storage
 from fruitpipe.batch import cost, lock, plots, report, sampling, sinks, sources, tracking
 from fruitpipe.batch.journal import Entry, Identity, Journal, Plan
 from fruitpipe.batch.manifest import (
+    APPENDED,
+    REWRITTEN,
     ClassCount,
     Executor,
     ModelEntry,
@@ -222,7 +224,7 @@ class FrozenPca:
 def run_pass(spark: SparkSession, job: Job) -> RunManifest:
     """One pass, the Spark part, its jobs tagged with the run (a shared session's other jobs are not its cost);
     the report is written after the manifest and before _SUCCESS, which lists it; the journal is
-    compacted before and cleaned after it."""
+    compacted before and cleaned after it (a pass that appended keeps its segments as they are)."""
     tag = f"fruitpipe-run-{job.run_id}"
     config, store = job.config, job.store
     with sparkapi.tagged_jobs(spark, tag):
@@ -235,8 +237,49 @@ def run_pass(spark: SparkSession, job: Job) -> RunManifest:
     logger.info("report.html written in %.2f s", time.perf_counter() - began)
     faults.reached("driver-before-success")
     sinks.commit(store, config.output, manifest.counts.to_json())
-    job.journal.clean_up(job.run_id)
+    job.journal.clean_up(job.run_id, compacted=manifest.publication == REWRITTEN,
+                         transient=job.journal.transient_count(job.run_id))
     return manifest
+
+
+@dataclass(frozen=True)
+class Published:
+    """The output's published version a pass adds its photos to (see `_appendable`)."""
+
+    manifest: RunManifest
+    sample: ReportSample
+    pca: FrozenPca
+
+
+MAX_SEGMENT_FOLDERS = 64  # passes appended since the last compaction; past it a pass rewrites (and compacts)
+
+
+def _appendable(job: Job, plan: Plan, entries: dict[tuple[str, str], Entry]) -> Published | None:
+    """The published version this pass may add its photos to instead of rewriting every output, or None.
+
+    Only under a kept (frozen) PCA, when the pass only adds: nothing removed, no listed image changed or
+    refused at listing, and the published version is made of exactly the journal's segments (no pass
+    died after featurizing since) with no photo due for a retry. The appended version then holds what a
+    rewrite would: the same rows, projections, counts and sample."""
+    config, store = job.config, job.store
+    frozen = job.frozen
+    if frozen is None or plan.removed or job.listing.rejected:
+        return None
+    known = {key for key, _ in entries}
+    if any(row[3] in known for row in plan.pending):  # a new version of an image the journal has
+        return None
+    state = job.journal.published()
+    if (state is None or state.transient or not store.exists(storage.join(config.output, sinks.SUCCESS))
+            or len(state.passes) >= MAX_SEGMENT_FOLDERS or state.passes != job.journal.passes()):
+        return None
+    manifest_uri, sample_uri = (storage.join(config.output, name) for name in (sinks.MANIFEST, sinks.REPORT_SAMPLE))
+    manifest = RunManifest.loads(store.read_bytes(manifest_uri), storage.redact(manifest_uri))
+    if (manifest.counts.listed != plan.reused or manifest.class_counts is None
+            or not frozen.kept_for(manifest.counts.ok + len(plan.pending))):
+        return None
+    if not store.exists(sample_uri):
+        return None
+    return Published(manifest, ReportSample.loads(store.read_bytes(sample_uri), storage.redact(sample_uri)), frozen)
 
 
 def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[RunManifest, ReportSample]:
@@ -246,23 +289,31 @@ def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[R
     plan = job.journal.plan(listing, entries)
     logger.info("journal: %d of %d images done before, %d to featurize, %d no longer listed",
                 plan.reused, len(listing.rows), len(plan.pending), plan.removed)
+    published = _appendable(job, plan, entries)
     with timer.stage("featurize", len(plan.pending)), tracking.follow_tasks(spark, timer.progress,
                                                                            len(plan.pending)):
         _featurize_pass(spark, job, plan, meter)
     this_pass = job.journal.index(job.journal.segment_files(job.journal.segments(job.run_id)))
     same_bytes = sum(1 for entry in this_pass.values() if entry.same_as is not None)
-    entries = {**this_pass, **entries}
-    featurized = _current_rows(spark, job, entries).persist(StorageLevel.MEMORY_AND_DISK)
+    if published is not None and job.journal.segment_files(job.journal.transient(job.run_id)):
+        published = None  # a photo to retry next pass: this version must say so in errors/ and be rewritten then
+    featurized = _current_rows(spark, job, this_pass if published is not None else {**this_pass, **entries})
+    featurized = featurized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts, per_class, pca = _featurize_fit_write(featurized, job)
+        if published is None:
+            counts, per_class, pca = _featurize_fit_write(featurized, job)
+        else:
+            counts, per_class, pca = _append_outputs(featurized, job, published)
         # from the journal, not the tasks' summaries: a retried task's summary lacks what its dead attempt did
         counts = replace(counts, featurized=len(this_pass) - same_bytes, reused=plan.reused + same_bytes,
                          removed=plan.removed)
         with timer.stage("report_sample"):
             photos = featurized.where(F.col(ERROR_STAGE).isNull() & (F.col(VIEW) == 0))
-            sample = sampling.stratified_sample(photos, pca, per_class)
-        with timer.stage("journal_compact"):
-            _compact(featurized.where(~F.col(TRANSIENT_COL)), job)
+            sample = (sampling.stratified_sample(photos, pca, per_class) if published is None
+                      else sampling.extended_sample(published.sample, photos, pca, per_class))
+        if published is None:
+            with timer.stage("journal_compact"):
+                _compact(featurized.where(~F.col(TRANSIENT_COL)), job)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
         featurized.unpersist(blocking=True)  # no block removal left running when the session stops next
     cpu = cost.CpuSeconds(task=sparkapi.task_cpu_seconds(spark, tag),
@@ -272,7 +323,7 @@ def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[R
                               "worker CPU) live on the server, out of the client's reach",))
     manifest = _manifest(spark, job, pca, counts)
     cores = manifest.spark.default_parallelism
-    return replace(manifest, class_counts=per_class,
+    return replace(manifest, class_counts=per_class, publication=REWRITTEN if published is None else APPENDED,
                    cost=cost.estimate(cpu, counts.listed, manifest.timings_s.total, cores,
                                       config.price_per_vcpu_hour)), sample
 
@@ -362,6 +413,37 @@ def _featurize_fit_write(featurized: DataFrame, job: Job) -> tuple[RunCounts, tu
     with timer.stage("write"):
         _write_outputs(ok, pca, store, config, job.run_id)
     return RunCounts(listed=listing.listed, ok=ok_count, rejected=rejected, views=views), per_class, pca
+
+
+def _append_outputs(added: DataFrame, job: Job, published: Published
+                    ) -> tuple[RunCounts, tuple[ClassCount, ...], CentredPCAModel]:
+    """This pass's rows added to the published version under its frozen PCA: `_SUCCESS` removed first,
+    then new parts next to the old ones in features/ (errors/, csv/); nothing else is rewritten but the
+    manifest, the sample and the report. (counts, per-class counts, model) of the whole new version."""
+    config, store, timer = job.config, job.store, job.timer
+    with timer.stage("resolve"):
+        ok_count, rejected, views, per_class = _count_outcomes(added)
+    pca = published.pca.model
+    logger.info("appending %d photos (%d rejected) to the published version; PCA kept (fitted on %d photos)",
+                ok_count, rejected, published.pca.fitted_rows)
+    faults.reached("driver-before-publish")
+    job.publication.started = True
+    store.remove(storage.join(config.output, sinks.SUCCESS))
+    if rejected:
+        with timer.stage("write_errors"):
+            errors = added.where(F.col(ERROR_STAGE).isNotNull()).select(
+                "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
+            sinks.write_dataset(errors, storage.join(config.output, sinks.ERRORS), job.run_id, store,
+                                part_tag=job.run_id)
+    with timer.stage("write"):
+        ok = added.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
+        sinks.write_features(ok, config.output, job.run_id, store, pca.projection().apply, part_tag=job.run_id)
+        if config.csv:
+            sinks.write_csv(pca.transform(ok), config.output, pca.components, job.run_id, store, part_tag=job.run_id)
+    before = published.manifest.counts
+    counts = RunCounts(listed=before.listed + ok_count + rejected, ok=before.ok + ok_count,
+                       rejected=before.rejected + rejected, views=(before.views or 0) + views)
+    return counts, sampling.added_counts(published.manifest.class_counts or (), per_class), pca
 
 
 def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int, tuple[ClassCount, ...]]:

@@ -83,12 +83,13 @@ def unpublish(store: Store, uri: str) -> None:
     store.remove_tree(uri, keep=(STATE,))
 
 
-def write_dataset(df: DataFrame, uri: str, run_id: str, store: Store, fmt: str = "parquet") -> None:
+def write_dataset(df: DataFrame, uri: str, run_id: str, store: Store, fmt: str = "parquet",
+                  part_tag: str = "") -> None:
     """Write through the staged committer (any storage; only successful task attempts are published,
-    one part per partition)."""
+    one part per partition). `part_tag`: the parts join the dataset's existing ones (an appending pass)."""
     _register(df.sparkSession)
     writer = (df.write.format(FORMAT_NAME).mode("append").option("run_id", run_id).option("format", fmt)
-              .option("s3", store.options.to_wire()))
+              .option("s3", store.options.to_wire()).option("part_tag", part_tag))
     try:
         writer.save(storage.canonical(uri))
     except BaseException:  # the Data Source's abort ran already; attempts killed late may have staged since
@@ -107,10 +108,12 @@ def _register(spark: SparkSession) -> None:
         _registered.add(application)
 
 
-def write_features(df: DataFrame, output: str, run_id: str, store: Store, projection: BatchTransform) -> None:
+def write_features(df: DataFrame, output: str, run_id: str, store: Store, projection: BatchTransform,
+                   part_tag: str = "") -> None:
     """features/: the featurized rows with their `pca` column added by `projection`, in one pass."""
     columns = [name for name in FEATURE_COLUMNS if name != "pca"]
-    write_transformed(df.select(*columns), storage.join(output, FEATURES), run_id, store, projection)
+    write_transformed(df.select(*columns), storage.join(output, FEATURES), run_id, store, projection,
+                      part_tag=part_tag)
 
 
 def write_errors(df: DataFrame, output: str, run_id: str, store: Store, rejected: int) -> None:
@@ -123,11 +126,11 @@ def write_errors(df: DataFrame, output: str, run_id: str, store: Store, rejected
         write_dataset(errors, storage.join(output, ERRORS), run_id, store)
 
 
-def write_csv(df: DataFrame, output: str, k: int, run_id: str, store: Store) -> None:
+def write_csv(df: DataFrame, output: str, k: int, run_id: str, store: Store, part_tag: str = "") -> None:
     """path, label, split, view and one column per PCA component (the seed's CSV, plus view)."""
     columns = [F.col("path"), F.col("label"), F.col("split"), F.col("view")]
     columns += [F.col("pca")[i].alias(f"pc{i + 1}") for i in range(k)]
-    write_dataset(df.select(*columns), storage.join(output, CSV), run_id, store, fmt="csv")
+    write_dataset(df.select(*columns), storage.join(output, CSV), run_id, store, fmt="csv", part_tag=part_tag)
 
 
 def write_json(store: Store, uri: str, document: dict[str, Any]) -> None:
