@@ -143,7 +143,7 @@ def test_fanned_listing_equals_the_sequential_one_and_lists_each_class_on_its_ow
         client.put_object(Bucket="fanned", Key=key, Body=key.encode())
     store = Store(S3Options(endpoint_url=s3_endpoint))
     location = S3Location("fanned", "photos")
-    sequential = {(item["Key"], item["Size"], item["ETag"]) for item in store.list_objects(location)}
+    sequential = {(item["Key"], item["Size"], item["ETag"].strip('"')) for item in store.list_objects(location)}
     listed: list[str] = []
     original = Store.list_objects
 
@@ -153,8 +153,10 @@ def test_fanned_listing_equals_the_sequential_one_and_lists_each_class_on_its_ow
 
     Store.list_objects = recording  # type: ignore[method-assign]
     try:
-        fanned = [(item["Key"], item["Size"], item["ETag"]) for item in store.list_objects_fanned(location)]
-        small = [item["Key"] for item in store.list_objects_fanned(S3Location("fanned", "photos/Test"))]
+        fanned = [row for table in store.object_tables(location)
+                  for row in zip(*(table.column(name).to_pylist() for name in ("key", "size", "etag")), strict=True)]
+        small = [key for table in store.object_tables(S3Location("fanned", "photos/Test"))
+                 for key in table.column("key").to_pylist()]
     finally:
         Store.list_objects = original  # type: ignore[method-assign]
     assert len(fanned) == len(set(fanned)) and set(fanned) == sequential

@@ -14,11 +14,14 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -217,16 +220,41 @@ def ship_file(spark: SparkSession, path: str) -> str:
     return os.path.basename(path)
 
 
-def parallelize(spark: SparkSession, rows: list[tuple[Any, ...]], schema: StructType, partitions: int) -> DataFrame:
-    """`rows` as a DataFrame of `partitions` contiguous slices (neighbouring rows stay together).
+def parallelize(spark: SparkSession, table: pa.Table, schema: StructType, partitions: int) -> DataFrame:
+    """`table` (its columns named and typed as `schema`'s) as a DataFrame of `partitions` contiguous
+    slices (neighbouring rows stay together); the driver never turns it into Python rows.
 
-    Classic: SparkContext.parallelize, exactly as before. Connect has no RDDs: the rows go up as a local
-    relation with their index, and a range repartition on it gives contiguous slices in order."""
+    Classic: each slice goes to its partition as Arrow IPC bytes and becomes rows there (`i*n//p` cuts,
+    as SparkContext.parallelize cuts a list). Connect has no RDDs: the table goes up as a local relation
+    with its row index, and a range repartition on it gives contiguous slices in order."""
+    import pyarrow as pa
+
+    table = table.select(schema.fieldNames())
     if not is_connect(spark):
-        return spark.createDataFrame(spark.sparkContext.parallelize(rows, partitions), schema)
-    indexed = StructType([*schema.fields]).add(_INDEX, "long", False)
-    frame = spark.createDataFrame([(*row, index) for index, row in enumerate(rows)], indexed)
+        rows, count = table.num_rows, max(1, partitions)
+        slices = [_ipc_bytes(table.slice(i * rows // count, (i + 1) * rows // count - i * rows // count))
+                  for i in range(count)]
+        return spark.createDataFrame(spark.sparkContext.parallelize(slices, count).flatMap(_ipc_rows), schema)
+    indexed = table.append_column(_INDEX, pa.array(range(table.num_rows), pa.int64()))
+    frame = spark.createDataFrame(indexed)
     return frame.repartitionByRange(partitions, _INDEX).sortWithinPartitions(_INDEX).drop(_INDEX)
+
+
+def _ipc_bytes(table: pa.Table) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _ipc_rows(data: bytes) -> Iterator[tuple[Any, ...]]:
+    """Executor side: one slice's rows as tuples."""
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(data).read_all()
+    return zip(*(table.column(name).to_pylist() for name in table.column_names), strict=True)
 
 
 def quiet_logs(spark: SparkSession, level: str = "WARN") -> None:

@@ -25,9 +25,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fruitpipe.config import S3Options
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -245,26 +248,27 @@ class Store:
                 return
             yield from page.get("Contents", [])
 
-    def list_objects_fanned(self, location: S3Location, depth: int = LISTING_FAN_DEPTH,
-                            threads: int = LISTING_THREADS) -> Iterator[dict[str, Any]]:
-        """Every object under the prefix, like `list_objects`; when there is more than one page, the
-        folders `depth` levels down (Training/ and Test/, then their class folders) are found with
-        delimiter listings and paginated concurrently: one sequential chain of 1,000-key pages becomes one
-        per folder. Order is not the key order (callers sort)."""
+    def object_tables(self, location: S3Location, depth: int = LISTING_FAN_DEPTH,
+                      threads: int = LISTING_THREADS) -> Iterator[pa.Table]:
+        """Every object under the prefix as (key, size, etag) Arrow tables of at most LISTING_CHUNK rows,
+        never one Python object per key beyond a chunk and the pages in flight. When there is more than
+        one page, the folders `depth` levels down (Training/ and Test/, then their class folders) are found
+        with delimiter listings and paginated concurrently: one sequential chain of 1,000-key pages becomes
+        one per folder. Order is not the key order (callers sort)."""
         first = self.with_retries(lambda: self.client().list_objects_v2(Bucket=location.bucket,
                                                                        Prefix=location.prefix),
                                   f"listing {location.uri}")
         if not first.get("IsTruncated"):  # one page holds it all: nothing to gain from fanning out
-            yield from first.get("Contents", [])
+            yield from _object_chunks(first.get("Contents", []))
             return
         folders, objects = self._folders(location.prefix, location, depth, threads)
-        yield from objects
+        yield from _object_chunks(objects)
         if not folders:
             return
         with ThreadPoolExecutor(max_workers=min(threads, len(folders))) as pool:
-            for listed in pool.map(lambda folder: list(self.list_objects(S3Location(location.bucket, folder))),
-                                   folders):
-                yield from listed
+            for tables in pool.map(lambda folder: list(_object_chunks(self.list_objects(
+                    S3Location(location.bucket, folder)))), folders):
+                yield from tables
 
     def _folders(self, prefix: str, location: S3Location, depth: int,
                  threads: int) -> tuple[list[str], list[dict[str, Any]]]:
@@ -302,13 +306,47 @@ class Store:
 
     def list_versions(self, uri: str, extensions: Iterable[str]) -> list[Listed]:
         """`list_files` with each file's version (`Listed.version`), from the same listing: no extra request."""
+        table = self.list_table(uri, extensions)
+        return [Listed(*row) for row in zip(*(table.column(name).to_pylist() for name in LISTED_COLUMNS),
+                                            strict=True)]
+
+    def list_table(self, uri: str, extensions: Iterable[str]) -> pa.Table:
+        """`list_versions` as one Arrow table (uri, relative, version), sorted by relative path: while it
+        is built, Python holds one object per file for LISTING_CHUNK files at most (a million files cost
+        the table's bytes, not a million tuples)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         wanted = tuple(ext.lower() for ext in extensions)
-        found = [Listed(full, unicodedata.normalize("NFC", relative), version)
-                 for full, relative, version in self._walk(uri)
-                 if relative.lower().endswith(wanted)
-                 and not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))]
-        found.sort(key=lambda item: item.relative)
-        return found
+        chunks = []
+        for chunk in self._walk_chunks(uri):
+            kept = [(full, unicodedata.normalize("NFC", relative), version) for full, relative, version in chunk
+                    if relative.lower().endswith(wanted)
+                    and not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))]
+            chunks.append(pa.table([pa.array(column, pa.string()) for column in zip(*kept, strict=True)]
+                                   if kept else [pa.array([], pa.string())] * 3, names=list(LISTED_COLUMNS)))
+        table = pa.concat_tables(chunks) if chunks else _empty_listing()
+        return table.take(pc.sort_indices(table, [("relative", "ascending")]))
+
+    def _walk_chunks(self, uri: str) -> Iterator[list[tuple[str, str, str]]]:
+        """`_walk` in lists of at most LISTING_CHUNK rows; on S3 straight from the object tables."""
+        if is_local(uri):
+            chunk: list[tuple[str, str, str]] = []
+            for row in self._walk(uri):
+                chunk.append(row)
+                if len(chunk) == LISTING_CHUNK:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+            return
+        location = parse_s3(uri)
+        any_object = False
+        for table in self.object_tables(location):
+            any_object = any_object or table.num_rows > 0
+            yield list(_s3_rows(location, table))
+        if not any_object:
+            raise ValueError(f"input not found or empty: {redact(uri)}")
 
     def _walk(self, uri: str) -> Iterator[tuple[str, str, str]]:
         """(full URI, relative path, version) of every file below `uri`; ValueError when there is no folder.
@@ -328,16 +366,8 @@ class Store:
                         continue
                     yield full, os.path.relpath(full, root).replace(os.sep, "/"), f"{info.st_size}:{info.st_mtime_ns}"
             return
-        location = parse_s3(uri)
-        any_object = False
-        for item in self.list_objects_fanned(location):
-            any_object = True
-            relative = item["Key"][len(location.prefix):]
-            if relative and not relative.endswith("/"):
-                yield (f"s3://{location.bucket}/{item['Key']}", relative,
-                       f"{item.get('Size', -1)}:{str(item.get('ETag', '')).strip(chr(34))}")
-        if not any_object:
-            raise ValueError(f"input not found or empty: {redact(uri)}")
+        for chunk in self._walk_chunks(uri):
+            yield from chunk
 
     def read_bytes(self, uri: str, limit: int | None = None) -> bytes:
         """Whole object; with `limit`, refuse larger objects without reading their body."""
@@ -469,3 +499,41 @@ def _remove_empty_folders(root: str) -> None:
     for directory, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
         if directory != root and not os.listdir(directory):
             os.rmdir(directory)
+
+
+LISTED_COLUMNS = ("uri", "relative", "version")
+OBJECT_COLUMNS = ("key", "size", "etag")
+LISTING_CHUNK = 10_000  # files per chunk of a listing while it becomes Arrow
+
+
+def _empty_listing() -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table([pa.array([], pa.string())] * 3, names=list(LISTED_COLUMNS))
+
+
+def _object_chunks(objects: Iterable[dict[str, Any]]) -> Iterator[pa.Table]:
+    """boto3's object dicts as (key, size, etag) tables of at most LISTING_CHUNK rows."""
+    import pyarrow as pa
+
+    def table(rows: list[tuple[str, int, str]]) -> pa.Table:
+        keys, sizes, etags = (list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [])
+        return pa.table([pa.array(keys, pa.string()), pa.array(sizes, pa.int64()), pa.array(etags, pa.string())],
+                        names=list(OBJECT_COLUMNS))
+
+    rows: list[tuple[str, int, str]] = []
+    for item in objects:
+        rows.append((item["Key"], int(item.get("Size", -1)), str(item.get("ETag", "")).strip('"')))
+        if len(rows) == LISTING_CHUNK:
+            yield table(rows)
+            rows = []
+    if rows:
+        yield table(rows)
+
+
+def _s3_rows(location: S3Location, table: pa.Table) -> Iterator[tuple[str, str, str]]:
+    """(full URI, relative path, "size:ETag") of a table's objects, folder markers skipped."""
+    for key, size, etag in zip(*(table.column(name).to_pylist() for name in OBJECT_COLUMNS), strict=True):
+        relative = key[len(location.prefix):]
+        if relative and not relative.endswith("/"):
+            yield f"s3://{location.bucket}/{key}", relative, f"{size}:{etag}"

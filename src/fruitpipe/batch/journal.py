@@ -19,13 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from fruitpipe import storage
 from fruitpipe.batch import sources
 from fruitpipe.batch.manifest import Fields, ModelEntry
-from fruitpipe.executor.journal import KEY, VERSION, read_table
-from fruitpipe.executor.worker import SAME_AS, SHA256, VIEW
+from fruitpipe.executor.journal import KEY, PLAN_SCHEMA, SEGMENT_COLUMN, SOURCE_VERSION, VERSION, read_table
+from fruitpipe.executor.worker import PRIOR_SHA256, PRIOR_VERSION, SAME_AS, SHA256, VIEW
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
@@ -89,20 +91,46 @@ def _short(value: object) -> str:
     return text[:16] + "…" if len(text) > 24 else text
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One (key, version) the journal holds: its segment, its bytes' hash, and the version it aliases."""
+SEGMENT_ID, ROW = "segment_id", "__row"
+INDEX_SCHEMA = pa.schema([pa.field(KEY, pa.string()), pa.field(VERSION, pa.string()), pa.field(SEGMENT_ID, pa.int32()),
+                          pa.field(SHA256, pa.string()), pa.field(SAME_AS, pa.string())])
 
-    segment: str
-    sha256: str | None
-    same_as: str | None
+
+@dataclass(frozen=True)
+class Index:
+    """The journal's (key, version) pairs as one Arrow table (INDEX_SCHEMA), one row per pair: the smallest
+    segment name's. `segment_id` indexes `segments` (sorted, so the smallest id is the smallest name);
+    `same_as` is the version it aliases (same bytes: no rows of its own), or null."""
+
+    table: pa.Table
+    segments: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.table.num_rows)
+
+    @property
+    def aliases(self) -> int:
+        """Pairs recorded as the same bytes as an earlier version."""
+        return len(self) - int(self.table.column(SAME_AS).null_count)
+
+    def merged(self, other: Index) -> Index:
+        """Both indexes as one (a pair in both: the smaller segment name's)."""
+        names = tuple(sorted(set(self.segments) | set(other.segments)))
+        position = {name: number for number, name in enumerate(names)}
+        tables = []
+        for index in (self, other):
+            mapping = pa.array([position[name] for name in index.segments], pa.int32())
+            ids = pc.take(mapping, index.table.column(SEGMENT_ID))
+            tables.append(index.table.set_column(index.table.schema.get_field_index(SEGMENT_ID), SEGMENT_ID, ids))
+        return Index(_first_per_pair(pa.concat_tables(tables)), names)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a pass does: the rows to featurize (with their earlier version's hash) and what is reused."""
+    """What a pass does: the rows to featurize (`pending`: path, label, split, key, version and their key's
+    earlier version and its hash, so the same bytes cost no model call) and what is reused."""
 
-    pending: list[tuple[str, str | None, str | None, str, str, str | None, str | None]]
+    pending: pa.Table
     reused: int  # listed images whose results the journal has
     removed: int  # keys the journal had that are no longer listed
 
@@ -177,50 +205,41 @@ class Journal:
         return [storage.join(root, *relative.split("/")) for relative in self.store.list_tree(root)
                 if relative.endswith(".parquet")]
 
-    def index(self, files: Iterable[str] | None = None) -> dict[tuple[str, str], Entry]:
-        """(key, version) -> Entry over the segments (all, or `files`); the smallest segment name wins."""
-        chosen = sorted(self.segment_files() if files is None else files)
+    def index(self, files: Iterable[str] | None = None) -> Index:
+        """The index over the segments (all, or `files`); the smallest segment name wins."""
+        chosen = tuple(sorted(self.segment_files() if files is None else files))
         with ThreadPoolExecutor(max_workers=16) as pool:
-            tables = list(pool.map(lambda uri: (uri, read_table(self.store, uri, INDEX_COLUMNS)), chosen))
-        entries: dict[tuple[str, str], Entry] = {}
-        for uri, table in tables:
+            tables = list(pool.map(lambda uri: read_table(self.store, uri, INDEX_COLUMNS), chosen))
+        parts = []
+        for number, table in enumerate(tables):
             photos = table.filter(pc.equal(table.column(VIEW), 0))
-            for key, version, sha, same in zip(*(photos.column(name).to_pylist()
-                                                 for name in (KEY, VERSION, SHA256, SAME_AS)), strict=True):
-                entries.setdefault((key, version), Entry(uri, sha, same))
-        return entries
+            ids = pa.array(np.full(photos.num_rows, number, dtype=np.int32))
+            parts.append(pa.table([photos.column(KEY), photos.column(VERSION), ids, photos.column(SHA256),
+                                   photos.column(SAME_AS)], schema=INDEX_SCHEMA))
+        return Index(_first_per_pair(pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()), chosen)
 
-    def plan(self, listing: sources.ImageListing, entries: dict[tuple[str, str], Entry]) -> Plan:
-        """Which listed images to featurize: those whose (key, version) the journal cannot resolve, each with
-        the hash of its key's latest materialised version (same bytes then cost no model call)."""
-        latest: dict[str, tuple[str, str, str | None]] = {}  # key -> (segment, version, sha256)
-        for (key, version), entry in entries.items():
-            if entry.same_as is None and (key not in latest or entry.segment > latest[key][0]):
-                latest[key] = (entry.segment, version, entry.sha256)
-        pending = []
-        reused = 0
-        for (path, label, split), (key, version) in zip(listing.rows, listing.identities, strict=True):
-            if resolve(entries, key, version) is not None:
-                reused += 1
-                continue
-            _, prior_version, prior_sha = latest.get(key, ("", None, None))
-            pending.append((path, label, split, key, version, prior_sha, prior_version))
-        listed_keys = {key for key, _ in listing.identities}
-        removed = len({key for key, _ in entries} - listed_keys)
-        return Plan(pending, reused, removed)
+    def plan(self, listing: sources.ImageListing, index: Index) -> Plan:
+        """Which listed images to featurize: those whose (key, version) the journal cannot resolve (an
+        anti-join), each with the hash of its key's latest materialised version."""
+        listed = listing.table
+        done = np.zeros(listed.num_rows, dtype=bool)
+        done[_resolved(index, listed).column(ROW).to_numpy()] = True
+        numbered = listed.filter(pa.array(~done)).append_column(ROW, pa.array(np.flatnonzero(~done)))
+        pending = numbered.join(_latest_materialised(index), keys=KEY, join_type="left outer").sort_by(ROW)
+        pending = pending.select([*sources.LISTING_SCHEMA.names, PRIOR_SHA256, PRIOR_VERSION])
+        journal_keys = pc.unique(index.table.column(KEY))
+        removed = len(journal_keys) - int(pc.sum(pc.is_in(journal_keys, value_set=listed.column(KEY))).as_py() or 0)
+        return Plan(pending, int(done.sum()), removed)
 
-    def current(self, listing: sources.ImageListing,
-                entries: dict[tuple[str, str], Entry]) -> list[tuple[str, str, str, str, str, str | None, str | None]]:
-        """Read plan of the run's current rows: (segment, key, source version, version, path, label, split)
-        for every listed image the journal resolves, sorted by segment (each segment read once)."""
-        rows = []
-        for (path, label, split), (key, version) in zip(listing.rows, listing.identities, strict=True):
-            found = resolve(entries, key, version)
-            if found is not None:
-                segment, source_version = found
-                rows.append((segment, key, source_version, version, path, label, split))
-        rows.sort(key=lambda row: (row[0], row[1]))
-        return rows
+    def current(self, listing: sources.ImageListing, index: Index) -> pa.Table:
+        """Read plan of the run's current rows (PLAN_SCHEMA: segment, key, source version, version, path,
+        label, split) for every listed image the journal resolves, sorted by segment (each read once)."""
+        resolved = _resolved(index, listing.table)
+        rows = listing.table.take(resolved.column(ROW))
+        segments = pc.take(pa.array(index.segments, pa.string()), resolved.column(SEGMENT_ID))
+        table = pa.table([segments, rows.column(KEY), resolved.column(SOURCE_VERSION), rows.column(VERSION),
+                          rows.column("path"), rows.column("label"), rows.column("split")], schema=PLAN_SCHEMA)
+        return table.sort_by([(SEGMENT_COLUMN, "ascending"), (KEY, "ascending")])
 
     def compacted(self, run_id: str) -> str:
         return storage.join(self.folder, SEGMENTS, run_id + COMPACT_SUFFIX)
@@ -256,14 +275,41 @@ class Journal:
         return PublishedState.from_json(json.loads(raw), storage.redact(uri))
 
 
-def resolve(entries: dict[tuple[str, str], Entry], key: str, version: str) -> tuple[str, str] | None:
-    """(segment, version whose rows stand) for a listed (key, version), following same-bytes aliases;
-    None when the journal does not have it."""
+def _first_per_pair(table: pa.Table) -> pa.Table:
+    """One row per (key, version): the smallest segment id's."""
+    if not table.num_rows:
+        return table
+    ordered = table.sort_by([(KEY, "ascending"), (VERSION, "ascending"), (SEGMENT_ID, "ascending")])
+    keys, versions = ordered.column(KEY).combine_chunks(), ordered.column(VERSION).combine_chunks()
+    changed = pc.or_(pc.not_equal(keys[1:], keys[:-1]), pc.not_equal(versions[1:], versions[:-1]))
+    return ordered.filter(pa.concat_arrays([pa.array([True]), changed]))
+
+
+def _latest_materialised(index: Index) -> pa.Table:
+    """Per key, its latest version with rows of its own (the largest segment id): key, sha256, version."""
+    own = index.table.filter(pc.is_null(index.table.column(SAME_AS)))
+    ordered = own.sort_by([(KEY, "ascending"), (SEGMENT_ID, "descending")])
+    keys = ordered.column(KEY).combine_chunks()
+    latest = ordered.filter(pa.concat_arrays([pa.array([True]), pc.not_equal(keys[1:], keys[:-1])])) if len(keys) \
+        else ordered
+    return pa.table([latest.column(KEY), latest.column(SHA256), latest.column(VERSION)],
+                    names=[KEY, PRIOR_SHA256, PRIOR_VERSION])
+
+
+def _resolved(index: Index, listed: pa.Table) -> pa.Table:
+    """(ROW: the listing row, segment_id, SOURCE_VERSION: the version whose rows stand) for every listed
+    (key, version) the journal resolves, following same-bytes aliases (at most MAX_ALIAS_HOPS)."""
+    probe = pa.table([pa.array(np.arange(listed.num_rows)), listed.column(KEY), listed.column(VERSION)],
+                     names=[ROW, KEY, VERSION])
+    found = [pa.table([pa.array([], pa.int64()), pa.array([], pa.int32()), pa.array([], pa.string())],
+                      names=[ROW, SEGMENT_ID, SOURCE_VERSION])]
     for _ in range(MAX_ALIAS_HOPS):
-        entry = entries.get((key, version))
-        if entry is None:
-            return None
-        if entry.same_as is None:
-            return entry.segment, version
-        version = entry.same_as
-    return None
+        if not probe.num_rows:
+            break
+        hit = probe.join(index.table, keys=[KEY, VERSION], join_type="inner")
+        final = hit.filter(pc.is_null(hit.column(SAME_AS)))
+        found.append(pa.table([final.column(ROW), final.column(SEGMENT_ID), final.column(VERSION)],
+                              names=[ROW, SEGMENT_ID, SOURCE_VERSION]))
+        aliased = hit.filter(pc.is_valid(hit.column(SAME_AS)))
+        probe = pa.table([aliased.column(ROW), aliased.column(KEY), aliased.column(SAME_AS)], names=[ROW, KEY, VERSION])
+    return pa.concat_tables(found)

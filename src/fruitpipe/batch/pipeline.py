@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -23,7 +24,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from fruitpipe import __version__, faults, sparkapi, storage
 from fruitpipe.batch import cost, lock, plots, report, sampling, sinks, sources, tracking
-from fruitpipe.batch.journal import Entry, Identity, Journal, Plan
+from fruitpipe.batch.journal import Identity, Index, Journal, Plan
 from fruitpipe.batch.manifest import (
     APPENDED,
     REWRITTEN,
@@ -197,7 +198,7 @@ class Job:
     run_id: str
     publication: sinks.Publication
     frozen: FrozenPca | None = None
-    entries: dict[tuple[str, str], Entry] | None = None
+    entries: Index | None = None
 
     @property
     def config(self) -> RunConfig:
@@ -254,7 +255,7 @@ class Published:
 MAX_SEGMENT_FOLDERS = 64  # passes appended since the last compaction; past it a pass rewrites (and compacts)
 
 
-def _appendable(job: Job, plan: Plan, entries: dict[tuple[str, str], Entry]) -> Published | None:
+def _appendable(job: Job, plan: Plan, entries: Index) -> Published | None:
     """The published version this pass may add its photos to instead of rewriting every output, or None.
 
     Only under a kept (frozen) PCA, when the pass only adds: nothing removed, no listed image changed or
@@ -265,9 +266,8 @@ def _appendable(job: Job, plan: Plan, entries: dict[tuple[str, str], Entry]) -> 
     frozen = job.frozen
     if frozen is None or plan.removed or job.listing.rejected:
         return None
-    known = {key for key, _ in entries}
-    if any(row[3] in known for row in plan.pending):  # a new version of an image the journal has
-        return None
+    if pc.any(pc.is_in(plan.pending.column(KEY), value_set=entries.table.column(KEY))).as_py():
+        return None  # a new version of an image the journal has
     state = job.journal.published()
     if (state is None or state.transient or not store.exists(storage.join(config.output, sinks.SUCCESS))
             or len(state.passes) >= MAX_SEGMENT_FOLDERS or state.passes != job.journal.passes()):
@@ -288,16 +288,16 @@ def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[R
     entries = job.journal.index() if job.entries is None else job.entries
     plan = job.journal.plan(listing, entries)
     logger.info("journal: %d of %d images done before, %d to featurize, %d no longer listed",
-                plan.reused, len(listing.rows), len(plan.pending), plan.removed)
+                plan.reused, listing.count, plan.pending.num_rows, plan.removed)
     published = _appendable(job, plan, entries)
-    with timer.stage("featurize", len(plan.pending)), tracking.follow_tasks(spark, timer.progress,
-                                                                           len(plan.pending)):
+    with timer.stage("featurize", plan.pending.num_rows), tracking.follow_tasks(spark, timer.progress,
+                                                                               plan.pending.num_rows):
         _featurize_pass(spark, job, plan, meter)
     this_pass = job.journal.index(job.journal.segment_files(job.journal.segments(job.run_id)))
-    same_bytes = sum(1 for entry in this_pass.values() if entry.same_as is not None)
+    same_bytes = this_pass.aliases
     if published is not None and job.journal.segment_files(job.journal.transient(job.run_id)):
         published = None  # a photo to retry next pass: this version must say so in errors/ and be rewritten then
-    featurized = _current_rows(spark, job, this_pass if published is not None else {**this_pass, **entries})
+    featurized = _current_rows(spark, job, this_pass if published is not None else entries.merged(this_pass))
     featurized = featurized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if published is None:
@@ -337,12 +337,12 @@ TRANSIENT_COL = "__transient"
 
 def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | None) -> None:
     """The images the journal lacks, featurized into this pass's segments (what they hold is what counts)."""
-    if not plan.pending:
+    if not plan.pending.num_rows:
         return
     config = job.config
     cores = max(1, sparkapi.default_parallelism(spark))
-    images = sparkapi.parallelize(spark, list(plan.pending), PENDING_SCHEMA,
-                                  sources.partition_count(len(plan.pending), cores, config.executor.rows_per_partition))
+    partitions = sources.partition_count(plan.pending.num_rows, cores, config.executor.rows_per_partition)
+    images = sparkapi.parallelize(spark, plan.pending, PENDING_SCHEMA, partitions)
     if config.augment:
         images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
     featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
@@ -357,13 +357,13 @@ def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | No
     logger.info("featurize pass: %s (a retried task reports only what its last attempt did)", outcomes)
 
 
-def _current_rows(spark: SparkSession, job: Job, entries: dict[tuple[str, str], Entry]) -> DataFrame:
+def _current_rows(spark: SparkSession, job: Job, entries: Index) -> DataFrame:
     """Every listed image's rows from the journal (planned on the driver, read in executors), plus this
     pass's passing read failures (reported, not remembered): the run's featurized rows."""
     rows = job.journal.current(job.listing, entries)
     cores = max(1, sparkapi.default_parallelism(spark))
-    partitions = sources.partition_count(max(1, len(rows)), cores, job.config.executor.rows_per_partition)
-    plan = sparkapi.parallelize(spark, list(rows), from_arrow_schema(PLAN_SCHEMA), partitions)
+    partitions = sources.partition_count(max(1, rows.num_rows), cores, job.config.executor.rows_per_partition)
+    plan = sparkapi.parallelize(spark, rows, from_arrow_schema(PLAN_SCHEMA), partitions)
     schema = from_arrow_schema(CURRENT_SCHEMA)
     current = plan.mapInArrow(functools.partial(read_current, CurrentTask(job.store)), schema)
     current = current.withColumn(TRANSIENT_COL, F.lit(False))

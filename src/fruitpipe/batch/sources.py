@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StringType, StructField, StructType
 
@@ -29,53 +32,106 @@ TASKS_PER_CORE = 2
 LIST_STAGE = "list"
 
 
+LISTING_SCHEMA = pa.schema([pa.field("path", pa.string(), False), pa.field("label", pa.string()),
+                            pa.field("split", pa.string()), pa.field("key", pa.string()),
+                            pa.field("version", pa.string())])
+CHUNK = 50_000  # rows turned into Python values at a time while a listing is checked
+
+
 @dataclass(frozen=True)
 class ImageListing:
-    """What the driver found: one (path, label, split) row per image, and the layout it saw."""
+    """What the driver found: one row per image in `table` (LISTING_SCHEMA: its URI, class and split, key =
+    its relative path (NFC), version), and the layout it saw. Arrow, not Python rows: a million images cost
+    the table's bytes (~150 B each), not a million tuples. Key and version are null in a listing made
+    from rows (`of_rows`: evaluate's selection)."""
 
     root: str
     layout: str  # "fruits360" | "flat"
-    rows: list[tuple[str, str | None, str | None]]
+    table: pa.Table
     rejected: tuple[tuple[str, str], ...] = ()  # (path, reason): listed but unsafe (storage.unsafe_reason)
-    identities: tuple[tuple[str, str], ...] = ()  # (key, version) per row: the relative path (NFC) and its version
+
+    @classmethod
+    def of_rows(cls, root: str, layout: str, rows: Sequence[tuple[str, str | None, str | None]]) -> ImageListing:
+        paths, labels, splits = (list(column) for column in zip(*rows, strict=True)) if rows else ([], [], [])
+        nulls = pa.nulls(len(paths), pa.string())
+        return cls(root, layout, pa.table([pa.array(paths, pa.string()), pa.array(labels, pa.string()),
+                                           pa.array(splits, pa.string()), nulls, nulls], schema=LISTING_SCHEMA))
+
+    @property
+    def count(self) -> int:
+        """Images to featurize (rejected ones not included)."""
+        return int(self.table.num_rows)
 
     @property
     def listed(self) -> int:
         """Every image file found, rejected ones included."""
-        return len(self.rows) + len(self.rejected)
+        return self.count + len(self.rejected)
 
     @property
     def labels(self) -> list[str]:
-        return sorted({label for _, label, _ in self.rows if label is not None})
+        return sorted(label for label in pc.unique(self.table.column("label")).to_pylist() if label is not None)
+
+    @property
+    def rows(self) -> list[tuple[str, str | None, str | None]]:
+        """(path, label, split) per image as Python tuples, for callers that need them one by one on a small
+        input (evaluate's selection, tests); the run itself works on `table`."""
+        columns = (self.table.column(name).to_pylist() for name in ("path", "label", "split"))
+        return list(zip(*columns, strict=True))
 
 
 def list_images(store: Store, uri: str) -> ImageListing:
     """List jpg/jpeg/png files below `uri`; ValueError for a missing or image-less folder."""
-    found = store.list_versions(uri, IMAGE_EXTENSIONS)
-    if not found:
+    found = store.list_table(uri, IMAGE_EXTENSIONS)
+    if not found.num_rows:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
-    reasons = [storage.unsafe_reason(item.relative) for item in found]
-    rejected = tuple((item.uri, reason) for item, reason in zip(found, reasons, strict=True) if reason)
-    files = [item for item, reason in zip(found, reasons, strict=True) if not reason]
+    safe, rejected = _safe_rows(found)
+    files = found.filter(safe)
     if rejected:
         logger.warning("%d listed files rejected (e.g. %s: %s)", len(rejected), *rejected[0])
-    if not files:
+    if not files.num_rows:
         raise ValueError(f"no usable images under {storage.redact(uri)}: all {len(rejected)} rejected "
                          f"({rejected[0][1]})")
-    layout = detect_layout([item.relative for item in files])
-    rows = [(item.uri, *label_and_split(item.relative, layout)) for item in files]
-    identities = tuple((item.relative, item.version) for item in files)
-    logger.info("listed %d images in %s layout under %s", len(rows), layout, storage.redact(uri))
-    return ImageListing(uri, layout, rows, rejected, identities)
+    relatives = files.column("relative")
+    layout = detect_layout(_chunks(relatives))
+    labels: list[pa.Array] = []
+    splits: list[pa.Array] = []
+    for chunk in _chunks(relatives):
+        pairs = [label_and_split(relative, layout) for relative in chunk]
+        labels.append(pa.array([label for label, _ in pairs], pa.string()))
+        splits.append(pa.array([split for _, split in pairs], pa.string()))
+    table = pa.table([files.column("uri"), pa.chunked_array(labels, pa.string()), pa.chunked_array(splits, pa.string()),
+                      relatives, files.column("version")], schema=LISTING_SCHEMA)
+    logger.info("listed %d images in %s layout under %s", table.num_rows, layout, storage.redact(uri))
+    return ImageListing(uri, layout, table, rejected)
 
 
-def detect_layout(relatives: list[str]) -> str:
+def _chunks(column: pa.ChunkedArray) -> Iterator[list[str]]:
+    """A string column as Python lists of at most CHUNK values."""
+    for start in range(0, len(column), CHUNK):
+        yield column.slice(start, CHUNK).to_pylist()
+
+
+def _safe_rows(found: pa.Table) -> tuple[pa.Array, tuple[tuple[str, str], ...]]:
+    """(a mask of the listed files whose relative path is safe, (uri, reason) of the others)."""
+    mask: list[bool] = []
+    rejected: list[tuple[str, str]] = []
+    for start in range(0, found.num_rows, CHUNK):
+        chunk = found.slice(start, CHUNK)
+        for full, relative in zip(chunk.column("uri").to_pylist(), chunk.column("relative").to_pylist(), strict=True):
+            reason = storage.unsafe_reason(relative)
+            mask.append(not reason)
+            if reason:
+                rejected.append((full, reason))
+    return pa.array(mask, pa.bool_()), tuple(rejected)
+
+
+def detect_layout(relatives: Iterable[list[str]]) -> str:
     """Fruits 360 when every image sits in <Split>/<Class>/, otherwise flat."""
     def in_split(relative: str) -> bool:
         parts = relative.split("/")
         return len(parts) >= 3 and parts[0].lower() in SPLIT_FOLDERS
 
-    return "fruits360" if all(in_split(relative) for relative in relatives) else "flat"
+    return "fruits360" if all(in_split(relative) for chunk in relatives for relative in chunk) else "flat"
 
 
 def label_and_split(relative: str, layout: str) -> tuple[str | None, str | None]:
@@ -93,5 +149,5 @@ def partition_count(images: int, cores: int, rows_per_partition: int = ROWS_PER_
 
 def to_dataframe(spark: SparkSession, listing: ImageListing, rows_per_partition: int = ROWS_PER_PARTITION) -> DataFrame:
     """Contiguous slices of the listing, one per partition (neighbouring files stay together)."""
-    partitions = partition_count(len(listing.rows), max(1, sparkapi.default_parallelism(spark)), rows_per_partition)
-    return sparkapi.parallelize(spark, listing.rows, SCHEMA, partitions)
+    partitions = partition_count(listing.count, max(1, sparkapi.default_parallelism(spark)), rows_per_partition)
+    return sparkapi.parallelize(spark, listing.table.select(SCHEMA.fieldNames()), SCHEMA, partitions)

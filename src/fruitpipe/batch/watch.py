@@ -80,7 +80,7 @@ def _one_pass(spark: SparkSession, prepared: pipeline.Prepared, journal: Journal
     entries = journal.index()
     plan = journal.plan(listing, entries)
     published = prepared.store.exists(storage.join(prepared.config.output, sinks.SUCCESS))
-    if published and not plan.pending and not plan.removed:
+    if published and not plan.pending.num_rows and not plan.removed:
         return PassReport(number, None, listing.listed, round(time.perf_counter() - began, 3))
     frozen = None
     if fit.fitted_rows is not None and published and not schedule.refit_now(fit.passes_since + 1):

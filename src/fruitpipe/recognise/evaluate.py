@@ -199,11 +199,11 @@ def spark_scores(model: Bundle, selection: Selection, config: EvaluateConfig, st
     progress = progress or Reporter.silent()
     featurizer = _featurizer(model, store)
     classes = model.classes
-    listing = sources.ImageListing(config.input, selection.layout,
-                                   [(path, classes[index], selection.split) for path, index in selection.photos])
+    photos = [(path, classes[index], selection.split) for path, index in selection.photos]
+    listing = sources.ImageListing.of_rows(config.input, selection.layout, photos)
     with spark_session(config.master, config.spark_conf, remote=config.remote) as spark:
         features = featurizer.transform(sources.to_dataframe(spark, listing))
-        with progress.stage("featurize", len(listing.rows)), tracking.follow_tasks(spark, progress, len(listing.rows)):
+        with progress.stage("featurize", listing.count), tracking.follow_tasks(spark, progress, listing.count):
             scored = features.mapInArrow(functools.partial(classify_batches, model, featurizer.getOutputCol()),
                                          from_arrow_schema(SCORED_SCHEMA)).toArrow()
     index = {name: i for i, name in enumerate(classes)}
