@@ -20,6 +20,7 @@ import pytest
 from helpers import fruitpipe_cli
 
 IMAGE_SIZE = 112
+TEST_CLASSIFIER_SPLITS = 2  # the least drift allows: each split is one Spark fit (the CLI test keeps the default 5)
 TRAINING_PER_CLASS, TEST_PER_CLASS = 24, 8
 # Shift strengths and the evaluation-side families (grayscale, textured_background) are fruitpipe.benchmark.
 # driftrates' (docs/drift.md), fixed before any result was seen.
@@ -206,7 +207,8 @@ def _drift(reference: Path, current: Path, output: Path, model: Path | None = No
     from fruitpipe.monitor import drift
 
     return drift.run_drift(DriftConfig(reference=str(reference), current=str(current), output=str(output),
-                                       model=str(model) if model else None, master="local[2]"))
+                                       model=str(model) if model else None, master="local[2]",
+                                       classifier_splits=TEST_CLASSIFIER_SPLITS))
 
 
 @pytest.mark.parametrize("reference, current", [("reference", "test"), ("test", "test-again"), ("seed1", "seed2")],
