@@ -163,11 +163,17 @@ def test_run_on_a_terminal_shows_a_live_line(small_sample: Path, tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def piped_runs(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
-    """The same run with stderr on a pipe (as in CI), plain and with --quiet."""
+    """The same run with stderr on a pipe (as in CI), plain and with --quiet; both at once (their JVM starts
+    and waits overlap)."""
     root = tmp_path_factory.mktemp("piped")
-    return {name: subprocess.run(_command(root / name, small_sample, *extra), capture_output=True, text=True,
-                                 env=_env(), timeout=600, check=False)
-            for name, extra in {"plain": (), "quiet": ("--quiet",)}.items()}
+    started = {name: subprocess.Popen(_command(root / name, small_sample, *extra), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=_env())
+               for name, extra in {"plain": (), "quiet": ("--quiet",)}.items()}
+    results = {}
+    for name, process in started.items():
+        out, err = process.communicate(timeout=600)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return results
 
 
 def test_run_in_ci_logs_stage_lines(piped_runs: dict[str, subprocess.CompletedProcess], small_sample: Path) -> None:

@@ -326,6 +326,7 @@ class Store:
             chunks.append(pa.table([pa.array(column, pa.string()) for column in zip(*kept, strict=True)]
                                    if kept else [pa.array([], pa.string())] * 3, names=list(LISTED_COLUMNS)))
         table = pa.concat_tables(chunks) if chunks else _empty_listing()
+        del chunks  # the concatenation shares their buffers; only the sorted copy below stays
         return table.take(pc.sort_indices(table, [("relative", "ascending")]))
 
     def _walk_chunks(self, uri: str) -> Iterator[list[tuple[str, str, str]]]:

@@ -85,7 +85,7 @@ def list_images(store: Store, uri: str) -> ImageListing:
     if not found.num_rows:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {storage.redact(uri)}")
     safe, rejected = _safe_rows(found)
-    files = found.filter(safe)
+    files = found.filter(safe) if rejected else found  # no copy of the listing in the usual case
     if rejected:
         logger.warning("%d listed files rejected (e.g. %s: %s)", len(rejected), *rejected[0])
     if not files.num_rows:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -82,24 +83,32 @@ class StubS3:
     def __init__(self, keys: Keys) -> None:
         self.keys = keys
         self.pages = 0
+        self.listings: dict[tuple[str, str | None], list[tuple[bool, str]]] = {}
+        self.lock = threading.Lock()
 
     def list_objects_v2(self, Bucket: str, Prefix: str = "", Delimiter: str | None = None,  # noqa: N803
                         ContinuationToken: str | None = None, **_: Any) -> dict[str, Any]:  # noqa: N803
         start = int(ContinuationToken or 0)
-        contents: list[dict[str, Any]] = []
-        common: list[str] = []
-        position = start
-        for is_prefix, name in itertools.islice(self.keys.entries(Prefix, Delimiter), start, start + PAGE):
-            if is_prefix:
-                common.append(name)
+        request = (Prefix, Delimiter)
+        with self.lock:
+            entries = self.listings.get(request)
+        if entries is None:  # a listing's entries, made once and dropped after its last page (~4k keys a folder)
+            entries = list(itertools.islice(self.keys.entries(Prefix, Delimiter), 0, None if Delimiter or
+                                            Prefix != PREFIX else PAGE + 1))
+        page_entries = entries[start:start + PAGE]
+        truncated = start + PAGE < len(entries)
+        with self.lock:
+            self.pages += 1
+            if truncated:
+                self.listings[request] = entries
             else:
-                contents.append({"Key": name, "Size": 5000 + len(name), "ETag": f'"{zlib.crc32(name.encode()):08x}"'})
-            position += 1
-        self.pages += 1
-        page: dict[str, Any] = {"Contents": contents, "CommonPrefixes": [{"Prefix": p} for p in common]}
-        if position - start == PAGE and next(itertools.islice(self.keys.entries(Prefix, Delimiter), position, None),
-                                             None) is not None:
-            page |= {"IsTruncated": True, "NextContinuationToken": str(position)}
+                self.listings.pop(request, None)
+        contents = [{"Key": name, "Size": 5000 + len(name), "ETag": f'"{zlib.crc32(name.encode()):08x}"'}
+                    for is_prefix, name in page_entries if not is_prefix]
+        page: dict[str, Any] = {"Contents": contents,
+                                "CommonPrefixes": [{"Prefix": name} for is_prefix, name in page_entries if is_prefix]}
+        if truncated:
+            page |= {"IsTruncated": True, "NextContinuationToken": str(start + PAGE)}
         return page
 
     def get_paginator(self, name: str) -> StubPaginator:
