@@ -312,7 +312,8 @@ def watch_passes(images: Path, output: Path, full: RunResult, work: Path) -> dic
             _reap_group("watch", child.pid)
     manifest = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
     return {"interval_s": WATCH_INTERVAL_S, "passes": passes, "returncode": child.returncode,
-            "final_publication": manifest.get("publication"), "final_pca": manifest["pca"],
+            "final_publication": manifest.get("publication"),
+            "final_pca": {name: manifest["pca"].get(name) for name in ("k", "fitted_rows", "refitted")},
             "final_counts": manifest["counts"], "timings_s_last_pass": manifest["timings_s"],
             "ratio_vs_full": {str(p["arrived"]): round(p["pass_s"] / full.wall_s, 4) for p in passes if p["arrived"]}}
 
