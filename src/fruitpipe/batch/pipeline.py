@@ -275,7 +275,7 @@ def _appendable(job: Job, plan: Plan, entries: Index) -> Published | None:
     manifest_uri, sample_uri = (storage.join(config.output, name) for name in (sinks.MANIFEST, sinks.REPORT_SAMPLE))
     manifest = RunManifest.loads(store.read_bytes(manifest_uri), storage.redact(manifest_uri))
     if (manifest.counts.listed != plan.reused or manifest.class_counts is None
-            or not frozen.kept_for(manifest.counts.ok + len(plan.pending))):
+            or not frozen.kept_for(manifest.counts.ok + plan.pending.num_rows)):
         return None
     if not store.exists(sample_uri):
         return None
@@ -387,8 +387,7 @@ def _featurize_fit_write(featurized: DataFrame, job: Job) -> tuple[RunCounts, tu
     config, store, timer, listing = job.config, job.store, job.timer, job.listing
     with timer.stage("resolve"):
         ok_count, rejected, views, per_class = _count_outcomes(featurized)
-    errors = featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
-        "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
+    errors = _error_rows(featurized)
     if listing.rejected:  # unsafe paths, refused at listing: a few rows from the driver
         errors = errors.unionByName(featurized.sparkSession.createDataFrame(
             [(path, sources.LIST_STAGE, reason) for path, reason in listing.rejected], errors.schema))
@@ -397,7 +396,7 @@ def _featurize_fit_write(featurized: DataFrame, job: Job) -> tuple[RunCounts, tu
         raise ValueError(f"only {ok_count} of {listing.listed} images could be featurized "
                          f"(reasons in the log and {storage.join(config.output, sinks.ERRORS)} of a run that "
                          "publishes); PCA needs at least 2")
-    ok = featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
+    ok = _ok_rows(featurized)
     if job.frozen is not None and job.frozen.kept_for(ok_count):
         pca = job.frozen.model
         logger.info("PCA kept (fitted on %d photos, %d now)", job.frozen.fitted_rows, ok_count)
@@ -431,15 +430,10 @@ def _append_outputs(added: DataFrame, job: Job, published: Published
     store.remove(storage.join(config.output, sinks.SUCCESS))
     if rejected:
         with timer.stage("write_errors"):
-            errors = added.where(F.col(ERROR_STAGE).isNotNull()).select(
-                "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
-            sinks.write_dataset(errors, storage.join(config.output, sinks.ERRORS), job.run_id, store,
+            sinks.write_dataset(_error_rows(added), storage.join(config.output, sinks.ERRORS), job.run_id, store,
                                 part_tag=job.run_id)
     with timer.stage("write"):
-        ok = added.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
-        sinks.write_features(ok, config.output, job.run_id, store, pca.projection().apply, part_tag=job.run_id)
-        if config.csv:
-            sinks.write_csv(pca.transform(ok), config.output, pca.components, job.run_id, store, part_tag=job.run_id)
+        _write_rows(_ok_rows(added), pca, store, config, job.run_id, part_tag=job.run_id)
     before = published.manifest.counts
     counts = RunCounts(listed=before.listed + ok_count + rejected, ok=before.ok + ok_count,
                        rejected=before.rejected + rejected, views=(before.views or 0) + views)
@@ -453,10 +447,26 @@ def _count_outcomes(featurized: DataFrame) -> tuple[int, int, int, tuple[ClassCo
     return sum(count.ok for count in per_class), sum(count.rejected for count in per_class), views, per_class
 
 
-def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str) -> None:
-    sinks.write_features(ok, config.output, run_id, store, pca.projection().apply)
+def _error_rows(featurized: DataFrame) -> DataFrame:
+    """The rejected rows as errors/ holds them: path, stage, reason."""
+    return featurized.where(F.col(ERROR_STAGE).isNotNull()).select(
+        "path", F.col(ERROR_STAGE).alias("stage"), F.col(ERROR_REASON).alias("reason"))
+
+
+def _ok_rows(featurized: DataFrame) -> DataFrame:
+    return featurized.where(F.col(ERROR_STAGE).isNull()).drop(ERROR_STAGE, ERROR_REASON)
+
+
+def _write_rows(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str,
+                part_tag: str = "") -> None:
+    """features/ (and csv/) of `ok` projected with `pca`; `part_tag`: added next to the parts there."""
+    sinks.write_features(ok, config.output, run_id, store, pca.projection().apply, part_tag=part_tag)
     if config.csv:
-        sinks.write_csv(pca.transform(ok), config.output, pca.components, run_id, store)
+        sinks.write_csv(pca.transform(ok), config.output, pca.components, run_id, store, part_tag=part_tag)
+
+
+def _write_outputs(ok: DataFrame, pca: CentredPCAModel, store: Store, config: RunConfig, run_id: str) -> None:
+    _write_rows(ok, pca, store, config, run_id)
     pca.write().using(store).save(storage.join(config.output, sinks.PCA_MODEL))  # by the driver, see ml.persist
     scree = plots.scree_png(pca.spectrum, pca.components, config.pca.variance_target)
     store.write_bytes(storage.join(config.output, sinks.SCREE), scree)

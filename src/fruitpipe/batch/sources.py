@@ -35,7 +35,6 @@ LIST_STAGE = "list"
 LISTING_SCHEMA = pa.schema([pa.field("path", pa.string(), False), pa.field("label", pa.string()),
                             pa.field("split", pa.string()), pa.field("key", pa.string()),
                             pa.field("version", pa.string())])
-CHUNK = 50_000  # rows turned into Python values at a time while a listing is checked
 
 
 @dataclass(frozen=True)
@@ -106,18 +105,17 @@ def list_images(store: Store, uri: str) -> ImageListing:
 
 
 def _chunks(column: pa.ChunkedArray) -> Iterator[list[str]]:
-    """A string column as Python lists of at most CHUNK values."""
-    for start in range(0, len(column), CHUNK):
-        yield column.slice(start, CHUNK).to_pylist()
+    """A string column as Python lists of at most `storage.LISTING_CHUNK` values."""
+    for start in range(0, len(column), storage.LISTING_CHUNK):
+        yield column.slice(start, storage.LISTING_CHUNK).to_pylist()
 
 
 def _safe_rows(found: pa.Table) -> tuple[pa.Array, tuple[tuple[str, str], ...]]:
     """(a mask of the listed files whose relative path is safe, (uri, reason) of the others)."""
     mask: list[bool] = []
     rejected: list[tuple[str, str]] = []
-    for start in range(0, found.num_rows, CHUNK):
-        chunk = found.slice(start, CHUNK)
-        for full, relative in zip(chunk.column("uri").to_pylist(), chunk.column("relative").to_pylist(), strict=True):
+    for uris, relatives in zip(_chunks(found.column("uri")), _chunks(found.column("relative")), strict=True):
+        for full, relative in zip(uris, relatives, strict=True):
             reason = storage.unsafe_reason(relative)
             mask.append(not reason)
             if reason:
