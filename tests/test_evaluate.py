@@ -168,6 +168,8 @@ def test_unknown_folders_apart_and_both_paths_agree(trained_bundle: Path, mixed_
     spark_order = np.lexsort((through_spark.probabilities[:, 0], through_spark.truth))
     np.testing.assert_array_equal(in_process.truth[order], through_spark.truth[spark_order])
     np.testing.assert_allclose(through_spark.probabilities[spark_order], in_process.probabilities[order], atol=1e-5)
+    assert in_process.novelty is not None and through_spark.novelty is not None  # the novelty gate, both paths
+    np.testing.assert_allclose(through_spark.novelty[spark_order], in_process.novelty[order], atol=1e-5)
     # and directly: the bundle's probabilities of one photo, computed without evaluate
     photo = sorted((mixed_folder / model.classes[0]).glob("*_100.jpg"))[0]
     direct = model.probabilities([photo.read_bytes()])[0]

@@ -273,7 +273,7 @@ class BlockingBundle:
     def answer_bytes(self, data: bytes, top_k: int = 5) -> Answer:
         self.inside.set()
         self.release.wait(timeout=120)
-        return Answer((Prediction("Banana", 1.0), Prediction("Apple", 0.0))[:top_k], unknown=False)
+        return Answer((Prediction("Banana", 1.0), Prediction("Apple", 0.0))[:top_k])
 
     def describe(self) -> dict:
         return {"model": "blocking stand-in", "classes": self.classes}

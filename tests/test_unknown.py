@@ -58,11 +58,14 @@ def test_train_records_the_calibration_it_fitted_on_validation(trained_bundle: P
     assert 0.0 < bundle.threshold < 1.0
     # Test figures in metrics.json come from Spark's aggregation; recomputed here from the bundle's numpy path
     reported = json.loads((trained_bundle / "metrics.json").read_text())["calibration"]
-    probabilities = bundle.probabilities([Path(path).read_bytes() for path in test_rows["path"]])
+    scored = bundle.scores_of_pixels([bundle.pixels(Path(path).read_bytes()) for path in test_rows["path"]])
+    probabilities = scored.probabilities
     labels = test_rows["label"].map(bundle.classes.index).to_numpy()
-    answered = probabilities.max(axis=1) >= bundle.threshold
+    assert scored.novelty is not None and bundle.novelty_threshold is not None
+    novel = scored.novelty > bundle.novelty_threshold  # the novelty gate also makes a photo unknown
+    answered = (probabilities.max(axis=1) >= bundle.threshold) & ~novel
     assert reported["coverage"] == pytest.approx(answered.mean(), abs=1e-12)
-    assert reported["unknown"] == int((~answered).sum())
+    assert reported["unknown"] == int((~answered).sum()) and reported["unlike_training"] == int(novel.sum())
     assert reported["ece"] == pytest.approx(calibration.expected_calibration_error(probabilities, labels), abs=1e-6)
     right = probabilities.argmax(axis=1) == labels
     assert reported["accuracy_answered"] == pytest.approx(right[answered].mean(), abs=1e-12)
@@ -124,7 +127,8 @@ def test_predict_json_carries_unknown_and_respects_threshold(trained_bundle: Pat
     for threshold, expected in ((None, None), (threshold_between, [False, True]), (0.0, [False, False]),
                                 (1.0, [True, True])):
         flag = [] if threshold is None else ["--threshold", str(threshold)]
-        result = fruitpipe_cli("predict", "--model", str(trained_bundle), *paths, "--json", *flag)
+        gate_off = ["--novelty-threshold", "2"]  # the confidence threshold alone (the gate: test_novelty.py)
+        result = fruitpipe_cli("predict", "--model", str(trained_bundle), *paths, "--json", *flag, *gate_off)
         assert result.returncode == 0, result.stderr
         answers = json.loads(result.stdout)
         in_use = bundle.threshold if threshold is None else threshold

@@ -96,9 +96,16 @@ def _probability(text: str) -> float:
     return _number(text, lambda value: 0.0 <= value <= 1.0, "a probability between 0 and 1")
 
 
+def _distance(text: str) -> float:
+    return _number(text, lambda value: 0.0 <= value <= 2.0, "a cosine distance between 0 and 2")
+
+
 TTA_HELP = ("test-time augmentation: average the calibrated probabilities of N views of each photo (the photo "
             "and N-1 fixed rotations/mirrors), 1..16; costs N model runs per photo (default: the tta in "
             "bundle.json, 1 when absent)")
+NOVELTY_HELP = ("answer 'not sure' (unknown) when a photo is unlike every class trained on: its cosine distance "
+                "to the nearest class centroid is above D, 0..2, 2 turns the gate off (default: the threshold "
+                "chosen by 'fruitpipe train', in bundle.json)")
 THRESHOLD_HELP = ("answer 'not sure' (unknown) when the highest calibrated probability is below T, 0..1 "
                   "(default: the threshold chosen by 'fruitpipe train', in bundle.json)")
 
@@ -242,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="classes shown per photo (default: %(default)s)")
     predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
     predict.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
+    predict.add_argument("--novelty-threshold", type=_distance, metavar="D", help=NOVELTY_HELP)
     predict.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -255,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="Fruits 360 split to evaluate (default: Test)")
     evaluate.add_argument("--threshold", type=float, metavar="T",
                           help="\"not sure\" threshold on the max probability: report coverage and accuracy at it")
+    evaluate.add_argument("--novelty-threshold", type=_distance, metavar="D", help=NOVELTY_HELP)
     evaluate.add_argument("--spark", action="store_true", help="use the Spark path even for a few local photos "
                           "(default: Spark for s3:// input or more than 2,000 photos; refused with tta > 1, "
                           "which always runs in process)")
@@ -325,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--concurrency", type=_positive_int,
                        help="photos classified at the same time; others queue (default: one per core)")
     serve.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
+    serve.add_argument("--novelty-threshold", type=_distance, metavar="D", help=NOVELTY_HELP)
     serve.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     serve.set_defaults(handler=_cmd_serve)
 
@@ -585,7 +595,8 @@ def _calibration_line(calibration: Calibration) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fruitpipe.recognise.bundle import Bundle, predict_photos
 
-    results = predict_photos(Bundle.load(args.model, threshold=args.threshold, tta=args.tta), args.photos, args.top_k)
+    model = Bundle.load(args.model, threshold=args.threshold, tta=args.tta, novelty_threshold=args.novelty_threshold)
+    results = predict_photos(model, args.photos, args.top_k)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False))
     for result in results:
@@ -611,7 +622,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate.evaluate(EvaluateConfig(
         model=args.model, input=args.input, output=args.output, split=args.split, threshold=args.threshold,
         spark=args.spark, master=master, spark_conf=parse_spark_conf(args.conf), s3=_s3_options(args),
-        remote=remote, tta=args.tta), _progress(args))
+        remote=remote, tta=args.tta, novelty_threshold=args.novelty_threshold), _progress(args))
     print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json
           else evaluate_summary(report, args.output))
     return 0
@@ -737,7 +748,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fruitpipe.recognise import serve
 
     serve.serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
-                threads=args.threads, concurrency=args.concurrency, threshold=args.threshold, tta=args.tta)
+                threads=args.threads, concurrency=args.concurrency, threshold=args.threshold, tta=args.tta,
+                novelty_threshold=args.novelty_threshold)
     return 0
 
 

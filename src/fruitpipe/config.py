@@ -245,6 +245,7 @@ class EvaluateConfig:
     s3: S3Options = field(default_factory=S3Options)
     remote: str | None = None
     tta: int | None = None  # test-time views per photo; None: the bundle's recorded tta
+    novelty_threshold: float | None = None  # the novelty gate's cosine distance; None: the bundle's
 
     def __post_init__(self) -> None:
         check_remote(self.remote)

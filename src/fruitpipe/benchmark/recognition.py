@@ -80,6 +80,8 @@ RECIPES = (
     Recipe("lite1 + augment-4", model="efficientnet-lite1", augment=4),
     Recipe("lite2 + augment-4", model="efficientnet-lite2", augment=4),
     Recipe("lite2 + logits + augment-4", model="efficientnet-lite2+logits", augment=4),
+    # added after the 2026-12-02 table: the two dimensions that helped there (Lite2, every component), crossed
+    Recipe("lite2 + raw 1280-d", model="efficientnet-lite2", augment=4, pca=("--k", "1280")),
 )
 
 
@@ -160,17 +162,34 @@ def evaluate(model_dir: Path, folder: Path, *extra: str) -> dict[str, Any]:
     return report
 
 
-def unknown_rate(model_dir: Path, photos: Path, extra: list[str]) -> tuple[float, int]:
-    """Share of non-fruit photos the recogniser answers "unknown" for (predict's JSON), and their count."""
+def unknown_rate(model_dir: Path, photos: Path, extra: list[str]) -> tuple[float, int, dict[str, int]]:
+    """Share of non-fruit photos the recogniser answers "unknown" for (predict's JSON), their count, and the
+    unknown ones by reason (low confidence, unlike the training photos)."""
     files = sorted(str(path) for path in photos.glob("*.jpg"))
     results = json.loads(cli("predict", "--model", str(model_dir), "--json", *extra, *files).stdout)
     answers = results if isinstance(results, list) else results["results"]
-    unknown = sum(1 for answer in answers if answer.get("unknown"))
-    return unknown / len(answers), len(answers)
+    unknown = [answer for answer in answers if answer.get("unknown")]
+    reasons: dict[str, int] = {}
+    for answer in unknown:
+        reason = str(answer.get("unknown_reason", "low confidence"))
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return len(unknown) / len(answers), len(answers), reasons
 
 
 def accuracy(report: dict[str, Any]) -> float:
+    """Top-1 over every scored photo, answered or "not sure" (the suite's headline figure)."""
     return float(report["accuracy"])
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return float(np.mean(known)) if known else None
+
+
+def answered(report: dict[str, Any]) -> float | None:
+    """Share of photos answered (neither below the threshold nor unlike training); None without a threshold."""
+    point = report.get("at_threshold")
+    return None if point is None else float(point["coverage"])
 
 
 def classifier_name(model_dir: Path) -> str:
@@ -197,9 +216,10 @@ def measure_recipe(recipe: Recipe, work: Path, sample: Path, suite: dict[str, Pa
     holdout_report = evaluate(selection_model, holdout, *recipe.tta_args())
     model_dir, seconds = make_model(recipe, sample, folder / "final")
     test = evaluate(model_dir, sample, "--split", "Test", *recipe.tta_args())
-    families = {family: accuracy(evaluate(model_dir, path, "--split", "Test", *recipe.tta_args()))
-                for family, path in suite.items()}
-    rate, photos = unknown_rate(model_dir, non_fruit, recipe.tta_args())
+    reports = {family: evaluate(model_dir, path, "--split", "Test", *recipe.tta_args())
+               for family, path in suite.items()}
+    families = {family: accuracy(report) for family, report in reports.items()}
+    rate, photos, reasons = unknown_rate(model_dir, non_fruit, recipe.tta_args())
     at_threshold = test.get("at_threshold") or {}
     return {
         "recipe": recipe.name, "model": recipe.model, "augment": recipe.augment, "pca": list(recipe.pca),
@@ -211,7 +231,8 @@ def measure_recipe(recipe: Recipe, work: Path, sample: Path, suite: dict[str, Pa
         "suite": families,
         "suite_mean": float(np.mean(list(families.values()))),
         "suite_min": min(families.values()),
-        "non_fruit_unknown_rate": rate, "non_fruit_photos": photos,
+        "suite_answered": mean_or_none([answered(report) for report in reports.values()]),
+        "non_fruit_unknown_rate": rate, "non_fruit_photos": photos, "non_fruit_unknown_reasons": reasons,
         "test_coverage_at_threshold": at_threshold.get("coverage"),
         "seconds": round(seconds, 1),
         "model_dir": str(model_dir),
@@ -231,13 +252,14 @@ def table(results: dict[str, Any]) -> str:
     rows = results["recipes"]
     families = list(rows[0]["suite"])
     header = ["recipe", "holdout log-loss (selection)", "holdout accuracy", "Test", *families, "suite mean",
-              "non-fruit unknown", "Test coverage at threshold", "serve p95 ms"]
+              "suite answered", "non-fruit unknown", "Test coverage at threshold", "serve p95 ms"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [row["recipe"] + (" (chosen)" if row["recipe"] == results["chosen"] else ""),
                  f"{row['selection']['holdout_shifted_log_loss']:.4f}",
                  _pct(row["selection"]["holdout_shifted_accuracy"]), _pct(row["test_accuracy"]),
                  *(_pct(row["suite"][family]) for family in families), _pct(row["suite_mean"]),
+                 _pct(row.get("suite_answered")),
                  _pct(row["non_fruit_unknown_rate"]), _pct(row["test_coverage_at_threshold"]),
                  f"{row['serve_p95_ms']:.1f}" if row.get("serve_p95_ms") is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")

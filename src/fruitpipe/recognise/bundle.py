@@ -27,7 +27,7 @@ from fruitpipe.config import check_tta
 from fruitpipe.image.decode import decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.image.shifts import augmented_view
-from fruitpipe.recognise import calibration
+from fruitpipe.recognise import calibration, novelty
 from fruitpipe.recognise.contracts import BundleDescription
 from fruitpipe.storage import Store, file_sha256
 
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIR, DESCRIPTION = "bundle", "bundle.json"
 ONNX_FILE, ARRAYS_FILE, CLASSES_FILE = "model.onnx", "arrays.npz", "classes.json"
 ARRAY_NAMES = ("mean", "components", "coefficients", "intercepts")
+CENTROIDS = "centroids"  # optional in arrays.npz: the novelty gate's class centroids
+LOW_CONFIDENCE, UNLIKE_TRAINING = "low confidence", "unlike the training photos"  # why an answer is unknown
 BATCH_SIZE = 32  # photos per ONNX Runtime call (with their test-time views): bounds memory for long lists
 TTA_KEY = "tta"  # one key for every photo: view v is the same transformation whatever the photo
 TTA_FAMILIES = ("geometry",)  # mild and label-preserving for a fruit; training-side (augmented_view checks)
@@ -50,13 +52,28 @@ class Prediction:
 @dataclass(frozen=True)
 class Answer:
     """One photo's top guesses (calibrated probabilities, most probable first) and whether the recogniser
-    is not sure: its highest probability is below the threshold in use (never, without a threshold)."""
+    is not sure, and why: its highest probability is below the threshold in use (LOW_CONFIDENCE), or the
+    photo is unlike every class it was trained on (UNLIKE_TRAINING, the novelty gate); `reason` is None
+    when it is sure."""
 
     predictions: tuple[Prediction, ...]
-    unknown: bool
+    reason: str | None = None
+
+    @property
+    def unknown(self) -> bool:
+        return self.reason is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"unknown": self.unknown, "predictions": [asdict(p) for p in self.predictions]}
+        document: dict[str, Any] = {"unknown": self.unknown, "predictions": [asdict(p) for p in self.predictions]}
+        return {**document, "unknown_reason": self.reason} if self.reason else document
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Rows of calibrated probabilities and, when the bundle has the novelty gate, each row's novelty."""
+
+    probabilities: np.ndarray  # (n, n_classes)
+    novelty: np.ndarray | None  # (n,) or None
 
 
 @dataclass(frozen=True)
@@ -67,11 +84,12 @@ class Arrays:
     components: np.ndarray  # (d, k)
     coefficients: np.ndarray  # (n_classes, k)
     intercepts: np.ndarray  # (n_classes,)
+    centroids: np.ndarray | None = None  # (n_classes, k): the novelty gate's unit class centroids
 
     def check(self, feature_dim: int, classes: int) -> None:
         k = self.components.shape[-1] if self.components.ndim == 2 else 0
         expected = {"mean": (feature_dim,), "components": (feature_dim, k), "coefficients": (classes, k),
-                    "intercepts": (classes,)}
+                    "intercepts": (classes,), **({CENTROIDS: (classes, k)} if self.centroids is not None else {})}
         for name, shape in expected.items():
             actual = getattr(self, name).shape
             if k < 1 or actual != shape:
@@ -87,8 +105,9 @@ def write(folder: str | Path, onnx_file: str | Path, description: BundleDescript
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_file, folder / ONNX_FILE)
+    names = (*ARRAY_NAMES, CENTROIDS) if arrays.centroids is not None else ARRAY_NAMES
     np.savez(folder / ARRAYS_FILE, allow_pickle=False, **{name: np.asarray(getattr(arrays, name), dtype=np.float64)
-                                      for name in ARRAY_NAMES})
+                                                          for name in names})
     (folder / CLASSES_FILE).write_text(json.dumps(list(description.classes), ensure_ascii=False, indent=1) + "\n",
                                        encoding="utf-8")
     files = {name: file_sha256(folder / name) for name in (ONNX_FILE, ARRAYS_FILE, CLASSES_FILE)}
@@ -100,7 +119,8 @@ class Bundle:
     """A loaded bundle; thread-safe for prediction (ONNX Runtime sessions are)."""
 
     def __init__(self, folder: Path, description: BundleDescription, arrays: Arrays, threads: int,
-                 threshold: float | None = None, tta: int | None = None) -> None:
+                 threshold: float | None = None, tta: int | None = None,
+                 novelty_threshold: float | None = None) -> None:
         self.folder = folder
         self.description = description
         self.arrays = arrays
@@ -115,16 +135,26 @@ class Bundle:
         self.threshold = check_threshold(threshold) if threshold is not None else (
             calibrated.threshold if calibrated else None)
         self.tta = check_tta(tta if tta is not None else description.tta or 1)
+        if (description.novelty is None) != (arrays.centroids is None):
+            raise ValueError("bundle.json's novelty and arrays.npz's centroids must come together")
+        if novelty_threshold is not None and description.novelty is None:
+            raise ValueError("this bundle has no novelty gate (trained before it existed, or without a validation "
+                             "part): drop --novelty-threshold, or train the model again")
+        self.novelty_threshold = check_novelty_threshold(novelty_threshold) if novelty_threshold is not None else (
+            description.novelty.threshold if description.novelty else None)
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None, threshold: float | None = None,
-             tta: int | None = None) -> Bundle:
+             tta: int | None = None, novelty_threshold: float | None = None) -> Bundle:
         """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256.
 
         `threshold` (0..1) replaces the bundle's own "not sure" threshold (--threshold); `tta` (1..16)
-        the test-time views it recorded (--tta)."""
+        the test-time views it recorded (--tta); `novelty_threshold` (0..2, 2: never) the novelty gate's
+        (--novelty-threshold)."""
         if threshold is not None:
             check_threshold(threshold)
+        if novelty_threshold is not None:
+            check_novelty_threshold(novelty_threshold)
         if tta is not None:
             check_tta(tta)
         folder = _bundle_folder(Path(path))
@@ -141,7 +171,8 @@ class Bundle:
         arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
             arrays.check(description.model.feature_dim, len(classes))
-            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold, tta)
+            bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold, tta,
+                         novelty_threshold)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bundle {folder} is invalid ({type(exc).__name__}: {exc})") from exc
         logger.debug("loaded bundle %s: %d classes, k=%d", folder, len(classes), arrays.components.shape[1])
@@ -156,17 +187,22 @@ class Bundle:
         return self.probabilities_of_pixels([self.pixels(data) for data in images])
 
     def probabilities_of_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        """Already decoded inputs (from `pixels`) -> probabilities, in batches of BATCH_SIZE photos; with
-        tta > 1, the mean over each photo's views of their calibrated probabilities."""
+        """Already decoded inputs (from `pixels`) -> probabilities (`scores_of_pixels`' first part)."""
+        return self.scores_of_pixels(pixels).probabilities
+
+    def scores_of_pixels(self, pixels: Sequence[np.ndarray]) -> Scored:
+        """Already decoded inputs -> probabilities and novelty, in batches of BATCH_SIZE photos; with
+        tta > 1, the mean over each photo's views of their calibrated probabilities and of their novelty."""
         if not len(pixels):
-            return np.zeros((0, len(self.classes)))
+            return Scored(np.zeros((0, len(self.classes))), None if self.novelty_threshold is None else np.zeros(0))
         features = [embed(self._views(pixels[start:start + BATCH_SIZE]), self.preprocessing, self.onnx_path,
                           self.threads, self.runtime) for start in range(0, len(pixels), BATCH_SIZE)]
-        probabilities = self.classify(np.concatenate(features))
+        scored = self.score_features(np.concatenate(features))
         if self.tta == 1:
-            return probabilities
-        averaged: np.ndarray = probabilities.reshape(len(pixels), self.tta, len(self.classes)).mean(axis=1)
-        return averaged
+            return scored
+        views = (len(pixels), self.tta)
+        return Scored(scored.probabilities.reshape(*views, len(self.classes)).mean(axis=1),
+                      None if scored.novelty is None else scored.novelty.reshape(views).mean(axis=1))
 
     def _views(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """One model call's input: each photo, followed by its tta - 1 test-time views."""
@@ -176,26 +212,49 @@ class Bundle:
                          for photo in pixels for view in range(self.tta)])
 
     def classify(self, features: np.ndarray) -> np.ndarray:
-        """CNN features (n, d) -> calibrated probabilities, computed as the Spark batch path does.
+        """CNN features (n, d) -> calibrated probabilities (`score_features`' first part)."""
+        return self.score_features(features).probabilities
+
+    def score_features(self, features: np.ndarray) -> Scored:
+        """CNN features (n, d) -> calibrated probabilities and novelty, computed as the Spark batch path does.
 
         Centring and projection in float64, the projection rounded to float32 (the precision the
-        pipeline stores `pca` in), then softmax of the logistic regression margins / temperature in float64."""
+        pipeline stores `pca` in), then softmax of the logistic regression margins / temperature in float64;
+        the novelty of the same rounded projection against the bundle's centroids."""
         centred = np.asarray(features, dtype=np.float64) - self.arrays.mean
         projected = (centred @ self.arrays.components).astype(np.float32).astype(np.float64)
         margins = projected @ self.arrays.coefficients.T + self.arrays.intercepts
-        return calibration.softmax(margins, self.temperature)
+        centroids = self.arrays.centroids
+        return Scored(calibration.softmax(margins, self.temperature),
+                      None if centroids is None else novelty.novelty(projected, centroids))
 
-    def is_unknown(self, probabilities: np.ndarray) -> bool:
-        """One row of calibrated probabilities is "not sure" when its highest is below the threshold."""
-        return self.threshold is not None and float(probabilities.max()) < self.threshold
+    def unknown_reason(self, probabilities: np.ndarray, novelty_score: float | None = None) -> str | None:
+        """Why one row is "not sure" (None: it is sure): its highest calibrated probability is below the
+        threshold, or its novelty is above the bundle's novelty threshold."""
+        if self.threshold is not None and float(probabilities.max()) < self.threshold:
+            return LOW_CONFIDENCE
+        if novelty_score is not None and self.novelty_threshold is not None and novelty_score > self.novelty_threshold:
+            return UNLIKE_TRAINING
+        return None
 
-    def answer(self, probabilities: np.ndarray, top_k: int = 5) -> Answer:
-        """One row of probabilities -> the top_k guesses and whether they are only guesses."""
-        return Answer(tuple(self.top(probabilities, top_k)), self.is_unknown(probabilities))
+    def novel_rows(self, scores: np.ndarray | None) -> np.ndarray | None:
+        """Which rows' novelty is above the bundle's novelty threshold (None: no gate or no scores)."""
+        if scores is None or self.novelty_threshold is None:
+            return None
+        novel: np.ndarray = np.asarray(scores) > self.novelty_threshold
+        return novel
+
+    def is_unknown(self, probabilities: np.ndarray, novelty_score: float | None = None) -> bool:
+        return self.unknown_reason(probabilities, novelty_score) is not None
+
+    def answer(self, probabilities: np.ndarray, top_k: int = 5, novelty_score: float | None = None) -> Answer:
+        """One row of probabilities (and its novelty) -> the top_k guesses and whether they are only guesses."""
+        return Answer(tuple(self.top(probabilities, top_k)), self.unknown_reason(probabilities, novelty_score))
 
     def answer_bytes(self, data: bytes, top_k: int = 5) -> Answer:
         """Photo bytes -> Answer; DecodeError (a ValueError) for a bad photo."""
-        return self.answer(self.probabilities([data])[0], top_k)
+        scored = self.scores_of_pixels([self.pixels(data)])
+        return self.answer(scored.probabilities[0], top_k, None if scored.novelty is None else float(scored.novelty[0]))
 
     def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[Prediction]:
         """One row of probabilities -> the top_k classes, most probable first."""
@@ -228,7 +287,9 @@ class Bundle:
             "temperature": self.temperature,
             "threshold": self.threshold,
             "tta": self.tta,
+            "novelty_threshold": self.novelty_threshold,
             "calibration": description.calibration.to_json() if description.calibration else None,
+            "novelty": description.novelty.to_json() if description.novelty else None,
         }
 
 
@@ -236,6 +297,13 @@ def check_threshold(threshold: float) -> float:
     """A "not sure" threshold is a probability: 0 (never unknown) to 1 (unknown unless certain)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"the threshold must be a probability between 0 and 1, got {threshold}")
+    return threshold
+
+
+def check_novelty_threshold(threshold: float) -> float:
+    """A novelty threshold is a cosine distance: 0 (everything is unlike training) to 2 (the gate is off)."""
+    if not 0.0 <= threshold <= 2.0:
+        raise ValueError(f"the novelty threshold must be a cosine distance between 0 and 2 (2: off), got {threshold}")
     return threshold
 
 
@@ -264,6 +332,7 @@ class PhotoProbabilities:
     photo: str
     probabilities: np.ndarray | None = None
     error: str | None = None
+    novelty: float | None = None  # with the bundle's novelty gate
 
 
 def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
@@ -273,7 +342,7 @@ def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     return [PhotoResult(result.photo, error=result.error) if result.probabilities is None
-            else PhotoResult(result.photo, model.answer(result.probabilities, top_k))
+            else PhotoResult(result.photo, model.answer(result.probabilities, top_k, result.novelty))
             for result in photo_probabilities(model, photos, store=store)]
 
 
@@ -292,10 +361,14 @@ def photo_probabilities(model: Bundle, photos: Sequence[str], *,
                 decoded[index] = model.pixels(store.read_bytes(photo, limit=model.limits.max_bytes))
             except (OSError, ValueError) as exc:  # DecodeError is a ValueError; missing files are OSErrors
                 errors[index] = str(exc) if isinstance(exc, ValueError) else (exc.strerror or str(exc))
-        probabilities = dict(zip(decoded, model.probabilities_of_pixels(list(decoded.values())), strict=True))
+        scored = model.scores_of_pixels(list(decoded.values()))
+        position = {index: n for n, index in enumerate(decoded)}
         for i, photo in enumerate(chunk):
-            yield (PhotoProbabilities(photo, error=errors[i]) if i in errors
-                   else PhotoProbabilities(photo, probabilities[i]))
+            if i in errors:
+                yield PhotoProbabilities(photo, error=errors[i])
+                continue
+            novelty_score = None if scored.novelty is None else float(scored.novelty[position[i]])
+            yield PhotoProbabilities(photo, scored.probabilities[position[i]], novelty=novelty_score)
 
 
 def _bundle_folder(path: Path) -> Path:
@@ -318,6 +391,8 @@ def _read_description(folder: Path) -> BundleDescription:
 def _read_arrays(path: Path) -> Arrays:
     try:
         with np.load(path, allow_pickle=False) as stored:
-            return Arrays(**{name: np.asarray(stored[name], dtype=np.float64) for name in ARRAY_NAMES})
+            centroids = np.asarray(stored[CENTROIDS], dtype=np.float64) if CENTROIDS in stored.files else None
+            return Arrays(**{name: np.asarray(stored[name], dtype=np.float64) for name in ARRAY_NAMES},
+                          centroids=centroids)
     except (KeyError, ValueError, OSError) as exc:
         raise ValueError(f"bundle {path.parent}: {path.name} is unreadable ({exc})") from None

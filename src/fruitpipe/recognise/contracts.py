@@ -181,6 +181,42 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Novelty:
+    """The "unlike anything trained on" gate (recognise/novelty.py has the rules): a photo whose novelty
+    (1 - its highest cosine similarity to a class centroid) is above `threshold` is unknown. The threshold
+    is the `quantile` of the validation rows' novelty against the fit part's centroids; `validation_flagged`
+    is the share of validation rows above it, `centroid_rows` the Training rows the bundle's centroids
+    (arrays.npz `centroids`) are the means of."""
+
+    threshold: float
+    quantile: float
+    validation_rows: int
+    validation_flagged: float
+    centroid_rows: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 2.0 or not 0.0 < self.quantile <= 1.0:
+            raise ValueError(f"novelty needs a threshold in [0, 2] and a quantile in (0, 1], got "
+                             f"{self.threshold} and {self.quantile}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "quantile": self.quantile, "validation_rows": self.validation_rows,
+                "validation_flagged": self.validation_flagged, "centroid_rows": self.centroid_rows,
+                "score": "1 - max cosine similarity to a class centroid, in the classifier's input space"}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Novelty:
+        return cls(fields.number("threshold"), fields.number("quantile"), fields.integer("validation_rows"),
+                   fields.number("validation_flagged"), fields.integer("centroid_rows"))
+
+    @classmethod
+    def optional(cls, fields: Fields) -> Novelty | None:
+        """The `novelty` object of a manifest or bundle.json; None in files written before it existed."""
+        child = fields.optional_child("novelty")
+        return cls.from_json(child) if child else None
+
+
+@dataclass(frozen=True)
 class TrainManifest:
     """MODEL_DIR/manifest.json: the source run, the model, the choice, counts, metrics and timings.
 
@@ -197,6 +233,7 @@ class TrainManifest:
     timings_s: Timings
     schema_version: int = SCHEMA_VERSION
     calibration: Calibration | None = None  # absent in manifests written before calibration existed
+    novelty: Novelty | None = None  # absent in manifests written before the gate existed
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {"schema_version": self.schema_version, "kind": TRAIN_KIND, "created": self.created,
@@ -204,7 +241,8 @@ class TrainManifest:
                                     "classifier": self.classifier.to_json(), "selection": self.selection.to_json(),
                                     "classes": list(self.classes), "counts": self.counts.to_json(),
                                     "metrics": self.metrics.to_json(), "timings_s": self.timings_s.to_json()}
-        return {**document, **({"calibration": self.calibration.to_json()} if self.calibration else {})}
+        optional = {"calibration": self.calibration, "novelty": self.novelty}
+        return {**document, **{key: value.to_json() for key, value in optional.items() if value is not None}}
 
     @classmethod
     def from_json(cls, fields: Fields) -> TrainManifest:
@@ -218,7 +256,7 @@ class TrainManifest:
                    counts=TrainCounts.from_json(fields.child("counts")),
                    metrics=Metrics.from_json(fields.child("metrics")),
                    timings_s=Timings.from_json(fields.child("timings_s")), schema_version=version,
-                   calibration=Calibration.optional(fields))
+                   calibration=Calibration.optional(fields), novelty=Novelty.optional(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> TrainManifest:
@@ -243,8 +281,8 @@ class BundlePca:
 @dataclass(frozen=True)
 class BundleDescription:
     """bundle.json: what the bundle's files are and where they came from. `files` (file -> sha256) is
-    filled in by `bundle.write` once the files exist; `pca`, `metrics`, `calibration` and `tta` may be
-    absent (None).
+    filled in by `bundle.write` once the files exist; `pca`, `metrics`, `calibration`, `tta` and `novelty`
+    may be absent (None).
 
     `schema_version` is the version the value was read from (what `to_json` writes back)."""
 
@@ -260,6 +298,7 @@ class BundleDescription:
     schema_version: int = SCHEMA_VERSION
     calibration: Calibration | None = None  # absent (old bundles): T = 1 and nothing is ever unknown
     tta: int | None = None  # test-time views averaged per photo (`fruitpipe train --tta`); absent: 1
+    novelty: Novelty | None = None  # absent (old bundles, no validation part): no novelty gate
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -269,7 +308,8 @@ class BundleDescription:
             "pca": self.pca.to_json() if self.pca else None, "classifier": self.classifier.to_json(),
             "source": self.source.to_json(), "metrics": self.metrics.to_json() if self.metrics else None,
             "classes": list(self.classes), "files": dict(self.files),
-            "calibration": self.calibration.to_json() if self.calibration else None, "tta": self.tta}
+            "calibration": self.calibration.to_json() if self.calibration else None, "tta": self.tta,
+            "novelty": self.novelty.to_json() if self.novelty else None}
         return {key: value for key, value in document.items() if value is not None}
 
     @classmethod
@@ -288,7 +328,7 @@ class BundleDescription:
                    source=SourceRun.from_json(fields.child("source")),
                    metrics=Metrics.from_json(metrics) if metrics else None, classes=fields.texts("classes"),
                    files=fields.child("files").all_texts(), schema_version=version,
-                   calibration=Calibration.optional(fields), tta=_tta(fields))
+                   calibration=Calibration.optional(fields), tta=_tta(fields), novelty=Novelty.optional(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> BundleDescription:

@@ -38,8 +38,10 @@ NO_FOLDER = "(no class folder)"  # a flat folder's photos at its top level
 METRICS, PER_CLASS = "metrics.json", "per_class.csv"
 CONFUSION, RELIABILITY, COVERAGE = "confusion.png", "reliability.png", "coverage.png"
 PROBABILITIES = "probabilities"
+NOVELTY = "novelty"
 SCORED_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("label", pa.string()),
-                           pa.field(PROBABILITIES, pa.list_(pa.float64())), pa.field("error", pa.string())])
+                           pa.field(PROBABILITIES, pa.list_(pa.float64())), pa.field(NOVELTY, pa.float64()),
+                           pa.field("error", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class Scored:
     truth: np.ndarray
     probabilities: np.ndarray
     unreadable: tuple[Unreadable, ...]
+    novelty: np.ndarray | None = None  # (n,) with the bundle's novelty gate
+
+
+ScoredRow = tuple[int, np.ndarray, float | None]  # (class index, probabilities, novelty or None)
 
 
 def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> EvaluationReport:
@@ -65,7 +71,7 @@ def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> Evalua
     shows the photos scored while they are (default: nothing shown)."""
     store = Store(config.s3)
     progress = progress or Reporter.silent()
-    model = Bundle.load(config.model, tta=config.tta)
+    model = Bundle.load(config.model, tta=config.tta, novelty_threshold=config.novelty_threshold)
     _refuse_spark_with_views(config, model.tta)
     selection = select(sources.list_images(store, config.input), model.classes, config.split)
     engine = "spark" if use_spark(config, len(selection.photos), model.tta) else "bundle"
@@ -73,7 +79,8 @@ def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> Evalua
                 "Spark path" if engine == "spark" else "bundle in process")
     scored = (spark_scores(model, selection, config, store, progress) if engine == "spark"
               else bundle_scores(model, selection, store, progress))
-    metrics = evaluation.compute(scored.truth, scored.probabilities, model.classes, _threshold(config, model))
+    metrics = evaluation.compute(scored.truth, scored.probabilities, model.classes, _threshold(config, model),
+                                 model.novel_rows(scored.novelty))
     report = EvaluationReport(
         created=datetime.now(UTC).isoformat(timespec="seconds"), model=str(model.folder),
         input=storage.redact(config.input), layout=selection.layout, split=selection.split, engine=engine,
@@ -173,7 +180,7 @@ def _loose(name: str) -> str:
 def bundle_scores(model: Bundle, selection: Selection, store: Store, progress: Reporter | None = None) -> Scored:
     """Probabilities in this process (no Spark): `predict`'s read/decode/embed."""
     truth = dict(selection.photos)
-    rows: list[tuple[int, np.ndarray]] = []
+    rows: list[ScoredRow] = []
     unreadable = []
     progress = progress or Reporter.silent()
     with progress.stage("score", len(selection.photos)):
@@ -182,7 +189,7 @@ def bundle_scores(model: Bundle, selection: Selection, store: Store, progress: R
             if result.probabilities is None:
                 unreadable.append(Unreadable(result.photo, result.error or "unreadable"))
             else:
-                rows.append((truth[result.photo], result.probabilities))
+                rows.append((truth[result.photo], result.probabilities, result.novelty))
             progress.update(done)
     return _scored(rows, unreadable, len(model.classes))
 
@@ -207,14 +214,14 @@ def spark_scores(model: Bundle, selection: Selection, config: EvaluateConfig, st
             scored = features.mapInArrow(functools.partial(classify_batches, model, featurizer.getOutputCol()),
                                          from_arrow_schema(SCORED_SCHEMA)).toArrow()
     index = {name: i for i, name in enumerate(classes)}
-    rows: list[tuple[int, np.ndarray]] = []
+    rows: list[ScoredRow] = []
     unreadable = []
-    for path, label, probabilities, error in zip(*(scored.column(name).to_pylist() for name in SCORED_SCHEMA.names),
-                                                 strict=True):
+    for path, label, probabilities, novelty_score, error in zip(
+            *(scored.column(name).to_pylist() for name in SCORED_SCHEMA.names), strict=True):
         if probabilities is None:
             unreadable.append(Unreadable(path, error or "unreadable"))
         else:
-            rows.append((index[label], np.asarray(probabilities, dtype=np.float64)))
+            rows.append((index[label], np.asarray(probabilities, dtype=np.float64), novelty_score))
     return _scored(rows, sorted(unreadable, key=lambda photo: photo.photo), len(classes))
 
 
@@ -242,22 +249,28 @@ def classify_batches(model: Bundle, features_col: str, batches: Iterator[pa.Reco
         columns = batch.to_pydict()
         failed = [stage is not None for stage in columns[ERROR_STAGE]]
         ok = [vector for vector, bad in zip(columns[features_col], failed, strict=True) if not bad]
-        probabilities = iter(model.classify(np.asarray(ok, dtype=np.float32)) if ok else [])
+        scored = model.score_features(np.asarray(ok, dtype=np.float32)) if ok else None
+        probabilities = iter(scored.probabilities if scored else [])
+        novelty = iter(scored.novelty if scored and scored.novelty is not None else [])
         yield pa.RecordBatch.from_arrays([
             pa.array(columns["path"], pa.string()), pa.array(columns["label"], pa.string()),
             pa.array([None if bad else next(probabilities).tolist() for bad in failed], pa.list_(pa.float64())),
+            pa.array([None if bad or model.novelty_threshold is None else float(next(novelty)) for bad in failed],
+                     pa.float64()),
             pa.array([f"{stage}: {reason}" if stage is not None else None
                       for stage, reason in zip(columns[ERROR_STAGE], columns[ERROR_REASON], strict=True)],
                      pa.string()),
         ], schema=SCORED_SCHEMA)
 
 
-def _scored(rows: list[tuple[int, np.ndarray]], unreadable: list[Unreadable], n_classes: int) -> Scored:
+def _scored(rows: list[ScoredRow], unreadable: list[Unreadable], n_classes: int) -> Scored:
     if unreadable:
         logger.warning("%d photos could not be read or decoded (not scored; listed in %s)", len(unreadable), METRICS)
-    truth = np.asarray([index for index, _ in rows], dtype=np.int64)
-    probabilities = np.stack([row for _, row in rows]) if rows else np.zeros((0, n_classes))
-    return Scored(truth, probabilities, tuple(unreadable))
+    truth = np.asarray([index for index, _, _ in rows], dtype=np.int64)
+    probabilities = np.stack([row for _, row, _ in rows]) if rows else np.zeros((0, n_classes))
+    scores = [score for _, _, score in rows]
+    novelty = None if not rows or any(score is None for score in scores) else np.asarray(scores, dtype=np.float64)
+    return Scored(truth, probabilities, tuple(unreadable), novelty)
 
 
 def write_outputs(store: Store, output: str, report: EvaluationReport) -> None:

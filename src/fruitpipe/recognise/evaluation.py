@@ -69,10 +69,12 @@ class CoveragePoint:
     coverage: float
     accuracy: float | None  # None: nothing answered
     answered: int
+    unlike_training: int | None = None  # rows the novelty gate made unknown (None: no gate)
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "coverage": self.coverage, "accuracy": self.accuracy,
-                "answered": self.answered}
+        document = {"threshold": self.threshold, "coverage": self.coverage, "accuracy": self.accuracy,
+                    "answered": self.answered}
+        return document if self.unlike_training is None else {**document, "unlike_training": self.unlike_training}
 
 
 @dataclass(frozen=True)
@@ -158,8 +160,10 @@ class EvaluationReport:
 
 
 def compute(truth: np.ndarray, probabilities: np.ndarray, classes: list[str],
-            threshold: float | None = None) -> EvaluationMetrics:
-    """All metrics from true class indexes (n,) and class probabilities (n, len(classes))."""
+            threshold: float | None = None, novel: np.ndarray | None = None) -> EvaluationMetrics:
+    """All metrics from true class indexes (n,) and class probabilities (n, len(classes)). `novel` (n,),
+    with the bundle's novelty gate: the rows it makes unknown whatever their confidence; they count as not
+    answered at `threshold` (the coverage curve is of the confidence threshold alone)."""
     truth = np.asarray(truth, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape != (len(truth), len(classes)):
@@ -187,7 +191,7 @@ def compute(truth: np.ndarray, probabilities: np.ndarray, classes: list[str],
         confusion=tuple(tuple(int(value) for value in row) for row in confusion),
         reliability=reliability,
         coverage_curve=tuple(coverage_at(t, confidence, correct) for t in CURVE_THRESHOLDS),
-        at_threshold=None if threshold is None else coverage_at(threshold, confidence, correct),
+        at_threshold=None if threshold is None else coverage_at(threshold, confidence, correct, novel),
     )
 
 
@@ -228,10 +232,14 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray) -> tuple[Relia
     return tuple(bins)
 
 
-def coverage_at(threshold: float, confidence: np.ndarray, correct: np.ndarray) -> CoveragePoint:
+def coverage_at(threshold: float, confidence: np.ndarray, correct: np.ndarray,
+                novel: np.ndarray | None = None) -> CoveragePoint:
     answered = confidence >= threshold
+    if novel is not None:
+        answered = answered & ~np.asarray(novel, dtype=bool)
     count = int(answered.sum())
-    return CoveragePoint(threshold, count / len(confidence), float(correct[answered].mean()) if count else None, count)
+    return CoveragePoint(threshold, count / len(confidence), float(correct[answered].mean()) if count else None, count,
+                         None if novel is None else int(np.sum(novel)))
 
 
 def per_class_csv(rows: list[ClassScores]) -> bytes:

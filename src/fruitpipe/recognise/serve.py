@@ -41,7 +41,7 @@ TOP_K_HELP = "how many classes to return, most probable first (capped at the num
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors 'none'")
 HEALTH_KEYS = ("model", "weights_sha256", "onnx_sha256", "feature_dim", "input_size", "k", "classifier",
-               "classes", "created", "temperature", "threshold", "tta")
+               "classes", "created", "temperature", "threshold", "tta", "novelty_threshold")
 PREDICT_BODY = {  # the multipart body is parsed by hand (to bound it), so OpenAPI is told its shape here
     "required": True,
     "content": {"multipart/form-data": {"schema": {
@@ -61,7 +61,7 @@ class Predictor(Protocol):
 
     classes: list[str]
 
-    def answer_bytes(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> Any: ...  # an Answer: .predictions, .unknown
+    def answer_bytes(self, data: bytes, top_k: int = DEFAULT_TOP_K) -> Any: ...  # an Answer (.unknown, .reason)
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -112,7 +112,8 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
         except DecodeError as exc:
             raise RequestError(422, f"not a usable image: {exc}") from None
         return {
-            "unknown": bool(answer.unknown),  # the highest probability is below the threshold: the guesses follow
+            "unknown": bool(answer.unknown),  # not sure (low confidence or unlike training): the guesses follow
+            **({"unknown_reason": answer.reason} if answer.unknown else {}),
             "predictions": [{"label": p.label, "probability": p.probability} for p in answer.predictions],
             "filename": filename,
             "bytes": len(data),
@@ -229,7 +230,7 @@ def warm_up(bundle: Predictor) -> None:
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, threads: int = 1, concurrency: int | None = None,
-          threshold: float | None = None, tta: int | None = None) -> None:
+          threshold: float | None = None, tta: int | None = None, novelty_threshold: float | None = None) -> None:
     """Load the bundle, bind, and run uvicorn until interrupted; `threshold` and `tta` replace the bundle's own.
 
     Defaults: one ONNX Runtime thread per inference and one inference per core. On the 2-core
@@ -239,7 +240,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from fruitpipe.recognise.bundle import Bundle
 
-    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold, tta=tta)
+    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold, tta=tta, novelty_threshold=novelty_threshold)
     app = create_app(bundle, max_upload_bytes=max_upload_bytes, concurrency=concurrency or os.cpu_count() or 1)
     sock = bind_socket(host, port)
     warm_up(bundle)

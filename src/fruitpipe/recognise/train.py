@@ -10,12 +10,14 @@ import functools
 import hashlib
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pyspark.ml.classification import LogisticRegression, LogisticRegressionModel
 from pyspark.ml.feature import StringIndexerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -33,13 +35,14 @@ from fruitpipe.executor.worker import VIEW
 from fruitpipe.image import models
 from fruitpipe.ml import CentredPCAModel, save_logistic_regression
 from fruitpipe.progress import Reporter
-from fruitpipe.recognise import bundle, calibration, evaluation
+from fruitpipe.recognise import bundle, calibration, evaluation, novelty
 from fruitpipe.recognise.contracts import (
     BundleDescription,
     BundlePca,
     Calibration,
     Classifier,
     Metrics,
+    Novelty,
     Scores,
     Selection,
     SourceRun,
@@ -82,6 +85,14 @@ CANDIDATES = (
     Candidate("lr-l2-0.1-standardised", 0.1),
     Candidate("lr-l2-0.01-raw", 0.01, standardization=False),
 )
+
+
+@dataclass(frozen=True)
+class NoveltyGate:
+    """The novelty gate `train` writes into the bundle: its settings and the unit class centroids."""
+
+    settings: Novelty
+    centroids: np.ndarray  # (n_classes, k), from all of Training
 
 
 @dataclass(frozen=True)
@@ -189,14 +200,15 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
             chosen, fitted, scores = (_choose(fit_part, validation, len(classes)) if counts.validation
                                       else (CANDIDATES[0], None, {}))
-        with timer.stage("calibrate"):  # no validation images: no temperature (T = 1) and no threshold
+        with timer.stage("calibrate"):  # no validation images: no temperature (T = 1), no threshold, no gate
             calibrated = calibrate(fitted, validation, config.target_precision) if fitted is not None else None
+            gate = novelty_gate(fit_part, validation, training, len(classes)) if fitted is not None else None
         with timer.stage("fit"):
             classifier = chosen.estimator().fit(training)
         with timer.stage("evaluate"):
             metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
             if calibrated is not None:
-                metrics["calibration"] = selective_metrics(classifier, test, calibrated)
+                metrics["calibration"] = selective_metrics(classifier, test, calibrated, gate)
     finally:
         if prepared is not None:
             prepared.unpersist()
@@ -204,7 +216,7 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
     with timer.stage("write"):
         _write_evaluation(store, config.output, metrics, classes)
         save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER), store=store)
-        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline, calibrated)
+        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline, calibrated, gate)
     manifest = TrainManifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         source=source.fingerprint(),
@@ -220,6 +232,7 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         metrics=headline,
         timings_s=timer.timings(),
         calibration=calibrated,
+        novelty=gate.settings if gate else None,
     )
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.commit(store, config.output, counts.to_json())
@@ -311,6 +324,70 @@ def calibrate(model: LogisticRegressionModel, validation: DataFrame, target_prec
     return calibrated
 
 
+def novelty_gate(fit_part: DataFrame, validation: DataFrame, training: DataFrame, n_classes: int) -> NoveltyGate:
+    """recognise/novelty.py's gate: the threshold from the validation rows' novelty against the fit part's
+    centroids, the bundle's centroids from all of Training. Per-class sums are aggregated in the executors
+    (at most partitions x classes rows of k numbers reach the driver); of validation, only its scores."""
+    fit_centroids, _ = class_centroids(fit_part, n_classes)
+    scores = validation.select("pca").mapInArrow(functools.partial(_novelty_batches, fit_centroids),
+                                                  "novelty double").toArrow().column("novelty").to_numpy()
+    choice = novelty.choose_threshold(scores)
+    centroids, rows = class_centroids(training, n_classes)
+    logger.info("novelty gate: threshold %.4f (the %.0f%% quantile of %d validation rows; %.1f%% above it), "
+                "centroids of %d Training rows", choice.threshold, 100 * novelty.NOVELTY_QUANTILE, len(scores),
+                100 * choice.flagged, rows)
+    return NoveltyGate(Novelty(threshold=choice.threshold, quantile=novelty.NOVELTY_QUANTILE,
+                               validation_rows=len(scores), validation_flagged=choice.flagged, centroid_rows=rows),
+                       centroids)
+
+
+def class_centroids(data: DataFrame, n_classes: int) -> tuple[np.ndarray, int]:
+    """(unit centroids of each class's unit `pca` rows, rows used), the sums made per partition."""
+    parts = sparkapi.default_parallelism(data.sparkSession)  # coalesce: never more partial rows than cores x classes
+    partial = data.select(F.col(LABEL_INDEX).cast("int").alias("label"), "pca").coalesce(parts).mapInArrow(
+        functools.partial(_class_sum_batches, n_classes), "label int, rows long, sums array<double>").collect()
+    if not partial:
+        raise ValueError("no Training rows to make the novelty gate's centroids from")
+    sums = np.zeros((n_classes, len(partial[0]["sums"])))
+    rows = 0
+    for row in partial:
+        sums[row["label"]] += np.asarray(row["sums"], dtype=np.float64)
+        rows += int(row["rows"])
+    return novelty.centroids(sums), rows
+
+
+def _pca_rows(batch: pa.RecordBatch) -> np.ndarray:
+    """The `pca` list column of an Arrow batch as an (n, k) float64 array (rows are never null)."""
+    column = batch.column("pca")
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float64).reshape(len(column), -1)
+
+
+def _class_sum_batches(n_classes: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: one partition's per-class sums of unit rows, one output row per class present."""
+    sums: np.ndarray | None = None
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for batch in batches:
+        if not len(batch):
+            continue
+        batch_sums, batch_counts = novelty.class_sums(_pca_rows(batch), batch.column("label").to_numpy(), n_classes)
+        sums = batch_sums if sums is None else sums + batch_sums
+        counts += batch_counts
+    present = np.flatnonzero(counts)
+    yield pa.RecordBatch.from_arrays(
+        [pa.array(present, pa.int32()), pa.array(counts[present], pa.int64()),
+         pa.array([sums[i].tolist() for i in present] if sums is not None else [], pa.list_(pa.float64()))],
+        names=["label", "rows", "sums"])
+
+
+def _novelty_batches(centroids: np.ndarray, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: `pca` rows -> their novelty (extra columns pass through unchanged)."""
+    for batch in batches:
+        scores = novelty.novelty(_pca_rows(batch), centroids) if len(batch) else np.zeros(0)
+        kept = [name for name in batch.schema.names if name != "pca"]
+        yield pa.RecordBatch.from_arrays([*(batch.column(name) for name in kept), pa.array(scores, pa.float64())],
+                                         names=[*kept, "novelty"])
+
+
 def calibrated_probability(temperature: float) -> Column:
     """softmax(rawPrediction / T) as an array column, in Spark: the batch path's calibrated probabilities
     (Spark's own `probability` column is softmax(rawPrediction), T = 1)."""
@@ -320,21 +397,31 @@ def calibrated_probability(temperature: float) -> Column:
     return F.transform(shifted, lambda value: value / total)
 
 
-def selective_metrics(model: LogisticRegressionModel, data: DataFrame, calibrated: Calibration) -> dict[str, Any]:
-    """Calibrated ECE, and coverage and accuracy of the answered rows at the threshold, aggregated in Spark
-    (15 bins of counts reach the driver). Reported for Test; never used for a choice."""
+def selective_metrics(model: LogisticRegressionModel, data: DataFrame, calibrated: Calibration,
+                      gate: NoveltyGate | None = None) -> dict[str, Any]:
+    """Calibrated ECE, and coverage and accuracy of the answered rows at the threshold (and, with the
+    novelty gate, not unlike the training photos), aggregated in Spark (15 bins of counts reach the
+    driver). Reported for Test; never used for a choice."""
     scored = model.transform(data).select(
         F.array_max(calibrated_probability(calibrated.temperature)).alias("confidence"),
-        (F.col("prediction") == F.col(LABEL_INDEX)).cast("double").alias("correct"))
+        (F.col("prediction") == F.col(LABEL_INDEX)).cast("double").alias("correct"), "pca")
+    if gate is None:
+        scored = scored.drop("pca").withColumn("novel", F.lit(False))
+    else:
+        scored = scored.mapInArrow(functools.partial(_novelty_batches, gate.centroids),
+                                   "confidence double, correct double, novelty double") \
+            .withColumn("novel", F.col("novelty") > F.lit(gate.settings.threshold))
+    answering = (F.col("confidence") >= calibrated.threshold) & ~F.col("novel")
     bins = F.least(F.floor(F.col("confidence") * calibration.ECE_BINS), F.lit(calibration.ECE_BINS - 1))
     per_bin = scored.groupBy(bins.cast("int").alias("bin")).agg(
         F.count(F.lit(1)).alias("rows"), F.sum("confidence").alias("confidence"), F.sum("correct").alias("correct"),
-        F.sum((F.col("confidence") >= calibrated.threshold).cast("int")).alias("answered"),
-        F.sum(F.when(F.col("confidence") >= calibrated.threshold, F.col("correct"))).alias("answered_correct"),
+        F.sum(answering.cast("int")).alias("answered"), F.sum(F.col("novel").cast("int")).alias("novel"),
+        F.sum(F.when(answering, F.col("correct"))).alias("answered_correct"),
     ).collect()
     rows, answered = sum(row["rows"] for row in per_bin), sum(row["answered"] for row in per_bin)
     answered_correct = sum(row["answered_correct"] or 0.0 for row in per_bin)
-    return {"temperature": calibrated.temperature, "threshold": calibrated.threshold,
+    novel = {"unlike_training": sum(row["novel"] for row in per_bin)} if gate else {}
+    return {**novel, "temperature": calibrated.temperature, "threshold": calibrated.threshold,
             "ece": calibration.ece_from_bins(np.array([row["rows"] for row in per_bin]),
                                              np.array([row["confidence"] for row in per_bin]),
                                              np.array([row["correct"] for row in per_bin])),
@@ -391,12 +478,13 @@ def _write_evaluation(store: Store, output: str, metrics: dict[str, Any], classe
 
 def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
-                  metrics: Metrics, calibrated: Calibration | None) -> None:
+                  metrics: Metrics, calibrated: Calibration | None, gate: NoveltyGate | None) -> None:
     """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
     pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL)).arrays()
     arrays = bundle.Arrays(mean=pca.mean, components=pca.components,
                            coefficients=classifier.coefficientMatrix.toArray(),
-                           intercepts=classifier.interceptVector.toArray())
+                           intercepts=classifier.interceptVector.toArray(),
+                           centroids=gate.centroids if gate else None)
     description = BundleDescription(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         model=replace(ModelEntry.of(spec, source.runtime()), runtime=None),
@@ -408,6 +496,7 @@ def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: model
         classes=tuple(classes),
         calibration=calibrated,
         tta=config.tta,
+        novelty=gate.settings if gate else None,
     )
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
         bundle.write(folder, onnx, description, arrays)
