@@ -194,6 +194,38 @@ def test_cluster_run_equals_local_on_both_workers_and_survives_a_killed_worker(c
     assert_same_outputs(output, local_output)  # also: every path exactly once
 
 
+FAULT_RUNNER = """
+import json, sys
+from fruitpipe.batch import pipeline
+from fruitpipe.config import ExecutorSettings, RunConfig
+conf = tuple(tuple(pair.split("=", 1)) for pair in sys.argv[4:])
+manifest = pipeline.run(RunConfig(input=sys.argv[1], output=sys.argv[2], master=sys.argv[3], spark_conf=conf,
+                                  executor=ExecutorSettings(batch_size=8)))
+print(json.dumps(manifest.counts.to_json()))
+"""
+
+
+def test_a_python_worker_dying_on_the_cluster_is_retried_and_redoes_at_most_one_batch(cluster, images, local_output,
+                                                                                      tmp_path) -> None:
+    """The journal's worker fault on the standalone cluster: partition 0's first attempt exits its Python
+    worker after its 2nd segment (batches of 8: 5 per task); Spark reschedules the task, the retry skips
+    the 2 segments written, and the output equals local[2] with every photo once."""
+    mark, batches, output = tmp_path / "fault.txt", tmp_path / "batches.jsonl", tmp_path / "out"
+    conf = [*CLUSTER_CONF, "spark.ui.enabled=false", "spark.executorEnv.FRUITPIPE_FAULT=worker-after-segment:2",
+            f"spark.executorEnv.FRUITPIPE_FAULT_MARK={mark}", f"spark.executorEnv.FRUITPIPE_BATCH_LOG={batches}"]
+    result = subprocess.run([sys.executable, "-c", FAULT_RUNNER, str(images), str(output), cluster.master_url, *conf],
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    assert result.returncode == 0, f"{result.stderr[-4000:]}\n{cluster.logs()}"
+    fired = mark.read_text().splitlines()
+    assert len(fired) == 1 and fired[0].startswith("worker-after-segment:2:"), fired
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["featurized"] == counts["ok"] == IMAGES
+    embedded = sum(json.loads(line)["rows"] for line in batches.read_text().splitlines())
+    assert IMAGES <= embedded <= IMAGES + 8, embedded
+    assert_same_outputs(output, local_output)
+
+
 def wait_for_first_task_on(cluster: StandaloneCluster, worker: int, ui: str, driver: subprocess.Popen) -> str:
     """The id of the executor on `worker` once it has finished a task (its cached output will be lost)
     and is running another (which will be rescheduled)."""
