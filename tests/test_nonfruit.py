@@ -80,3 +80,63 @@ def test_missing_package_is_a_value_error(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(importlib.metadata, "distribution", without_skimage)
     with pytest.raises(ValueError, match="needs scikit-image installed"):
         nonfruit.non_fruit_photos(tmp_path)
+
+
+def _rcc(files: dict[str, bytes], compress: set[str]) -> bytes:
+    """A Qt resource file (format 1) written from its specification: the reader's independent check.
+    Files sit in one folder below the root; `compress` names the zlib-compressed ones."""
+    import struct
+    import zlib
+    folder = {path.split("/")[1] for path in files}
+    assert len(folder) == 1
+    folder_name = folder.pop()
+    names_blob, name_offsets = b"", {}
+    for name in [folder_name, *(path.split("/")[2] for path in files)]:
+        name_offsets[name] = len(names_blob)
+        names_blob += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+    data_blob, data_offsets, flags = b"", {}, {}
+    for path, content in files.items():
+        data_offsets[path] = len(data_blob)
+        if path in compress:
+            payload, flags[path] = struct.pack(">I", len(content)) + zlib.compress(content), 1
+        else:
+            payload, flags[path] = content, 0
+        data_blob += struct.pack(">I", len(payload)) + payload
+    nodes = [struct.pack(">IHII", 0, 2, 1, 1),  # root: a folder with one child, node 1
+             struct.pack(">IHII", name_offsets[folder_name], 2, len(files), 2)]
+    for path in files:
+        nodes.append(struct.pack(">IHHHI", name_offsets[path.split("/")[2]], flags[path], 0, 0, data_offsets[path]))
+    tree = b"".join(nodes)
+    header = 20
+    return (b"qres" + struct.pack(">4I", 1, header, header + len(tree), header + len(tree) + len(data_blob))
+            + tree + data_blob + names_blob)
+
+
+def test_qt_resource_reader_returns_each_file(tmp_path: Path) -> None:
+    from fruitpipe.benchmark.qtresources import read_resource
+
+    files = {"/photos/cat.webp": b"RIFF-a-cat" * 50, "/photos/cup.webp": b"a cup", "/photos/street.webp": b"x" * 999}
+    rcc = tmp_path / "set.rcc"
+    rcc.write_bytes(_rcc(files, compress={"/photos/cat.webp", "/photos/street.webp"}))
+    for path, content in files.items():
+        assert read_resource(rcc, path) == content
+    with pytest.raises(FileNotFoundError):
+        read_resource(rcc, "/photos/dog.webp")
+    with pytest.raises(IsADirectoryError):
+        read_resource(rcc, "/photos")
+    (tmp_path / "other.bin").write_bytes(b"not a resource file")
+    with pytest.raises(ValueError, match="not a Qt resource file"):
+        read_resource(tmp_path / "other.bin", "/photos/cat.webp")
+
+
+def test_gcompris_listing_is_public_domain_or_cc0_and_names_are_unique() -> None:
+    listed = json.loads(nonfruit.GCOMPRIS_LIST.read_text(encoding="utf-8"))
+    photos = listed["photos"]
+    assert len(photos) == 215 and listed["package"] == nonfruit.gcompris_package().name
+    names = {(Path(p["rcc"]).stem, Path(p["resource"]).stem) for p in photos}
+    assert len(names) == len(photos)
+    assert all(p["licence"] in ("Public Domain", "CC0-1.0", "CC0") or "public domain" in p["licence"].lower()
+               for p in photos), {p["licence"] for p in photos}
+    assert all(p["rcc"].startswith("usr/share/gcompris-qt/rcc/") and p["resource"].startswith("/") for p in photos)
+    fruit_words = ("fruit", "apple", "banana", "lemon", "berry", "grape", "vegetable", "tomato")
+    assert not [p["subject"] for p in photos if any(word in p["subject"].lower() for word in fruit_words)]

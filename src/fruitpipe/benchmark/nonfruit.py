@@ -4,22 +4,30 @@ A recogniser trained only on fruit still returns a fruit for a cat or a cup; the
 "not sure" instead is measured on this set. It is a yardstick only: never used to train, choose a recipe,
 calibrate or pick a threshold (a set used for a choice stops measuring that choice).
 
-The photos come from packages already installed (no download at run time): the sample images shipped
-inside the scikit-image wheel, scikit-learn's `load_sample_images` files and matplotlib's sample data.
-Only images whose licence the package states (or, for the one matplotlib photo, whose public-domain status
-is a matter of record) are used; each is listed with its package, version and licence in `LICENSES.json`
-written beside the photos. Files are re-encoded as JPEG (RGB, longest side at most MAX_SIDE), byte for byte
-the same on every call with the same package versions.
+The photos come from registry packages (no download at run time): the sample images shipped inside the
+scikit-image wheel, scikit-learn's `load_sample_images` files and matplotlib's sample data (17, always),
+and, when the yardstick cache holds Debian's `gcompris-qt-data` 3.1-2 (`make recognition-data`), 215
+public-domain and CC0 photographs packed in GCompris' Qt resource files (monuments, animals, tools,
+household objects, musicians; `nonfruit_gcompris.json` lists each with its subject and the upstream
+licence statement; fruit, vegetables and flowers left out by eye). Only images whose licence the package
+states (or, for the one matplotlib photo, whose public-domain status is a matter of record) are used; each
+is listed with its package, version and licence in `LICENSES.json` written beside the photos. Files are
+re-encoded as JPEG (RGB, longest side at most MAX_SIDE), byte for byte the same on every call with the
+same package versions.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from fruitpipe.benchmark.packages import DEBIAN, Package
+from fruitpipe.benchmark.qtresources import read_resource
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +85,34 @@ SOURCES = (
 )
 
 
-def non_fruit_photos(folder: str | Path) -> list[Path]:
+GCOMPRIS_LIST = Path(__file__).with_name("nonfruit_gcompris.json")
+
+
+def gcompris_package() -> Package:
+    listed = json.loads(GCOMPRIS_LIST.read_text(encoding="utf-8"))
+    return Package(DEBIAN, listed["package"], listed["version"])
+
+
+def non_fruit_photos(folder: str | Path, cache: Path | None = None) -> list[Path]:
     """Write the non-fruit photos as JPEGs into `folder` (created) with LICENSES.json; return their paths,
-    in SOURCES order. A missing package is a ValueError naming it (scikit-image and scikit-learn come with
-    fruitpipe's `test` extra)."""
+    in SOURCES order, then (with `cache`) the GCompris photos in their listed order. A missing Python package
+    is a ValueError naming it (scikit-image and scikit-learn come with fruitpipe's `test` extra); a cache
+    without the GCompris package is a `PackageMissingError` naming the command that fetches it."""
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     records, written = [], []
     for source in SOURCES:
         original, version = _locate(source)
         path = target / f"{source.name}.jpg"
-        _write_jpeg(original, path)
+        with Image.open(original) as image:
+            _write_jpeg(image, path)
         written.append(path)
         records.append({**asdict(source), "photo": path.name, "version": version,
                         "package_licence": _package_licence(source.package)})
+    if cache is not None:
+        for record in _gcompris_photos(target, cache):
+            written.append(target / record["photo"])
+            records.append(record)
     (target / LICENSES_FILE).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     logger.info("wrote %d non-fruit photos to %s", len(written), target)
     return written
@@ -116,10 +138,25 @@ def _package_licence(package: str) -> str:
     return {"scikit-image": "BSD-3-Clause", "matplotlib": "Matplotlib License (PSF-based)"}.get(package, "unknown")
 
 
-def _write_jpeg(original: Path, target: Path) -> None:
+def _gcompris_photos(target: Path, cache: Path) -> list[dict[str, str]]:
+    """The listed GCompris photos, read out of their .rcc files into `target`; one LICENSES.json record each."""
+    package = gcompris_package()
+    root = package.root(cache)
+    records = []
+    for photo in json.loads(GCOMPRIS_LIST.read_text(encoding="utf-8"))["photos"]:
+        name = f"gcompris-{Path(photo['rcc']).stem}-{Path(photo['resource']).stem}"
+        with Image.open(io.BytesIO(read_resource(root / photo["rcc"], photo["resource"]))) as image:
+            _write_jpeg(image, target / f"{name}.jpg")
+        records.append({"name": name, "package": package.name, "file": f"/{photo['rcc']}:{photo['resource']}",
+                        "subject": photo["subject"], "licence": photo["licence"], "statement": photo["statement"],
+                        "photo": f"{name}.jpg", "version": package.version,
+                        "package_licence": "per photo (the upstream README in its .rcc; see licence)"})
+    return records
+
+
+def _write_jpeg(image: Image.Image, target: Path) -> None:
     """RGB (grey and palette images expanded), longest side at most MAX_SIDE, a fixed JPEG quality."""
-    with Image.open(original) as image:
-        rgb = image.convert("RGB")
+    rgb = image.convert("RGB")
     if max(rgb.size) > MAX_SIDE:
         scale = MAX_SIDE / max(rgb.size)
         rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS)
