@@ -49,17 +49,25 @@ def test_recipes_differing_only_in_tta_share_a_model() -> None:
     assert plain.folder() == with_tta.folder()
     assert recognition.Recipe("c", augment=2).folder() != plain.folder()
     assert recognition.Recipe("d", model="efficientnet-lite0+logits", augment=4).folder() != plain.folder()
+    weaker = recognition.Recipe("e", augment=4, views=("--augment-strength", "0.5"))
+    assert weaker.folder() != plain.folder() and weaker.run_args()[-2:] == ["--augment-strength", "0.5"]
 
 
 def test_table_marks_the_chosen_recipe_and_doc_block_is_replaced(tmp_path: Path) -> None:
-    row = {"recipe": "r1", "selection": {"holdout_shifted_accuracy": 0.5, "holdout_shifted_log_loss": 0.01234},
+    row = {"recipe": "r1", "selection": {"accuracy": 0.5, "log_loss": 0.01234,
+                                         "sets": {"holdout_shifted": {"accuracy": 0.5, "log_loss": 0.01}}},
            "test_accuracy": 1.0, "suite": {"grayscale": 0.25}, "suite_mean": 0.25, "non_fruit_unknown_rate": 0.9,
+           "styles": {"fluent-3d": {"accuracy": 0.625, "answered": 0.5}, "tuxpaint-photos": {"accuracy": 0.375,
+                                                                                         "answered": None}},
+           "styles_mean": 0.625, "styles_answered": 0.5, "photos_accuracy": 0.375, "photos_answered": None,
            "test_coverage_at_threshold": None, "serve_p95_ms": 12.34, "serve_load_average": 3.5}
     results = {"recipes": [row, {**row, "recipe": "r2", "serve_p95_ms": None, "serve_load_average": None}],
                "chosen": "r2",
                "measured_at": "now", "machine": {"cpu": "cpu", "cpus": 2}, "command": "cmd"}
     text = recognition.table(results)
     assert "| r2 (chosen) |" in text and "| r1 | 0.0123 | 50.0% |" in text and "25.0%" in text and "12.3" in text
+    assert "| 62.5% | 50.0% | 37.5% | - |" in text  # other styles, answered, photos, photos answered
+    assert "| r1 | 62.5% | 37.5% | 50.0% |" in recognition.styles_table(results)
     doc = tmp_path / "recognition.md"
     doc.write_text("# R\n\nintro\n", encoding="utf-8")
     recognition.write_doc(results, doc)
@@ -69,13 +77,14 @@ def test_table_marks_the_chosen_recipe_and_doc_block_is_replaced(tmp_path: Path)
     assert "3.50 (r1) on 2 vCPU" in written and "noisy" in written
 
 
-def selection_row(name: str, log_loss: float, holdout_accuracy: float, suite_mean: float) -> dict[str, object]:
-    return {"recipe": name, "suite_mean": suite_mean, "test_accuracy": 1.0,
-            "selection": {"holdout_shifted_log_loss": log_loss, "holdout_shifted_accuracy": holdout_accuracy}}
+def selection_row(name: str, log_loss: float, accuracy: float, suite_mean: float) -> dict[str, object]:
+    return {"recipe": name, "suite_mean": suite_mean, "test_accuracy": 1.0, "styles_mean": suite_mean,
+            "photos_accuracy": suite_mean, "selection": {"log_loss": log_loss, "accuracy": accuracy}}
 
 
-def test_choice_is_lowest_holdout_log_loss_then_accuracy_then_listed_order() -> None:
-    """All four at 100% holdout accuracy (the saturation seen): log-loss decides, and never the suite."""
+def test_choice_is_lowest_selection_log_loss_then_accuracy_then_listed_order() -> None:
+    """Log-loss decides, then accuracy, then the listed order; the suite, the report styles and the photos
+    (here made to point the other way) never do."""
     rows = [selection_row("cheap", 0.05, 1.0, 0.99), selection_row("sure", 0.01, 1.0, 0.10),
             selection_row("sure-but-wrong-more", 0.01, 0.9, 0.99), selection_row("sure-later", 0.01, 1.0, 0.99)]
     assert recognition.choose(rows) == "sure"
