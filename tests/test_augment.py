@@ -147,3 +147,79 @@ def test_worker_rejects_an_image_once_and_augments_only_chosen_rows(tmp_path: Pa
     failing = rows(dataclasses.replace(task, feature_dim=7))  # the model returns 1280: every photo rejected
     assert list(zip(failing.path, failing.view, failing.error_stage, strict=True)) == [
         (good[0], 0, "embed"), (str(bad), 0, "decode"), (good[1], 0, "embed")]
+
+
+def test_view_families_and_strength_shape_the_views_in_the_worker(small_sample: Path) -> None:
+    """--augment-families / --augment-strength reach the worker: its view v is the embedding of
+    `augmented_view(pixels, path, v, families, strength)` computed here, and differs from the default views."""
+    import pyarrow as pa
+
+    from fruitpipe.config import DecodeLimits
+    from fruitpipe.executor.worker import FeaturizeTask, featurize_partition
+    from fruitpipe.image import models, shifts
+    from fruitpipe.image.decode import decode_for_model
+    from fruitpipe.image.embed import embed
+    from fruitpipe.runtime import resolve
+
+    photo = sorted(str(p) for p in (small_sample / "Training").glob("*/*.jpg"))[0]
+    spec = models.resolve("efficientnet-lite0")
+    onnx, pre = str(models.onnx_file(spec)), spec.preprocessing
+    families = shifts.view_families(["plain_background", "geometry"])
+    assert families == ("geometry", "plain_background")  # the table's order, whatever order was given
+
+    def worker_views(**settings: object) -> np.ndarray:
+        task = FeaturizeTask(model_file=onnx, preprocessing=pre, runtime=resolve("fp32", None),
+                             feature_dim=spec.feature_dim, limits=DecodeLimits(), path_col="path",
+                             output_col="features", augment=AUGMENT, **settings)  # type: ignore[arg-type]
+        out = pa.Table.from_batches(list(featurize_partition(task, iter([pa.RecordBatch.from_pydict(
+            {"path": [photo]})])))).to_pandas()
+        return np.stack(out.sort_values("view").features)
+
+    shaped = worker_views(augment_families=families, augment_strength=0.5)
+    pixels = decode_for_model(Path(photo).read_bytes(), DecodeLimits(), pre.input_size, pre.resize)[0]
+    expected = embed(np.stack([pixels] + [shifts.augmented_view(pixels, photo, view, families, 0.5)
+                                          for view in range(1, AUGMENT + 1)]), pre, onnx, 1)
+    np.testing.assert_allclose(shaped, expected, atol=1e-4)
+    default = worker_views()
+    np.testing.assert_allclose(shaped[0], default[0], atol=1e-5)  # the photo itself is untouched
+    assert np.abs(shaped[1:] - default[1:]).mean() > 1e-2
+
+
+def test_view_settings_are_checked_recorded_and_part_of_the_identity() -> None:
+    from fruitpipe.batch.journal import Identity
+    from fruitpipe.batch.manifest import ModelEntry
+    from fruitpipe.image import models, shifts
+    from fruitpipe.runtime import resolve
+
+    with pytest.raises(ValueError, match="held out for evaluation"):
+        shifts.view_families(["geometry", "outline"])
+    with pytest.raises(ValueError, match="unknown shift 'sepia'"):
+        shifts.view_families(["sepia"])
+    with pytest.raises(ValueError, match="give --augment too"):
+        RunConfig(input="in", output="out", augment_strength=0.5)
+    with pytest.raises(ValueError, match="--augment-strength must be a number in"):
+        RunConfig(input="in", output="out", augment=2, augment_strength=2.5)
+    entry = ModelEntry.of(models.resolve("efficientnet-lite0"), resolve("fp32", None))
+    default = Identity.of(entry, 2, shifts.TRAINING_SIDE, 1.0)
+    assert default == Identity.of(entry, 2)  # every family named counts as none named
+    # a journal written before the view settings existed keeps its fingerprint and reads back equal
+    legacy = {key: value for key, value in default.to_json().items()}
+    assert "augment_families" not in legacy and "augment_strength" not in legacy
+    assert Identity.from_json(legacy, "journal") == default
+    weaker = Identity.of(entry, 2, ("geometry",), 0.5)
+    assert weaker.fingerprint() != default.fingerprint()
+    assert Identity.from_json(weaker.to_json(), "journal") == weaker
+    differences = weaker.differences(default)
+    assert any("--augment-families geometry here" in line for line in differences)
+    assert any("--augment-strength 0.5 here vs 1.0" in line for line in differences)
+
+
+def test_cli_refuses_a_suite_family_in_the_views_in_one_line(tmp_path: Path) -> None:
+    from conftest import fruitpipe_cli
+
+    result = fruitpipe_cli("run", "--output", str(tmp_path / "out"), "--augment", "2", "--augment-families",
+                           "geometry,outline")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "outline is held out for evaluation" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -20,6 +20,7 @@ from fruitpipe.config import (
     DEFAULT_MASTER,
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_VCPU_HOUR,
+    MAX_AUGMENT_STRENGTH,
     PcaSettings,
     RunConfig,
     S3Options,
@@ -82,6 +83,18 @@ def _positive_number(text: str) -> float:
 
 def _non_negative_number(text: str) -> float:
     return _number(text, lambda value: 0 <= value < float("inf"), "a number >= 0")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of names (blanks dropped)."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _augment_strength(text: str) -> float:
+    return _number(text, lambda value: 0 < value <= MAX_AUGMENT_STRENGTH, f"a number in (0, {MAX_AUGMENT_STRENGTH:g}]")
 
 
 def _fraction(text: str) -> float:
@@ -371,6 +384,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", type=int, default=0, metavar="N",
                         help="also featurize N augmented views of every Training image (training-side shifts, "
                              "deterministic per path and view; rows carry view 0..N; 0-32, default: %(default)s)")
+    parser.add_argument("--augment-families", type=_names, default=(), metavar="A,B",
+                        help="the training-side shift families the views draw from, comma-separated (default: all; "
+                             "'fruitpipe sample-data --list-shifts' names them)")
+    parser.add_argument("--augment-strength", type=_augment_strength, default=1.0, metavar="F",
+                        help="scales each family's strength in the views, 0 < F <= 2 (default: %(default)s)")
     _add_session_arguments(parser)
     parser.add_argument("--env-archive", metavar="PATH", help="environment archive from 'fruitpipe package' for "
                         "executors without fruitpipe: shipped with spark.archives, its python runs the executors")
@@ -437,6 +455,8 @@ def _run_config(args: argparse.Namespace, overwrite: bool, resume: bool) -> RunC
         precision=args.precision,
         remote=remote,
         augment=args.augment,
+        augment_families=args.augment_families,
+        augment_strength=args.augment_strength,
         price_per_vcpu_hour=args.price_per_vcpu_hour,
         resume=resume,
     )

@@ -14,6 +14,7 @@ DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_VARIANCE = 0.95
 DEFAULT_MASTER = "local[*]"
 MAX_AUGMENT = 32  # augmented views per Training image: featurizing costs grow with 1 + N
+MAX_AUGMENT_STRENGTH = 2.0  # --augment-strength scales each family's own strength: (0, 2]
 MAX_TTA = 16  # test-time views per photo: inference costs grow with N
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -139,6 +140,8 @@ class RunConfig:
     precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (fruitpipe.runtime)
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
     augment: int = 0  # augmented views of every Training image besides the image (fruitpipe.image.shifts)
+    augment_families: tuple[str, ...] = ()  # the training-side families views draw from; (): all of them
+    augment_strength: float = 1.0  # scales each family's strength in the views (0 < s <= 2)
     price_per_vcpu_hour: float = DEFAULT_PRICE_PER_VCPU_HOUR  # the cost estimate's assumed price (batch.cost)
     resume: bool = False  # continue an interrupted run in `output`, or bring a finished one up to date
 
@@ -149,6 +152,10 @@ class RunConfig:
         if not self.price_per_vcpu_hour >= 0:
             raise ValueError(f"--price-per-vcpu-hour must be a number >= 0, got {self.price_per_vcpu_hour}")
         check_augment(self.augment)
+        check_augment_strength(self.augment_strength)
+        if (self.augment_families or self.augment_strength != 1.0) and not self.augment:
+            raise ValueError("--augment-families and --augment-strength shape the views of --augment N: "
+                             "give --augment too")
         if self.precision not in PRECISION_CHOICES:
             raise ValueError(f"--precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
         if self.image_size is not None and self.image_size < 1:
@@ -264,6 +271,13 @@ def check_augment(augment: int) -> int:
     if isinstance(augment, bool) or not isinstance(augment, int) or not 0 <= augment <= MAX_AUGMENT:
         raise ValueError(f"--augment must be an integer from 0 to {MAX_AUGMENT}, got {augment!r}")
     return augment
+
+
+def check_augment_strength(strength: float) -> float:
+    """The views' strength factor: a number in (0, MAX_AUGMENT_STRENGTH]."""
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= MAX_AUGMENT_STRENGTH:
+        raise ValueError(f"--augment-strength must be a number in (0, {MAX_AUGMENT_STRENGTH:g}], got {strength!r}")
+    return float(strength)
 
 
 def check_tta(tta: int) -> int:

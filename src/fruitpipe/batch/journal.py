@@ -28,6 +28,7 @@ from fruitpipe.batch import sources
 from fruitpipe.batch.manifest import Fields, ModelEntry
 from fruitpipe.executor.journal import KEY, PLAN_SCHEMA, SEGMENT_COLUMN, SOURCE_VERSION, VERSION, read_table
 from fruitpipe.executor.worker import PRIOR_SHA256, PRIOR_VERSION, SAME_AS, SHA256, VIEW
+from fruitpipe.image.shifts import TRAINING_SIDE
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
@@ -54,19 +55,34 @@ class Identity:
     precision: str
     feature_dim: int
     augment: int
+    augment_families: str = ""  # comma-separated, when views draw from some training-side families only
+    augment_strength: float = 1.0
 
     @classmethod
-    def of(cls, entry: ModelEntry, augment: int) -> Identity:
+    def of(cls, entry: ModelEntry, augment: int, families: tuple[str, ...] = (), strength: float = 1.0) -> Identity:
+        """`families` as `shifts.view_families` returns them (every training-side family counts as none named)."""
+        subset = "" if not augment or set(families) in (set(), set(TRAINING_SIDE)) else ",".join(families)
         return cls(model=entry.name, weights_sha256=entry.weights_sha256, onnx_sha256=entry.onnx_sha256,
                    input_size=entry.input_size,
                    preprocessing=json.dumps(entry.preprocessing.to_json(), sort_keys=True),
-                   precision=entry.precision or "fp32", feature_dim=entry.feature_dim, augment=augment)
+                   precision=entry.precision or "fp32", feature_dim=entry.feature_dim, augment=augment,
+                   augment_families=subset, augment_strength=float(strength) if augment else 1.0)
+
+    def _fields(self) -> dict[str, Any]:
+        """Its fields, the view settings only when not the default: journals from before they existed keep
+        their fingerprint and their identity."""
+        fields = asdict(self)
+        if not self.augment_families:
+            del fields["augment_families"]
+        if self.augment_strength == 1.0:
+            del fields["augment_strength"]
+        return fields
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode("utf-8")).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self._fields(), sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema_version": 1, **asdict(self)}
+        return {"schema_version": 1, **self._fields()}
 
     @classmethod
     def from_json(cls, document: object, where: str) -> Identity:
@@ -74,13 +90,16 @@ class Identity:
         return cls(model=fields.text("model"), weights_sha256=fields.text("weights_sha256"),
                    onnx_sha256=fields.optional_text("onnx_sha256"), input_size=fields.integer("input_size"),
                    preprocessing=fields.text("preprocessing"), precision=fields.text("precision"),
-                   feature_dim=fields.integer("feature_dim"), augment=fields.integer("augment"))
+                   feature_dim=fields.integer("feature_dim"), augment=fields.integer("augment"),
+                   augment_families=fields.optional_text("augment_families") or "",
+                   augment_strength=fields.optional_number("augment_strength") or 1.0)
 
     def differences(self, other: Identity) -> list[str]:
         """'name: this run's value vs the output's' for every field that differs."""
         names = {"model": "model", "weights_sha256": "weights", "onnx_sha256": "ONNX graph",
                  "input_size": "input size (--image-size)", "preprocessing": "preprocessing",
-                 "precision": "precision", "feature_dim": "feature dimension", "augment": "--augment"}
+                 "precision": "precision", "feature_dim": "feature dimension", "augment": "--augment",
+                 "augment_families": "--augment-families", "augment_strength": "--augment-strength"}
         mine, theirs = asdict(self), asdict(other)
         return [f"{label} {_short(mine[name])} here vs {_short(theirs[name])} in the output"
                 for name, label in names.items() if mine[name] != theirs[name]]

@@ -393,6 +393,10 @@ class RunManifest:
     spark: SparkSummary
     schema_version: int = SCHEMA_VERSION
     augment: int | None = None  # augmented views per Training image (None: written before --augment)
+    # with augment > 0: the families the views drew from and their strength factor (None: before they existed,
+    # i.e. every training-side family at strength 1)
+    augment_families: tuple[str, ...] | None = None
+    augment_strength: float | None = None
     cost: RunCost | None = None  # None: written before cost was recorded
     class_counts: tuple[ClassCount, ...] | None = None  # per class and split; None: written before it
     # how this version was published: REWRITTEN (every output written) or APPENDED (a pass that only added
@@ -408,7 +412,9 @@ class RunManifest:
             "throughput_img_s": self.throughput_img_s, "featurize_img_s": self.featurize_img_s,
             "versions": dict(self.versions), "spark": self.spark.to_json(),
         }
-        optional = {"augment": self.augment, "cost": None if self.cost is None else self.cost.to_json(),
+        families = None if self.augment_families is None else list(self.augment_families)
+        optional = {"augment": self.augment, "augment_families": families, "augment_strength": self.augment_strength,
+                    "cost": None if self.cost is None else self.cost.to_json(),
                     "class_counts": None if self.class_counts is None
                     else [count.to_json() for count in self.class_counts], "publication": self.publication}
         return {**document, **{key: value for key, value in optional.items() if value is not None}}
@@ -426,6 +432,8 @@ class RunManifest:
             featurize_img_s=fields.number("featurize_img_s"), versions=fields.child("versions").all_texts(),
             spark=SparkSummary.from_json(fields.child("spark")), schema_version=version,
             augment=fields.optional_integer("augment"),
+            augment_families=fields.texts("augment_families") if fields.has("augment_families") else None,
+            augment_strength=fields.optional_number("augment_strength"),
             cost=RunCost.from_json(fields.child("cost")) if fields.has("cost") else None,
             class_counts=tuple(ClassCount.from_json(item) for item in fields.children("class_counts"))
             if fields.has("class_counts") else None, publication=fields.optional_text("publication"))

@@ -56,7 +56,7 @@ from fruitpipe.executor.journal import VERSION as VERSION_COL
 from fruitpipe.executor.metering import Meter
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
 from fruitpipe.executor.worker import ERROR_REASON, ERROR_STAGE, PRIOR_SHA256, PRIOR_VERSION, VIEW
-from fruitpipe.image import models
+from fruitpipe.image import models, shifts
 from fruitpipe.ml import CentredPCA, CentredPCAModel, ImageFeaturizer
 from fruitpipe.progress import Reporter
 from fruitpipe.runtime import Runtime, resolve
@@ -137,6 +137,7 @@ def prepare(config: RunConfig, timer: StageTimer) -> tuple[Prepared, sources.Ima
     store = Store(config.s3)
     spec = models.with_input_size(models.resolve(config.model), config.image_size)
     runtime = resolve(config.precision, config.executor.infer_batch)  # before Spark: a bad choice fails now
+    families = shifts.view_families(config.augment_families)  # an unknown or suite family: refused at once
     if config.pca.k is not None and config.pca.k > spec.feature_dim:
         raise ValueError(f"--k {config.pca.k} exceeds the feature dimension {spec.feature_dim} of {spec.name}")
     mode = sinks.check_output(store, config.output, config.overwrite, config.resume)
@@ -144,7 +145,7 @@ def prepare(config: RunConfig, timer: StageTimer) -> tuple[Prepared, sources.Ima
     with timer.stage("model"):
         onnx = models.onnx_file(spec)  # export once, cached, before Spark starts timing the featurize stage
     entry = ModelEntry.of(spec, runtime, onnx_sha256=storage.file_sha256(onnx))
-    identity = Identity.of(entry, config.augment)
+    identity = Identity.of(entry, config.augment, families, config.augment_strength)
     if mode == sinks.RESUME:
         _refuse_other_model(store, config.output, identity)
         Journal(store, config.output, identity).refuse_others()
@@ -180,7 +181,8 @@ def _refuse_other_model(store: Store, output: str, identity: Identity) -> None:
         return  # Journal.open compares journals
     where = storage.redact(storage.join(output, sinks.MANIFEST))
     manifest = RunManifest.loads(store.read_bytes(storage.join(output, sinks.MANIFEST)), where)
-    differences = identity.differences(Identity.of(manifest.model, manifest.augment or 0))
+    differences = identity.differences(Identity.of(manifest.model, manifest.augment or 0,
+                                                   manifest.augment_families or (), manifest.augment_strength or 1.0))
     if differences:
         raise ValueError(f"{storage.redact(output)} was made differently ({'; '.join(differences)}); features "
                          "of two models never mix: pass --overwrite to start over, or choose another --output")
@@ -350,7 +352,9 @@ def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | No
                                  batchSize=config.executor.batch_size,
                                  readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
                                  maxPixels=config.limits.max_pixels, s3Options=job.store.options.to_wire(),
-                                 augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "")
+                                 augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "",
+                                 augmentFamilies=",".join(config.augment_families),
+                                 augmentStrength=config.augment_strength)
     task = JournalTask(job.journal.segments(job.run_id), job.journal.transient(job.run_id), job.store)
     summary = featurizer.meter_cpu(meter).journal(images, task)
     outcomes = {row[OUTCOME]: int(row["count"]) for row in summary.groupBy(OUTCOME).count().collect()}
@@ -501,6 +505,8 @@ def _manifest(spark: SparkSession, job: Job, pca: CentredPCAModel, counts: RunCo
         featurize_img_s=round((counts.featurized or 0) / featurize_seconds, 2) if featurize_seconds else 0.0,
         versions=_versions(sparkapi.is_connect(spark)),
         augment=config.augment,
+        augment_families=shifts.view_families(config.augment_families) if config.augment else None,
+        augment_strength=config.augment_strength if config.augment else None,
         spark=SparkSummary(
             master=sparkapi.master(spark),
             application_id=sparkapi.application_id(spark),

@@ -33,6 +33,7 @@ from fruitpipe.image.sampledata import INK
 
 TRAINING, EVALUATION = "training", "evaluation"
 WHITE = 255
+MAX_STRENGTH = 2.0  # a view's strength factor (`run --augment-strength`)
 Shift = Callable[[np.ndarray, np.random.Generator, float], np.ndarray]
 
 
@@ -166,7 +167,7 @@ def plain_background(pixels: np.ndarray, rng: np.random.Generator, strength: flo
     ys, xs = np.ogrid[0:height, 0:width]
     ramp = np.clip((xs / side - 0.5) * math.cos(angle) + (ys / side - 0.5) * math.sin(angle) + 0.5, 0, 1)
     colour = first.astype(np.float32) + (second - first).astype(np.float32) * ramp.astype(np.float32)[..., None]
-    background = WHITE * (1 - strength) + colour * strength
+    background = np.clip(WHITE * (1 - strength) + colour * strength, 0, WHITE)  # strength > 1: past white, clipped
     return _composite(pixels, background)
 
 
@@ -348,15 +349,33 @@ def family(name: str) -> Family:
         raise ValueError(f"unknown shift {name!r}; choose one of {', '.join(FAMILIES)}") from None
 
 
-def augmented_view(pixels: np.ndarray, key: str, view: int, families: Sequence[str] = TRAINING_SIDE) -> np.ndarray:
+def view_families(names: Sequence[str] = ()) -> tuple[str, ...]:
+    """The families augmented views draw from, in the table's order (the order views apply them): every
+    training-side family when `names` is empty. ValueError for an unknown name, and for an evaluation-side
+    one: a view made with it would let the model see the suite it is scored on."""
+    if not names:
+        return TRAINING_SIDE
+    chosen = {family(name).name for name in names}
+    held_out = sorted(name for name in chosen if FAMILIES[name].side != TRAINING)
+    if held_out:
+        raise ValueError(f"augmented views use training-side shifts only ({', '.join(TRAINING_SIDE)}); "
+                         f"{', '.join(held_out)} is held out for evaluation")
+    return tuple(name for name in TRAINING_SIDE if name in chosen)
+
+
+def augmented_view(pixels: np.ndarray, key: str, view: int, families: Sequence[str] = TRAINING_SIDE,
+                   strength: float = 1.0) -> np.ndarray:
     """View `view` of an image known as `key` (its path): 0 is the image itself (the same array);
-    view v > 0 applies each of `families` with probability 1/2 (at least one), in the given order,
-    from a generator seeded by a hash of (key, view): the same view on every machine and run.
+    view v > 0 applies each of `families` with probability 1/2 (at least one), in the given order, each at
+    `strength` times its own strength, from a generator seeded by a hash of (key, view): the same view on
+    every machine and run.
 
     Only training-side families are accepted: an evaluation-side family in a view (augmentation or
     test-time augmentation) would let the model see the suite it is scored on."""
     if view < 0:
         raise ValueError(f"a view index is >= 0, got {view}")
+    if not 0 < strength <= MAX_STRENGTH:
+        raise ValueError(f"a view's strength factor is in (0, {MAX_STRENGTH:g}], got {strength}")
     chosen = [family(name) for name in families]
     held_out = [shift.name for shift in chosen if shift.side != TRAINING]
     if held_out:
@@ -373,5 +392,5 @@ def augmented_view(pixels: np.ndarray, key: str, view: int, families: Sequence[s
     out = pixels
     for shift, used in zip(chosen, picked, strict=True):
         if used:
-            out = shift.apply(out, rng)
+            out = shift.apply(out, rng, shift.strength * strength)
     return out

@@ -21,11 +21,18 @@ from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
 from fruitpipe import sparkapi
-from fruitpipe.config import DEFAULT_MODEL, DecodeLimits, ExecutorSettings, S3Options, check_augment
+from fruitpipe.config import (
+    DEFAULT_MODEL,
+    DecodeLimits,
+    ExecutorSettings,
+    S3Options,
+    check_augment,
+    check_augment_strength,
+)
 from fruitpipe.executor.journal import SUMMARY_SCHEMA, JournalTask, journal_partition
 from fruitpipe.executor.metering import Meter, cpu_metered
 from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
-from fruitpipe.image import models
+from fruitpipe.image import models, shifts
 from fruitpipe.ml.columns import HasColumns
 from fruitpipe.runtime import DEFAULT_PRECISION, Runtime, resolve
 from fruitpipe.storage import Store
@@ -52,6 +59,10 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
                     "training-side shifts, deterministic per path and view; rows carry `view`)", TypeConverters.toInt)
     augmentCol = Param(Params._dummy(), "augmentCol", "boolean column choosing the images to augment "
                        "('' = every image)", TypeConverters.toString)
+    augmentFamilies = Param(Params._dummy(), "augmentFamilies", "comma-separated training-side shift families the "
+                            "views draw from ('' = all of them)", TypeConverters.toString)
+    augmentStrength = Param(Params._dummy(), "augmentStrength", "scales each family's strength in the views "
+                            "(0 < s <= 2)", TypeConverters.toFloat)
     s3Options = Param(Params._dummy(), "s3Options", "S3 options as S3Options.to_wire() writes them",
                       TypeConverters.toString)
     # Read only: featurizers saved before s3Options held these three (and no read_attempts); declared so
@@ -68,13 +79,15 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
                  batchSize: int = ExecutorSettings.batch_size, readThreads: int = ExecutorSettings.read_threads,
                  maxBytes: int = DecodeLimits.max_bytes, maxPixels: int = DecodeLimits.max_pixels,
                  imageSize: int = 0, precision: str = DEFAULT_PRECISION, inferBatch: int = 0,
-                 s3Options: str = S3Options().to_wire(), augment: int = 0, augmentCol: str = "") -> None:
+                 s3Options: str = S3Options().to_wire(), augment: int = 0, augmentCol: str = "",
+                 augmentFamilies: str = "", augmentStrength: float = 1.0) -> None:
         super().__init__()
         self._setDefault(inputCol="path", outputCol="features", modelName=DEFAULT_MODEL,
                          batchSize=ExecutorSettings.batch_size, readThreads=ExecutorSettings.read_threads,
                          maxBytes=DecodeLimits.max_bytes, maxPixels=DecodeLimits.max_pixels,
                          imageSize=0, precision=DEFAULT_PRECISION, inferBatch=0,
-                         s3Options=S3Options().to_wire(), augment=0, augmentCol="")
+                         s3Options=S3Options().to_wire(), augment=0, augmentCol="", augmentFamilies="",
+                         augmentStrength=1.0)
         self._set(**self._input_kwargs)  # type: ignore[attr-defined]  # set by pyspark's @keyword_only
 
     def setModelName(self, value: str) -> ImageFeaturizer:
@@ -107,6 +120,12 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
     def views(self) -> int:
         """The augment Param, checked (ValueError outside 0..MAX_AUGMENT)."""
         return check_augment(self.getOrDefault(self.augment))
+
+    def view_families(self) -> tuple[str, ...]:
+        """The augmentFamilies Param as family names in the order views apply them (ValueError for an unknown
+        or evaluation-side one)."""
+        names = [name.strip() for name in self.getOrDefault(self.augmentFamilies).split(",") if name.strip()]
+        return shifts.view_families(names)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         task = self._task(dataset, identify=False)
@@ -148,5 +167,7 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
             store=Store(self.s3_options()),
             augment=augment,
             augment_col=self.getOrDefault(self.augmentCol) or None,
+            augment_families=self.view_families(),
+            augment_strength=check_augment_strength(self.getOrDefault(self.augmentStrength)),
             identify=identify,
         )
