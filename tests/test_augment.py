@@ -203,9 +203,16 @@ def test_view_settings_are_checked_recorded_and_part_of_the_identity() -> None:
     default = Identity.of(entry, 2, shifts.TRAINING_SIDE, 1.0)
     assert default == Identity.of(entry, 2)  # every family named counts as none named
     # a journal written before the view settings existed keeps its fingerprint and reads back equal
-    legacy = {key: value for key, value in default.to_json().items()}
+    import dataclasses
+    import hashlib
+    import json
+
+    legacy = default.to_json()
     assert "augment_families" not in legacy and "augment_strength" not in legacy
     assert Identity.from_json(legacy, "journal") == default
+    old_fields = {field.name: getattr(default, field.name) for field in dataclasses.fields(default)
+                  if field.name not in ("augment_families", "augment_strength")}  # what the fingerprint hashed before
+    assert default.fingerprint() == hashlib.sha256(json.dumps(old_fields, sort_keys=True).encode()).hexdigest()[:16]
     weaker = Identity.of(entry, 2, ("geometry",), 0.5)
     assert weaker.fingerprint() != default.fingerprint()
     assert Identity.from_json(weaker.to_json(), "journal") == weaker

@@ -117,7 +117,10 @@ def test_train_on_connect(connect_url: str, connect_run: Path, tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["counts"]["test"] == 8 and 0.0 <= manifest["metrics"]["accuracy"] <= 1.0
-    assert manifest["calibration"]["validation_rows"] == manifest["counts"]["validation"]  # calibrated on Connect
+    # the bundled outlier photos were featurized and projected through Connect too, and calibrated with the rest
+    assert manifest["outliers"]["photos"] > 0 and manifest["outliers"]["unreadable"] == 0
+    assert manifest["calibration"]["validation_rows"] == (manifest["counts"]["validation"]
+                                                          + manifest["outliers"]["validation_photos"])
     assert "coverage" in json.loads((tmp_path / "model" / "metrics.json").read_text())["calibration"]
     bundle = Bundle.load(str(tmp_path / "model"))
     saved = np.load(connect_run / "pca_model" / "arrays.npz")

@@ -133,6 +133,13 @@ def test_gcompris_listing_is_public_domain_or_cc0_and_names_are_unique() -> None
     listed = json.loads(nonfruit.GCOMPRIS_LIST.read_text(encoding="utf-8"))
     photos = listed["photos"]
     assert len(photos) == 215 and listed["package"] == nonfruit.gcompris_package().name
+    sides = {p["side"] for p in photos}
+    assert sides == {nonfruit.REPORT_SIDE, nonfruit.OUTLIER_SIDE}
+    # a kind of thing (the folder it sits in) is on one side only: outliers trained on are never reported
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for p in photos:
+        kinds.setdefault((p["rcc"], Path(p["resource"]).parent.name), set()).add(p["side"])
+    assert all(len(found) == 1 for found in kinds.values()), kinds
     names = {(Path(p["rcc"]).stem, Path(p["resource"]).stem) for p in photos}
     assert len(names) == len(photos)
     assert all(p["licence"] in ("Public Domain", "CC0-1.0", "CC0") or "public domain" in p["licence"].lower()
@@ -140,3 +147,20 @@ def test_gcompris_listing_is_public_domain_or_cc0_and_names_are_unique() -> None
     assert all(p["rcc"].startswith("usr/share/gcompris-qt/rcc/") and p["resource"].startswith("/") for p in photos)
     fruit_words = ("fruit", "apple", "banana", "lemon", "berry", "grape", "vegetable", "tomato")
     assert not [p["subject"] for p in photos if any(word in p["subject"].lower() for word in fruit_words)]
+
+
+def test_bundled_outliers_are_the_listed_outlier_side_only() -> None:
+    """data/outliers holds exactly the GCompris photos listed on the outlier side (by kind and name), each
+    credited in its LICENSE.md; none of the report-side photos is there."""
+    from fruitpipe.recognise.outliers import bundled_outliers_dir
+
+    listed = json.loads(nonfruit.GCOMPRIS_LIST.read_text(encoding="utf-8"))["photos"]
+    folder = bundled_outliers_dir()
+    bundled = {path.relative_to(folder).as_posix() for path in folder.glob("*/*.jpg")}
+    expected = {f"{Path(p['resource']).parent.name}/{Path(p['resource']).stem}.jpg"
+                for p in listed if p["side"] == nonfruit.OUTLIER_SIDE}
+    reported = {f"{Path(p['resource']).parent.name}/{Path(p['resource']).stem}.jpg"
+                for p in listed if p["side"] == nonfruit.REPORT_SIDE}
+    assert bundled == expected and not bundled & reported
+    credits = (folder / "LICENSE.md").read_text(encoding="utf-8")
+    assert all(f"`{name}`" in credits for name in bundled)

@@ -65,7 +65,9 @@ def test_bundle_centroids_are_the_class_means_of_the_training_rows(trained_bundl
     manifest = json.loads((trained_bundle / "manifest.json").read_text())
     assert manifest["novelty"] == json.loads((trained_bundle / "bundle" / "bundle.json").read_text())["novelty"]
     assert recorded.centroid_rows == len(training) and recorded.quantile == novelty.NOVELTY_QUANTILE
-    assert recorded.validation_rows == manifest["calibration"]["validation_rows"]
+    # the gate is of fruit rows; calibration also saw the held-out outlier photos
+    assert recorded.validation_rows + manifest["outliers"]["validation_photos"] == manifest["calibration"][
+        "validation_rows"]
     assert recorded.validation_flagged <= 1 - recorded.quantile + 1e-12 and 0 < recorded.threshold < 2
     assert model.novelty_threshold == recorded.threshold
 
@@ -73,7 +75,8 @@ def test_bundle_centroids_are_the_class_means_of_the_training_rows(trained_bundl
 @pytest.mark.slow
 def test_a_photo_unlike_every_class_is_unknown_even_when_confident(trained_bundle: Path,
                                                                    unsure_photos: dict[str, Path]) -> None:
-    confident = Bundle.load(trained_bundle, threshold=0.0)  # the confidence threshold off: only the gate decides
+    # the confidence threshold and the "not a fruit" class off: only the gate decides
+    confident = Bundle.load(trained_bundle, threshold=0.0, not_fruit=False)
     noise, banana = (confident.scores_of_pixels([confident.pixels(unsure_photos[name].read_bytes())])
                      for name in ("noise", "banana"))
     assert noise.novelty is not None and banana.novelty is not None and confident.novelty_threshold is not None
@@ -84,7 +87,8 @@ def test_a_photo_unlike_every_class_is_unknown_even_when_confident(trained_bundl
         unsure_photos["banana"].read_bytes()).reason == LOW_CONFIDENCE
     paths = [str(unsure_photos["banana"]), str(unsure_photos["noise"])]
     for extra, expected in ((["--novelty-threshold", "2"], [None, None]), ([], [None, UNLIKE_TRAINING])):
-        result = fruitpipe_cli("predict", "--model", str(trained_bundle), "--json", "--threshold", "0", *extra, *paths)
+        result = fruitpipe_cli("predict", "--model", str(trained_bundle), "--json", "--threshold", "0",
+                               "--not-fruit", "off", *extra, *paths)
         assert result.returncode == 0, result.stderr
         answers = json.loads(result.stdout)
         assert [answer.get("unknown_reason") for answer in answers] == expected

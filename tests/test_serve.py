@@ -96,11 +96,15 @@ def test_sample_photos_are_recognised(server: str, good_images) -> None:
 
 def test_top_k_full_distribution_and_cap(server: str, bundle: Bundle, good_images) -> None:
     data = good_images["Cherry.jpg"][0]
-    everything = predict(server, "c.jpg", data, top_k=len(bundle.classes)).json()["predictions"]
+    answer = predict(server, "c.jpg", data, top_k=len(bundle.classes)).json()
+    everything = answer["predictions"]
     assert sorted(p["label"] for p in everything) == sorted(bundle.classes)
     probabilities = [p["probability"] for p in everything]
     assert probabilities == sorted(probabilities, reverse=True)
-    assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+    # the fruit and "not a fruit" (the bundled outlier photos' class) share the probability
+    assert sum(probabilities) + answer["not_fruit"] == pytest.approx(1.0, abs=1e-6)
+    assert answer["not_fruit"] == pytest.approx(float(bundle.scores_of_pixels([bundle.pixels(data)]).outlier[0]),
+                                                abs=TOLERANCE)
     expected = bundle.probabilities([data])[0]  # the full row, independent of the top-k path
     by_label = dict(zip(bundle.classes, expected, strict=True))
     assert all(abs(p["probability"] - by_label[p["label"]]) <= TOLERANCE for p in everything)

@@ -58,8 +58,16 @@ def spark_scored(spark, trained_bundle: Path, stored: pd.DataFrame) -> pd.DataFr
     model = load_logistic_regression(str(trained_bundle / "classifier"))
     frame = spark.createDataFrame(stored[["path", "pca"]]).withColumn("pca_vector", array_to_vector("pca"))
     scored = model.transform(frame).select("path", "prediction",
-                                           calibrated_probability(temperature).alias("probability"))
-    return scored.toPandas().set_index("path").loc[stored["path"]].reset_index()
+                                           calibrated_probability(temperature).alias("all_probabilities"))
+    scored = scored.toPandas().set_index("path").loc[stored["path"]].reset_index()
+    # the model was trained with the bundled outlier photos: its last class is "not a fruit"
+    fruit = len(json.loads((trained_bundle / "manifest.json").read_text())["classes"])
+    assert model.numClasses == fruit + 1
+    everything = np.stack(scored["all_probabilities"])
+    scored["probability"] = list(everything[:, :fruit])
+    scored["not_fruit"] = everything[:, fruit]
+    scored["fruit_prediction"] = everything[:, :fruit].argmax(axis=1)
+    return scored
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +96,7 @@ def test_metrics_agree_with_sklearn_on_the_spark_model_predictions(trained_bundl
     classes = json.loads((trained_bundle / "bundle" / "classes.json").read_text())
     test = (stored["split"] == "Test").to_numpy()
     truth = stored["label"][test].map(classes.index).to_numpy()
-    predicted = spark_scored["prediction"][test].astype(int).to_numpy()
+    predicted = spark_scored["fruit_prediction"][test].astype(int).to_numpy()  # top-1 among the fruit
     assert metrics["count"] == len(truth) == 270
     assert metrics["accuracy"] == pytest.approx(accuracy_score(truth, predicted), abs=1e-12)
     assert metrics["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"), abs=1e-12)
@@ -110,8 +118,14 @@ def test_bundle_matches_the_spark_batch_path(bundle: Bundle, stored: pd.DataFram
     spark_probabilities = np.stack(spark_scored["probability"])
     assert bundle_probabilities.shape == spark_probabilities.shape == (len(stored), len(bundle.classes))
     assert np.abs(bundle_probabilities - spark_probabilities).max() <= 1e-5
-    np.testing.assert_array_equal(bundle_probabilities.argmax(axis=1), spark_scored["prediction"].astype(int))
-    np.testing.assert_allclose(bundle_probabilities.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(bundle_probabilities.argmax(axis=1), spark_scored["fruit_prediction"])
+    scored = bundle.scores_of_pixels([bundle.pixels(Path(path).read_bytes()) for path in stored["path"]])
+    assert scored.outlier is not None
+    np.testing.assert_allclose(scored.outlier, spark_scored["not_fruit"], atol=1e-5)
+    np.testing.assert_allclose(bundle_probabilities.sum(axis=1) + scored.outlier, 1.0, atol=1e-12)
+    # fruit photos: Spark's own prediction (all classes) is never "not a fruit" here, nor is the bundle's answer
+    assert (spark_scored["prediction"].astype(int) < len(bundle.classes)).all()
+    assert (scored.outlier < bundle_probabilities.max(axis=1)).all()
 
 
 def test_predict_bytes_top_k(bundle: Bundle, stored: pd.DataFrame, bundle_probabilities: np.ndarray) -> None:
@@ -169,9 +183,12 @@ def test_png_with_transparency_predicts_like_the_opaque_photo(bundle: Bundle, sa
 def test_grayscale_photo_is_read_as_grey_rgb(bundle: Bundle, sample_dir: Path) -> None:
     grey = _photo(sample_dir, "Lemon").convert("L")
     as_rgb = Image.merge("RGB", (grey, grey, grey))
-    probabilities = bundle.probabilities([encode(grey, "PNG"), encode(as_rgb, "PNG"), encode(grey, "JPEG")])
+    images = [encode(grey, "PNG"), encode(as_rgb, "PNG"), encode(grey, "JPEG")]
+    scored = bundle.scores_of_pixels([bundle.pixels(image) for image in images])
+    probabilities = scored.probabilities
     np.testing.assert_allclose(probabilities[0], probabilities[1], atol=1e-12)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    assert scored.outlier is not None  # fruit and "not a fruit" share the probability
+    np.testing.assert_allclose(probabilities.sum(axis=1) + scored.outlier, 1.0, atol=1e-12)
 
 
 def test_large_photo_is_resized_like_the_pipeline(bundle: Bundle, sample_dir: Path) -> None:

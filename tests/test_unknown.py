@@ -51,7 +51,10 @@ def test_train_records_the_calibration_it_fitted_on_validation(trained_bundle: P
     manifest = json.loads((trained_bundle / "manifest.json").read_text())
     recorded = manifest["calibration"]
     assert json.loads((trained_bundle / "bundle" / "bundle.json").read_text())["calibration"] == recorded
-    assert recorded["validation_rows"] == manifest["counts"]["validation"] == 18 * 8
+    assert manifest["counts"]["validation"] == 18 * 8
+    # calibrated on every validation row: the fruit photos and the held-out outlier photos
+    assert recorded["validation_rows"] == 18 * 8 + manifest["outliers"]["validation_photos"]
+    assert manifest["outliers"]["validation_photos"] > 0
     assert recorded["target_precision"] == 0.95 and recorded["ece_after"] <= recorded["ece_before"]
     assert recorded["target_reached"] and recorded["precision_at_threshold"] >= 0.95
     assert bundle.temperature == recorded["temperature"] and bundle.threshold == recorded["threshold"]
@@ -87,13 +90,16 @@ def test_bundle_matches_spark_with_a_temperature(spark, trained_bundle: Path, te
     frame = spark.createDataFrame(test_rows[["path", "pca"]]).withColumn("pca_vector", array_to_vector("pca"))
     spark_rows = model.transform(frame).select("path", calibrated_probability(FORCED_TEMPERATURE).alias("p"),
                                                "rawPrediction").toPandas().set_index("path").loc[test_rows["path"]]
-    spark_probabilities = np.stack(spark_rows["p"])
-    bundle_probabilities = scaled.probabilities([Path(path).read_bytes() for path in test_rows["path"]])
-    assert bundle_probabilities.shape == spark_probabilities.shape == (270, 18)
+    every_class = np.stack(spark_rows["p"])  # the 18 fruits, then "not a fruit" (the bundled outlier photos)
+    spark_probabilities = every_class[:, :18]
+    scored = scaled.scores_of_pixels([scaled.pixels(Path(path).read_bytes()) for path in test_rows["path"]])
+    bundle_probabilities = scored.probabilities
+    assert bundle_probabilities.shape == spark_probabilities.shape == (270, 18) and every_class.shape == (270, 19)
     assert np.abs(bundle_probabilities - spark_probabilities).max() <= 1e-5
+    assert scored.outlier is not None and np.abs(scored.outlier - every_class[:, 18]).max() <= 1e-5
     margins = np.stack([row.toArray() for row in spark_rows["rawPrediction"]])  # independent softmax of Spark's
     expected = np.exp(margins / FORCED_TEMPERATURE - (margins / FORCED_TEMPERATURE).max(axis=1, keepdims=True))
-    np.testing.assert_allclose(spark_probabilities, expected / expected.sum(axis=1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(every_class, expected / expected.sum(axis=1, keepdims=True), atol=1e-12)
     unscaled = Bundle.load(trained_bundle).probabilities([Path(test_rows["path"][0]).read_bytes()])
     assert np.abs(unscaled[0] - bundle_probabilities[0]).max() > 1e-3  # the temperature changed them
 
@@ -127,7 +133,8 @@ def test_predict_json_carries_unknown_and_respects_threshold(trained_bundle: Pat
     for threshold, expected in ((None, None), (threshold_between, [False, True]), (0.0, [False, False]),
                                 (1.0, [True, True])):
         flag = [] if threshold is None else ["--threshold", str(threshold)]
-        gate_off = ["--novelty-threshold", "2"]  # the confidence threshold alone (the gate: test_novelty.py)
+        # the confidence threshold alone (the novelty gate: test_novelty.py; "not a fruit": test_outliers.py)
+        gate_off = ["--novelty-threshold", "2", "--not-fruit", "off"]
         result = fruitpipe_cli("predict", "--model", str(trained_bundle), *paths, "--json", *flag, *gate_off)
         assert result.returncode == 0, result.stderr
         answers = json.loads(result.stdout)

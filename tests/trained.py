@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 
-def train_on(run_output: Path, model_dir: Path, master: str = "local[2]") -> Path:
-    """`fruitpipe train` on a run output; returns the model folder (MODEL_DIR)."""
+def train_on(run_output: Path, model_dir: Path, master: str = "local[2]", outliers: str | None = "bundled") -> Path:
+    """`fruitpipe train` on a run output (with the bundled outlier photos unless told); returns MODEL_DIR."""
     from fruitpipe.config import TrainConfig
     from fruitpipe.recognise import train
 
-    train.train(TrainConfig(features=str(run_output), output=str(model_dir), master=master))
+    train.train(TrainConfig(features=str(run_output), output=str(model_dir), master=master, outliers=outliers))
     return model_dir
 
 

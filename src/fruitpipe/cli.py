@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from fruitpipe import __version__, signals
 from fruitpipe.benchmark import DEFAULT_MEASUREMENTS, MEASUREMENTS
 from fruitpipe.config import (
+    BUNDLED_OUTLIERS,
     DEFAULT_MASTER,
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_VCPU_HOUR,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # the contracts' modules are imported by the commands that pr
     from fruitpipe.batch.watch import PassReport
     from fruitpipe.monitor.contracts import DriftReport
     from fruitpipe.recognise.bundle import Prediction
-    from fruitpipe.recognise.contracts import Calibration, TrainManifest
+    from fruitpipe.recognise.contracts import Calibration, Outliers, TrainManifest
     from fruitpipe.recognise.evaluation import EvaluationReport
 
 logger = logging.getLogger("fruitpipe")
@@ -119,6 +120,9 @@ TTA_HELP = ("test-time augmentation: average the calibrated probabilities of N v
 NOVELTY_HELP = ("answer 'not sure' (unknown) when a photo is unlike every class trained on: its cosine distance "
                 "to the nearest class centroid is above D, 0..2, 2 turns the gate off (default: the threshold "
                 "chosen by 'fruitpipe train', in bundle.json)")
+NOT_FRUIT_HELP = ("'on': answer 'not sure' (unknown, 'not a fruit') when the model's 'not a fruit' class, trained "
+                  "on outlier photos, is at least as probable as its most probable fruit; 'off': answer with the "
+                  "fruit guesses anyway (default: on; a model trained with --outliers none has no such class)")
 THRESHOLD_HELP = ("answer 'not sure' (unknown) when the highest calibrated probability is below T, 0..1 "
                   "(default: the threshold chosen by 'fruitpipe train', in bundle.json)")
 
@@ -250,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-precision", type=_fraction, default=0.95, metavar="P",
                        help="choose the 'not sure' threshold on validation so that answered photos are right at "
                             "least this often (default: %(default)s)")
+    train.add_argument("--outliers", default=BUNDLED_OUTLIERS, metavar="DIR|s3://...|bundled|none",
+                       help="photos of things that are not fruit, trained as a 'not a fruit' class so that such "
+                            "photos come out unknown (outlier exposure); 'bundled': fruitpipe's own (tools, "
+                            "energy installations, fishes), 'none': no such class (default: %(default)s)")
     train.add_argument("--tta", type=int, default=1, metavar="N",
                        help="test-time views per photo recorded in bundle.json for predict, serve and evaluate "
                             "(1..16; default: %(default)s, the photo alone)")
@@ -263,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON document with every photo's result")
     predict.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
     predict.add_argument("--novelty-threshold", type=_distance, metavar="D", help=NOVELTY_HELP)
+    predict.add_argument("--not-fruit", choices=("on", "off"), default="on", help=NOT_FRUIT_HELP)
     predict.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     predict.set_defaults(handler=_cmd_predict)
 
@@ -277,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threshold", type=float, metavar="T",
                           help="\"not sure\" threshold on the max probability: report coverage and accuracy at it")
     evaluate.add_argument("--novelty-threshold", type=_distance, metavar="D", help=NOVELTY_HELP)
+    evaluate.add_argument("--not-fruit", choices=("on", "off"), default="on", help=NOT_FRUIT_HELP)
     evaluate.add_argument("--spark", action="store_true", help="use the Spark path even for a few local photos "
                           "(default: Spark for s3:// input or more than 2,000 photos; refused with tta > 1, "
                           "which always runs in process)")
@@ -348,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="photos classified at the same time; others queue (default: one per core)")
     serve.add_argument("--threshold", type=_probability, metavar="T", help=THRESHOLD_HELP)
     serve.add_argument("--novelty-threshold", type=_distance, metavar="D", help=NOVELTY_HELP)
+    serve.add_argument("--not-fruit", choices=("on", "off"), default="on", help=NOT_FRUIT_HELP)
     serve.add_argument("--tta", type=int, metavar="N", help=TTA_HELP)
     serve.set_defaults(handler=_cmd_serve)
 
@@ -585,7 +596,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     manifest = train.train(TrainConfig(features=args.features, output=args.output, overwrite=args.overwrite,
                                        master=master, spark_conf=parse_spark_conf(args.conf),
                                        s3=_s3_options(args), remote=remote,
-                                       target_precision=args.target_precision, tta=args.tta), _progress(args))
+                                       target_precision=args.target_precision, tta=args.tta,
+                                       outliers=None if args.outliers == "none" else args.outliers), _progress(args))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
           else train_summary(manifest, args.output))
     return 0
@@ -601,7 +613,15 @@ def train_summary(manifest: TrainManifest, output: str) -> str:
         f"on {counts.test} images (per class: per_class.csv, confusion_matrix.png)",
         f"  bundle      {output}/bundle (fruitpipe predict --model {output} PHOTO...)",
         *([_calibration_line(manifest.calibration)] if manifest.calibration else []),
+        *([_outliers_line(manifest.outliers)] if manifest.outliers else []),
     ])
+
+
+def _outliers_line(outliers: Outliers) -> str:
+    o = outliers
+    return (f"  not fruit   {o.photos} outlier photos ({o.source}); validation: {o.validation_rejected:.1%} of "
+            f"{o.validation_photos} held-out outliers and {o.validation_fruit_rejected:.1%} of fruit rows "
+            "come out 'not a fruit'")
 
 
 def _calibration_line(calibration: Calibration) -> str:
@@ -615,7 +635,8 @@ def _calibration_line(calibration: Calibration) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from fruitpipe.recognise.bundle import Bundle, predict_photos
 
-    model = Bundle.load(args.model, threshold=args.threshold, tta=args.tta, novelty_threshold=args.novelty_threshold)
+    model = Bundle.load(args.model, threshold=args.threshold, tta=args.tta, novelty_threshold=args.novelty_threshold,
+                        not_fruit=args.not_fruit == "on")
     results = predict_photos(model, args.photos, args.top_k)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False))
@@ -625,7 +646,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         elif not args.json:
             print(result.photo)
             if result.answer is not None and result.answer.unknown:
-                print(f"  {not_sure(result.predictions)}")
+                print(f"  {not_sure(result.predictions)} ({result.answer.reason})")
             print("\n".join(f"  {p.probability:8.2%}  {p.label}" for p in result.predictions))
     failed = sum(result.error is not None for result in results)
     if failed:
@@ -642,7 +663,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate.evaluate(EvaluateConfig(
         model=args.model, input=args.input, output=args.output, split=args.split, threshold=args.threshold,
         spark=args.spark, master=master, spark_conf=parse_spark_conf(args.conf), s3=_s3_options(args),
-        remote=remote, tta=args.tta, novelty_threshold=args.novelty_threshold), _progress(args))
+        remote=remote, tta=args.tta, novelty_threshold=args.novelty_threshold, not_fruit=args.not_fruit == "on"),
+        _progress(args))
     print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json
           else evaluate_summary(report, args.output))
     return 0
@@ -769,7 +791,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve.serve(args.model, host=args.host, port=args.port, max_upload_bytes=int(args.max_upload_mb * 2**20),
                 threads=args.threads, concurrency=args.concurrency, threshold=args.threshold, tta=args.tta,
-                novelty_threshold=args.novelty_threshold)
+                novelty_threshold=args.novelty_threshold, not_fruit=args.not_fruit == "on")
     return 0
 
 

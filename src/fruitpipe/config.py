@@ -14,6 +14,7 @@ DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_VARIANCE = 0.95
 DEFAULT_MASTER = "local[*]"
 MAX_AUGMENT = 32  # augmented views per Training image: featurizing costs grow with 1 + N
+BUNDLED_OUTLIERS = "bundled"  # `train --outliers`: fruitpipe's own outlier photos (data/outliers)
 MAX_AUGMENT_STRENGTH = 2.0  # --augment-strength scales each family's own strength: (0, 2]
 MAX_TTA = 16  # test-time views per photo: inference costs grow with N
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -223,10 +224,15 @@ class TrainConfig:
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
     target_precision: float = 0.95  # the "not sure" threshold is chosen on validation for this precision
     tta: int = 1  # test-time views recorded in bundle.json (predict, serve and evaluate default to it)
+    # photos that are not fruit, trained as a "not a fruit" class (outlier exposure): a folder or s3:// prefix,
+    # BUNDLED_OUTLIERS (fruitpipe's own, data/outliers) or None (none: no such class)
+    outliers: str | None = BUNDLED_OUTLIERS
 
     def __post_init__(self) -> None:
         check_remote(self.remote)
         check_tta(self.tta)
+        if self.outliers == "":
+            raise ValueError("--outliers needs a folder, s3:// prefix, 'bundled' or 'none'")
         if not 0.0 < self.target_precision <= 1.0:
             raise ValueError(f"target precision must be in (0, 1], got {self.target_precision}")
         if not self.features:
@@ -253,6 +259,7 @@ class EvaluateConfig:
     remote: str | None = None
     tta: int | None = None  # test-time views per photo; None: the bundle's recorded tta
     novelty_threshold: float | None = None  # the novelty gate's cosine distance; None: the bundle's
+    not_fruit: bool = True  # apply the "not a fruit" class of a model trained with outlier photos
 
     def __post_init__(self) -> None:
         check_remote(self.remote)

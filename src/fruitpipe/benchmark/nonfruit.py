@@ -6,14 +6,16 @@ calibrate or pick a threshold (a set used for a choice stops measuring that choi
 
 The photos come from registry packages (no download at run time): the sample images shipped inside the
 scikit-image wheel, scikit-learn's `load_sample_images` files and matplotlib's sample data (17, always),
-and, when the yardstick cache holds Debian's `gcompris-qt-data` 3.1-2 (`make recognition-data`), 215
-public-domain and CC0 photographs packed in GCompris' Qt resource files (monuments, animals, tools,
-household objects, musicians; `nonfruit_gcompris.json` lists each with its subject and the upstream
-licence statement; fruit, vegetables and flowers left out by eye). Only images whose licence the package
-states (or, for the one matplotlib photo, whose public-domain status is a matter of record) are used; each
-is listed with its package, version and licence in `LICENSES.json` written beside the photos. Files are
-re-encoded as JPEG (RGB, longest side at most MAX_SIDE), byte for byte the same on every call with the
-same package versions.
+and, when the yardstick cache holds Debian's `gcompris-qt-data` 3.1-2 (`make recognition-data`), the 121
+public-domain and CC0 photographs packed in GCompris' Qt resource files that `nonfruit_gcompris.json` puts
+on the report side (animals, musicians, monuments, household objects, landscapes; each listed with its
+subject and the upstream licence statement; fruit, vegetables and flowers left out by eye). The 94 on the
+other side (tools, renewable-energy installations, fishes) are the bundled training outliers
+(`data/outliers`, `fruitpipe train --outliers`): a kind of thing is either trained on or reported, never
+both. Only images whose licence the package states (or, for the one matplotlib photo, whose public-domain
+status is a matter of record) are used; each is listed with its package, version and licence in
+`LICENSES.json` written beside the photos. Files are re-encoded as JPEG (RGB, longest side at most
+MAX_SIDE), byte for byte the same on every call with the same package versions.
 """
 from __future__ import annotations
 
@@ -86,6 +88,7 @@ SOURCES = (
 
 
 GCOMPRIS_LIST = Path(__file__).with_name("nonfruit_gcompris.json")
+REPORT_SIDE, OUTLIER_SIDE = "report", "outliers"  # a GCompris photo is a yardstick or a bundled training outlier
 
 
 def gcompris_package() -> Package:
@@ -144,6 +147,8 @@ def _gcompris_photos(target: Path, cache: Path) -> list[dict[str, str]]:
     root = package.root(cache)
     records = []
     for photo in json.loads(GCOMPRIS_LIST.read_text(encoding="utf-8"))["photos"]:
+        if photo["side"] != REPORT_SIDE:
+            continue
         name = f"gcompris-{Path(photo['rcc']).stem}-{Path(photo['resource']).stem}"
         with Image.open(io.BytesIO(read_resource(root / photo["rcc"], photo["resource"]))) as image:
             _write_jpeg(image, target / f"{name}.jpg")

@@ -37,7 +37,8 @@ BUNDLE_DIR, DESCRIPTION = "bundle", "bundle.json"
 ONNX_FILE, ARRAYS_FILE, CLASSES_FILE = "model.onnx", "arrays.npz", "classes.json"
 ARRAY_NAMES = ("mean", "components", "coefficients", "intercepts")
 CENTROIDS = "centroids"  # optional in arrays.npz: the novelty gate's class centroids
-LOW_CONFIDENCE, UNLIKE_TRAINING = "low confidence", "unlike the training photos"  # why an answer is unknown
+# why an answer is unknown
+LOW_CONFIDENCE, UNLIKE_TRAINING, NOT_FRUIT = "low confidence", "unlike the training photos", "not a fruit"
 BATCH_SIZE = 32  # photos per ONNX Runtime call (with their test-time views): bounds memory for long lists
 TTA_KEY = "tta"  # one key for every photo: view v is the same transformation whatever the photo
 TTA_FAMILIES = ("geometry",)  # mild and label-preserving for a fruit; training-side (augmented_view checks)
@@ -52,12 +53,14 @@ class Prediction:
 @dataclass(frozen=True)
 class Answer:
     """One photo's top guesses (calibrated probabilities, most probable first) and whether the recogniser
-    is not sure, and why: its highest probability is below the threshold in use (LOW_CONFIDENCE), or the
-    photo is unlike every class it was trained on (UNLIKE_TRAINING, the novelty gate); `reason` is None
-    when it is sure."""
+    is not sure, and why: the "not fruit" class of its outlier photos is at least as probable as any fruit
+    (NOT_FRUIT), its highest probability is below the threshold in use (LOW_CONFIDENCE), or the photo is
+    unlike every class it was trained on (UNLIKE_TRAINING, the novelty gate); `reason` is None when it is
+    sure."""
 
     predictions: tuple[Prediction, ...]
     reason: str | None = None
+    not_fruit: float | None = None  # the calibrated probability of "not a fruit" (None: no such class)
 
     @property
     def unknown(self) -> bool:
@@ -65,15 +68,20 @@ class Answer:
 
     def to_dict(self) -> dict[str, Any]:
         document: dict[str, Any] = {"unknown": self.unknown, "predictions": [asdict(p) for p in self.predictions]}
-        return {**document, "unknown_reason": self.reason} if self.reason else document
+        if self.reason:
+            document["unknown_reason"] = self.reason
+        return document if self.not_fruit is None else {**document, "not_fruit": self.not_fruit}
 
 
 @dataclass(frozen=True)
 class Scored:
-    """Rows of calibrated probabilities and, when the bundle has the novelty gate, each row's novelty."""
+    """Rows of calibrated fruit probabilities and, when the bundle has the novelty gate, each row's novelty;
+    when it was trained with outlier photos, each row's calibrated probability of "not a fruit" (the fruit
+    probabilities then sum to 1 minus it)."""
 
     probabilities: np.ndarray  # (n, n_classes)
     novelty: np.ndarray | None  # (n,) or None
+    outlier: np.ndarray | None = None  # (n,) or None
 
 
 @dataclass(frozen=True)
@@ -82,14 +90,15 @@ class Arrays:
 
     mean: np.ndarray  # (d,)
     components: np.ndarray  # (d, k)
-    coefficients: np.ndarray  # (n_classes, k)
-    intercepts: np.ndarray  # (n_classes,)
+    coefficients: np.ndarray  # (n_classes, k), (n_classes + 1, k) with the "not a fruit" class last
+    intercepts: np.ndarray  # (n_classes,) or (n_classes + 1,)
     centroids: np.ndarray | None = None  # (n_classes, k): the novelty gate's unit class centroids
 
-    def check(self, feature_dim: int, classes: int) -> None:
+    def check(self, feature_dim: int, classes: int, outlier_class: bool = False) -> None:
         k = self.components.shape[-1] if self.components.ndim == 2 else 0
-        expected = {"mean": (feature_dim,), "components": (feature_dim, k), "coefficients": (classes, k),
-                    "intercepts": (classes,), **({CENTROIDS: (classes, k)} if self.centroids is not None else {})}
+        rows = classes + int(outlier_class)
+        expected = {"mean": (feature_dim,), "components": (feature_dim, k), "coefficients": (rows, k),
+                    "intercepts": (rows,), **({CENTROIDS: (classes, k)} if self.centroids is not None else {})}
         for name, shape in expected.items():
             actual = getattr(self, name).shape
             if k < 1 or actual != shape:
@@ -120,7 +129,7 @@ class Bundle:
 
     def __init__(self, folder: Path, description: BundleDescription, arrays: Arrays, threads: int,
                  threshold: float | None = None, tta: int | None = None,
-                 novelty_threshold: float | None = None) -> None:
+                 novelty_threshold: float | None = None, not_fruit: bool = True) -> None:
         self.folder = folder
         self.description = description
         self.arrays = arrays
@@ -142,15 +151,18 @@ class Bundle:
                              "part): drop --novelty-threshold, or train the model again")
         self.novelty_threshold = check_novelty_threshold(novelty_threshold) if novelty_threshold is not None else (
             description.novelty.threshold if description.novelty else None)
+        # the "not a fruit" rule in force: a bundle trained with outlier photos, unless turned off (--not-fruit off)
+        self.not_fruit = not_fruit and description.outliers is not None
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None, threshold: float | None = None,
-             tta: int | None = None, novelty_threshold: float | None = None) -> Bundle:
+             tta: int | None = None, novelty_threshold: float | None = None, not_fruit: bool = True) -> Bundle:
         """Load MODEL_DIR (or MODEL_DIR/bundle), checking every file against its recorded sha256.
 
         `threshold` (0..1) replaces the bundle's own "not sure" threshold (--threshold); `tta` (1..16)
         the test-time views it recorded (--tta); `novelty_threshold` (0..2, 2: never) the novelty gate's
-        (--novelty-threshold)."""
+        (--novelty-threshold); `not_fruit` False answers with the fruit guesses even when the "not a
+        fruit" class wins (--not-fruit off)."""
         if threshold is not None:
             check_threshold(threshold)
         if novelty_threshold is not None:
@@ -170,9 +182,9 @@ class Bundle:
             raise ValueError(f"bundle {folder} is inconsistent: {CLASSES_FILE} differs from {DESCRIPTION}")
         arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
-            arrays.check(description.model.feature_dim, len(classes))
+            arrays.check(description.model.feature_dim, len(classes), description.outliers is not None)
             bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold, tta,
-                         novelty_threshold)
+                         novelty_threshold, not_fruit)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bundle {folder} is invalid ({type(exc).__name__}: {exc})") from exc
         logger.debug("loaded bundle %s: %d classes, k=%d", folder, len(classes), arrays.components.shape[1])
@@ -194,7 +206,8 @@ class Bundle:
         """Already decoded inputs -> probabilities and novelty, in batches of BATCH_SIZE photos; with
         tta > 1, the mean over each photo's views of their calibrated probabilities and of their novelty."""
         if not len(pixels):
-            return Scored(np.zeros((0, len(self.classes))), None if self.novelty_threshold is None else np.zeros(0))
+            return Scored(np.zeros((0, len(self.classes))), None if self.novelty_threshold is None else np.zeros(0),
+                          np.zeros(0) if self.has_outlier_class else None)
         features = [embed(self._views(pixels[start:start + BATCH_SIZE]), self.preprocessing, self.onnx_path,
                           self.threads, self.runtime) for start in range(0, len(pixels), BATCH_SIZE)]
         scored = self.score_features(np.concatenate(features))
@@ -202,7 +215,8 @@ class Bundle:
             return scored
         views = (len(pixels), self.tta)
         return Scored(scored.probabilities.reshape(*views, len(self.classes)).mean(axis=1),
-                      None if scored.novelty is None else scored.novelty.reshape(views).mean(axis=1))
+                      None if scored.novelty is None else scored.novelty.reshape(views).mean(axis=1),
+                      None if scored.outlier is None else scored.outlier.reshape(views).mean(axis=1))
 
     def _views(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """One model call's input: each photo, followed by its tta - 1 test-time views."""
@@ -219,18 +233,30 @@ class Bundle:
         """CNN features (n, d) -> calibrated probabilities and novelty, computed as the Spark batch path does.
 
         Centring and projection in float64, the projection rounded to float32 (the precision the
-        pipeline stores `pca` in), then softmax of the logistic regression margins / temperature in float64;
+        pipeline stores `pca` in), then softmax of the logistic regression margins / temperature in float64
+        (over the fruit classes and, with outlier photos, the "not a fruit" class, split off as `outlier`);
         the novelty of the same rounded projection against the bundle's centroids."""
         centred = np.asarray(features, dtype=np.float64) - self.arrays.mean
         projected = (centred @ self.arrays.components).astype(np.float32).astype(np.float64)
         margins = projected @ self.arrays.coefficients.T + self.arrays.intercepts
         centroids = self.arrays.centroids
-        return Scored(calibration.softmax(margins, self.temperature),
-                      None if centroids is None else novelty.novelty(projected, centroids))
+        probabilities = calibration.softmax(margins, self.temperature)
+        fruit = len(self.classes)
+        return Scored(probabilities[:, :fruit], None if centroids is None else novelty.novelty(projected, centroids),
+                      probabilities[:, fruit] if self.has_outlier_class else None)
 
-    def unknown_reason(self, probabilities: np.ndarray, novelty_score: float | None = None) -> str | None:
-        """Why one row is "not sure" (None: it is sure): its highest calibrated probability is below the
-        threshold, or its novelty is above the bundle's novelty threshold."""
+    @property
+    def has_outlier_class(self) -> bool:
+        """Trained with outlier photos: the classifier's last class is "not a fruit"."""
+        return self.description.outliers is not None
+
+    def unknown_reason(self, probabilities: np.ndarray, novelty_score: float | None = None,
+                       outlier_score: float | None = None) -> str | None:
+        """Why one row is "not sure" (None: it is sure): "not a fruit" is at least as probable as its most
+        probable fruit, its highest calibrated probability is below the threshold, or its novelty is above
+        the bundle's novelty threshold."""
+        if self.not_fruit and outlier_score is not None and outlier_score >= float(probabilities.max()):
+            return NOT_FRUIT
         if self.threshold is not None and float(probabilities.max()) < self.threshold:
             return LOW_CONFIDENCE
         if novelty_score is not None and self.novelty_threshold is not None and novelty_score > self.novelty_threshold:
@@ -244,17 +270,29 @@ class Bundle:
         novel: np.ndarray = np.asarray(scores) > self.novelty_threshold
         return novel
 
-    def is_unknown(self, probabilities: np.ndarray, novelty_score: float | None = None) -> bool:
-        return self.unknown_reason(probabilities, novelty_score) is not None
+    def not_fruit_rows(self, probabilities: np.ndarray, outlier: np.ndarray | None) -> np.ndarray | None:
+        """Which rows "not a fruit" wins (None: trained without outlier photos, or the rule turned off)."""
+        if outlier is None or not self.not_fruit:
+            return None
+        won: np.ndarray = np.asarray(outlier) >= np.asarray(probabilities).max(axis=1, initial=0.0)
+        return won
 
-    def answer(self, probabilities: np.ndarray, top_k: int = 5, novelty_score: float | None = None) -> Answer:
-        """One row of probabilities (and its novelty) -> the top_k guesses and whether they are only guesses."""
-        return Answer(tuple(self.top(probabilities, top_k)), self.unknown_reason(probabilities, novelty_score))
+    def is_unknown(self, probabilities: np.ndarray, novelty_score: float | None = None,
+                   outlier_score: float | None = None) -> bool:
+        return self.unknown_reason(probabilities, novelty_score, outlier_score) is not None
+
+    def answer(self, probabilities: np.ndarray, top_k: int = 5, novelty_score: float | None = None,
+               outlier_score: float | None = None) -> Answer:
+        """One row of probabilities (its novelty, its "not a fruit" probability) -> the top_k guesses and
+        whether they are only guesses."""
+        return Answer(tuple(self.top(probabilities, top_k)),
+                      self.unknown_reason(probabilities, novelty_score, outlier_score), outlier_score)
 
     def answer_bytes(self, data: bytes, top_k: int = 5) -> Answer:
         """Photo bytes -> Answer; DecodeError (a ValueError) for a bad photo."""
         scored = self.scores_of_pixels([self.pixels(data)])
-        return self.answer(scored.probabilities[0], top_k, None if scored.novelty is None else float(scored.novelty[0]))
+        return self.answer(scored.probabilities[0], top_k, None if scored.novelty is None else float(scored.novelty[0]),
+                           None if scored.outlier is None else float(scored.outlier[0]))
 
     def top(self, probabilities: np.ndarray, top_k: int = 5) -> list[Prediction]:
         """One row of probabilities -> the top_k classes, most probable first."""
@@ -288,8 +326,10 @@ class Bundle:
             "threshold": self.threshold,
             "tta": self.tta,
             "novelty_threshold": self.novelty_threshold,
+            "not_fruit": self.not_fruit,
             "calibration": description.calibration.to_json() if description.calibration else None,
             "novelty": description.novelty.to_json() if description.novelty else None,
+            "outliers": description.outliers.to_json() if description.outliers else None,
         }
 
 
@@ -333,6 +373,7 @@ class PhotoProbabilities:
     probabilities: np.ndarray | None = None
     error: str | None = None
     novelty: float | None = None  # with the bundle's novelty gate
+    outlier: float | None = None  # with outlier photos: the calibrated probability of "not a fruit"
 
 
 def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
@@ -342,7 +383,7 @@ def predict_photos(model: Bundle, photos: Sequence[str], top_k: int = 5, *,
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     return [PhotoResult(result.photo, error=result.error) if result.probabilities is None
-            else PhotoResult(result.photo, model.answer(result.probabilities, top_k, result.novelty))
+            else PhotoResult(result.photo, model.answer(result.probabilities, top_k, result.novelty, result.outlier))
             for result in photo_probabilities(model, photos, store=store)]
 
 
@@ -368,7 +409,9 @@ def photo_probabilities(model: Bundle, photos: Sequence[str], *,
                 yield PhotoProbabilities(photo, error=errors[i])
                 continue
             novelty_score = None if scored.novelty is None else float(scored.novelty[position[i]])
-            yield PhotoProbabilities(photo, scored.probabilities[position[i]], novelty=novelty_score)
+            outlier_score = None if scored.outlier is None else float(scored.outlier[position[i]])
+            yield PhotoProbabilities(photo, scored.probabilities[position[i]], novelty=novelty_score,
+                                     outlier=outlier_score)
 
 
 def _bundle_folder(path: Path) -> Path:

@@ -129,8 +129,14 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target: float)
                            coverage=float(answered[best] / len(ordered)), reached=bool(reaching.size))
 
 
-def calibrate(margins: np.ndarray, labels: np.ndarray, target_precision: float) -> Calibration:
-    """Validation margins and true class indexes -> the temperature and threshold (module docstring's rules)."""
+def calibrate(margins: np.ndarray, labels: np.ndarray, target_precision: float,
+              outlier_index: int | None = None) -> Calibration:
+    """Validation margins and true class indexes -> the temperature and threshold (module docstring's rules).
+
+    With `outlier_index` (the "not a fruit" class of outlier photos, the last column): the temperature is
+    fitted on every row and every class; the threshold on the rows a user would get an answer for (those
+    whose most probable class is a fruit), by their highest fruit probability; an outlier photo answered
+    as a fruit counts as a wrong answer."""
     before = softmax(margins)
     temperature = fit_temperature(margins, labels)
     after = softmax(margins, temperature)
@@ -139,7 +145,12 @@ def calibrate(margins: np.ndarray, labels: np.ndarray, target_precision: float) 
         logger.info("temperature %.4g would raise the validation ECE (%.4f -> %.4f): kept at 1", temperature,
                     ece_before, ece_after)
         temperature, after, ece_after = 1.0, before, ece_before
-    choice = choose_threshold(after.max(axis=1), after.argmax(axis=1) == labels, target_precision)
+    answerable = np.ones(len(labels), dtype=bool) if outlier_index is None else after.argmax(axis=1) != outlier_index
+    if not answerable.any():  # every validation row came out "not a fruit": choose on all of them
+        answerable[:] = True
+    fruit = after if outlier_index is None else np.delete(after, outlier_index, axis=1)
+    choice = choose_threshold(fruit.max(axis=1)[answerable],
+                              (fruit.argmax(axis=1) == labels)[answerable], target_precision)
     if not choice.reached:
         logger.warning("no threshold reaches precision %.3f on validation; using %.4f (precision %.3f on the "
                        "%.1f%% most confident rows, the best with at least %.0f%% answered)", target_precision,

@@ -217,6 +217,42 @@ class Novelty:
 
 
 @dataclass(frozen=True)
+class Outliers:
+    """Outlier exposure (recognise/outliers.py): photos of things that are not fruit, trained as one more
+    class after the fruit classes (its index is len(classes); arrays.npz's coefficients have one more row).
+    A photo whose calibrated probability of that class is at least its highest fruit probability is unknown
+    ("not a fruit"). `source` is where the photos came from ("bundled": fruitpipe's data/outliers),
+    `photos` how many were trained on (`unreadable` were not), and on the validation part (fit-part model):
+    `validation_photos` held-out outlier photos, the share of them `validation_rejected`, and the share of
+    validation fruit rows wrongly rejected, `validation_fruit_rejected`."""
+
+    source: str
+    photos: int
+    unreadable: int
+    validation_photos: int
+    validation_rejected: float
+    validation_fruit_rejected: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "photos": self.photos, "unreadable": self.unreadable,
+                "validation_photos": self.validation_photos, "validation_rejected": self.validation_rejected,
+                "validation_fruit_rejected": self.validation_fruit_rejected,
+                "rule": "unknown when P(not fruit) >= the highest fruit probability"}
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Outliers:
+        return cls(fields.text("source"), fields.integer("photos"), fields.integer("unreadable"),
+                   fields.integer("validation_photos"), fields.number("validation_rejected"),
+                   fields.number("validation_fruit_rejected"))
+
+    @classmethod
+    def optional(cls, fields: Fields) -> Outliers | None:
+        """The `outliers` object of a manifest or bundle.json; None when trained without (or before them)."""
+        child = fields.optional_child("outliers")
+        return cls.from_json(child) if child else None
+
+
+@dataclass(frozen=True)
 class TrainManifest:
     """MODEL_DIR/manifest.json: the source run, the model, the choice, counts, metrics and timings.
 
@@ -234,6 +270,7 @@ class TrainManifest:
     schema_version: int = SCHEMA_VERSION
     calibration: Calibration | None = None  # absent in manifests written before calibration existed
     novelty: Novelty | None = None  # absent in manifests written before the gate existed
+    outliers: Outliers | None = None  # absent: trained without outlier photos (or before they existed)
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {"schema_version": self.schema_version, "kind": TRAIN_KIND, "created": self.created,
@@ -241,7 +278,7 @@ class TrainManifest:
                                     "classifier": self.classifier.to_json(), "selection": self.selection.to_json(),
                                     "classes": list(self.classes), "counts": self.counts.to_json(),
                                     "metrics": self.metrics.to_json(), "timings_s": self.timings_s.to_json()}
-        optional = {"calibration": self.calibration, "novelty": self.novelty}
+        optional = {"calibration": self.calibration, "novelty": self.novelty, "outliers": self.outliers}
         return {**document, **{key: value.to_json() for key, value in optional.items() if value is not None}}
 
     @classmethod
@@ -256,7 +293,8 @@ class TrainManifest:
                    counts=TrainCounts.from_json(fields.child("counts")),
                    metrics=Metrics.from_json(fields.child("metrics")),
                    timings_s=Timings.from_json(fields.child("timings_s")), schema_version=version,
-                   calibration=Calibration.optional(fields), novelty=Novelty.optional(fields))
+                   calibration=Calibration.optional(fields), novelty=Novelty.optional(fields),
+                   outliers=Outliers.optional(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> TrainManifest:
@@ -281,8 +319,8 @@ class BundlePca:
 @dataclass(frozen=True)
 class BundleDescription:
     """bundle.json: what the bundle's files are and where they came from. `files` (file -> sha256) is
-    filled in by `bundle.write` once the files exist; `pca`, `metrics`, `calibration`, `tta` and `novelty`
-    may be absent (None).
+    filled in by `bundle.write` once the files exist; `pca`, `metrics`, `calibration`, `tta`, `novelty` and
+    `outliers` may be absent (None).
 
     `schema_version` is the version the value was read from (what `to_json` writes back)."""
 
@@ -299,6 +337,7 @@ class BundleDescription:
     calibration: Calibration | None = None  # absent (old bundles): T = 1 and nothing is ever unknown
     tta: int | None = None  # test-time views averaged per photo (`fruitpipe train --tta`); absent: 1
     novelty: Novelty | None = None  # absent (old bundles, no validation part): no novelty gate
+    outliers: Outliers | None = None  # absent: no "not a fruit" class (coefficients have one row per class)
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -309,7 +348,8 @@ class BundleDescription:
             "source": self.source.to_json(), "metrics": self.metrics.to_json() if self.metrics else None,
             "classes": list(self.classes), "files": dict(self.files),
             "calibration": self.calibration.to_json() if self.calibration else None, "tta": self.tta,
-            "novelty": self.novelty.to_json() if self.novelty else None}
+            "novelty": self.novelty.to_json() if self.novelty else None,
+            "outliers": self.outliers.to_json() if self.outliers else None}
         return {key: value for key, value in document.items() if value is not None}
 
     @classmethod
@@ -328,7 +368,8 @@ class BundleDescription:
                    source=SourceRun.from_json(fields.child("source")),
                    metrics=Metrics.from_json(metrics) if metrics else None, classes=fields.texts("classes"),
                    files=fields.child("files").all_texts(), schema_version=version,
-                   calibration=Calibration.optional(fields), tta=_tta(fields), novelty=Novelty.optional(fields))
+                   calibration=Calibration.optional(fields), tta=_tta(fields), novelty=Novelty.optional(fields),
+                   outliers=Outliers.optional(fields))
 
     @classmethod
     def loads(cls, raw: bytes | str, where: str) -> BundleDescription:

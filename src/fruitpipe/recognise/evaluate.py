@@ -38,10 +38,10 @@ NO_FOLDER = "(no class folder)"  # a flat folder's photos at its top level
 METRICS, PER_CLASS = "metrics.json", "per_class.csv"
 CONFUSION, RELIABILITY, COVERAGE = "confusion.png", "reliability.png", "coverage.png"
 PROBABILITIES = "probabilities"
-NOVELTY = "novelty"
+NOVELTY, OUTLIER = "novelty", "outlier"
 SCORED_SCHEMA = pa.schema([pa.field("path", pa.string()), pa.field("label", pa.string()),
                            pa.field(PROBABILITIES, pa.list_(pa.float64())), pa.field(NOVELTY, pa.float64()),
-                           pa.field("error", pa.string())])
+                           pa.field(OUTLIER, pa.float64()), pa.field("error", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,11 @@ class Scored:
     probabilities: np.ndarray
     unreadable: tuple[Unreadable, ...]
     novelty: np.ndarray | None = None  # (n,) with the bundle's novelty gate
+    outlier: np.ndarray | None = None  # (n,) with its outlier class: P(not a fruit)
 
 
-ScoredRow = tuple[int, np.ndarray, float | None]  # (class index, probabilities, novelty or None)
+# (class index, probabilities, novelty or None, P(not a fruit) or None)
+ScoredRow = tuple[int, np.ndarray, float | None, float | None]
 
 
 def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> EvaluationReport:
@@ -71,7 +73,8 @@ def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> Evalua
     shows the photos scored while they are (default: nothing shown)."""
     store = Store(config.s3)
     progress = progress or Reporter.silent()
-    model = Bundle.load(config.model, tta=config.tta, novelty_threshold=config.novelty_threshold)
+    model = Bundle.load(config.model, tta=config.tta, novelty_threshold=config.novelty_threshold,
+                        not_fruit=config.not_fruit)
     _refuse_spark_with_views(config, model.tta)
     selection = select(sources.list_images(store, config.input), model.classes, config.split)
     engine = "spark" if use_spark(config, len(selection.photos), model.tta) else "bundle"
@@ -80,7 +83,8 @@ def evaluate(config: EvaluateConfig, progress: Reporter | None = None) -> Evalua
     scored = (spark_scores(model, selection, config, store, progress) if engine == "spark"
               else bundle_scores(model, selection, store, progress))
     metrics = evaluation.compute(scored.truth, scored.probabilities, model.classes, _threshold(config, model),
-                                 model.novel_rows(scored.novelty))
+                                 model.novel_rows(scored.novelty),
+                                 model.not_fruit_rows(scored.probabilities, scored.outlier))
     report = EvaluationReport(
         created=datetime.now(UTC).isoformat(timespec="seconds"), model=str(model.folder),
         input=storage.redact(config.input), layout=selection.layout, split=selection.split, engine=engine,
@@ -189,7 +193,7 @@ def bundle_scores(model: Bundle, selection: Selection, store: Store, progress: R
             if result.probabilities is None:
                 unreadable.append(Unreadable(result.photo, result.error or "unreadable"))
             else:
-                rows.append((truth[result.photo], result.probabilities, result.novelty))
+                rows.append((truth[result.photo], result.probabilities, result.novelty, result.outlier))
             progress.update(done)
     return _scored(rows, unreadable, len(model.classes))
 
@@ -216,12 +220,12 @@ def spark_scores(model: Bundle, selection: Selection, config: EvaluateConfig, st
     index = {name: i for i, name in enumerate(classes)}
     rows: list[ScoredRow] = []
     unreadable = []
-    for path, label, probabilities, novelty_score, error in zip(
+    for path, label, probabilities, novelty_score, outlier_score, error in zip(
             *(scored.column(name).to_pylist() for name in SCORED_SCHEMA.names), strict=True):
         if probabilities is None:
             unreadable.append(Unreadable(path, error or "unreadable"))
         else:
-            rows.append((index[label], np.asarray(probabilities, dtype=np.float64), novelty_score))
+            rows.append((index[label], np.asarray(probabilities, dtype=np.float64), novelty_score, outlier_score))
     return _scored(rows, sorted(unreadable, key=lambda photo: photo.photo), len(classes))
 
 
@@ -252,10 +256,13 @@ def classify_batches(model: Bundle, features_col: str, batches: Iterator[pa.Reco
         scored = model.score_features(np.asarray(ok, dtype=np.float32)) if ok else None
         probabilities = iter(scored.probabilities if scored else [])
         novelty = iter(scored.novelty if scored and scored.novelty is not None else [])
+        outlier = iter(scored.outlier if scored and scored.outlier is not None else [])
         yield pa.RecordBatch.from_arrays([
             pa.array(columns["path"], pa.string()), pa.array(columns["label"], pa.string()),
             pa.array([None if bad else next(probabilities).tolist() for bad in failed], pa.list_(pa.float64())),
             pa.array([None if bad or model.novelty_threshold is None else float(next(novelty)) for bad in failed],
+                     pa.float64()),
+            pa.array([None if bad or not model.has_outlier_class else float(next(outlier)) for bad in failed],
                      pa.float64()),
             pa.array([f"{stage}: {reason}" if stage is not None else None
                       for stage, reason in zip(columns[ERROR_STAGE], columns[ERROR_REASON], strict=True)],
@@ -266,11 +273,15 @@ def classify_batches(model: Bundle, features_col: str, batches: Iterator[pa.Reco
 def _scored(rows: list[ScoredRow], unreadable: list[Unreadable], n_classes: int) -> Scored:
     if unreadable:
         logger.warning("%d photos could not be read or decoded (not scored; listed in %s)", len(unreadable), METRICS)
-    truth = np.asarray([index for index, _, _ in rows], dtype=np.int64)
-    probabilities = np.stack([row for _, row, _ in rows]) if rows else np.zeros((0, n_classes))
-    scores = [score for _, _, score in rows]
-    novelty = None if not rows or any(score is None for score in scores) else np.asarray(scores, dtype=np.float64)
-    return Scored(truth, probabilities, tuple(unreadable), novelty)
+    truth = np.asarray([row[0] for row in rows], dtype=np.int64)
+    probabilities = np.stack([row[1] for row in rows]) if rows else np.zeros((0, n_classes))
+    return Scored(truth, probabilities, tuple(unreadable), _column([row[2] for row in rows]),
+                  _column([row[3] for row in rows]))
+
+
+def _column(scores: list[float | None]) -> np.ndarray | None:
+    """Per-row scores as an array; None when there are none (no rows, or the bundle has no such score)."""
+    return None if not scores or any(score is None for score in scores) else np.asarray(scores, dtype=np.float64)
 
 
 def write_outputs(store: Store, output: str, report: EvaluationReport) -> None:

@@ -70,11 +70,13 @@ class CoveragePoint:
     accuracy: float | None  # None: nothing answered
     answered: int
     unlike_training: int | None = None  # rows the novelty gate made unknown (None: no gate)
+    not_fruit: int | None = None  # rows "not a fruit" won (None: a model trained without outlier photos)
 
     def to_json(self) -> dict[str, Any]:
         document = {"threshold": self.threshold, "coverage": self.coverage, "accuracy": self.accuracy,
                     "answered": self.answered}
-        return document if self.unlike_training is None else {**document, "unlike_training": self.unlike_training}
+        optional = {"unlike_training": self.unlike_training, "not_fruit": self.not_fruit}
+        return {**document, **{key: value for key, value in optional.items() if value is not None}}
 
 
 @dataclass(frozen=True)
@@ -160,10 +162,12 @@ class EvaluationReport:
 
 
 def compute(truth: np.ndarray, probabilities: np.ndarray, classes: list[str],
-            threshold: float | None = None, novel: np.ndarray | None = None) -> EvaluationMetrics:
+            threshold: float | None = None, novel: np.ndarray | None = None,
+            not_fruit: np.ndarray | None = None) -> EvaluationMetrics:
     """All metrics from true class indexes (n,) and class probabilities (n, len(classes)). `novel` (n,),
-    with the bundle's novelty gate: the rows it makes unknown whatever their confidence; they count as not
-    answered at `threshold` (the coverage curve is of the confidence threshold alone)."""
+    with the bundle's novelty gate, and `not_fruit` (n,), with its outlier class: the rows they make unknown
+    whatever their confidence; they count as not answered at `threshold` (the coverage curve is of the
+    confidence threshold alone). Top-1 and the rest are over the fruit classes either way."""
     truth = np.asarray(truth, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape != (len(truth), len(classes)):
@@ -191,7 +195,7 @@ def compute(truth: np.ndarray, probabilities: np.ndarray, classes: list[str],
         confusion=tuple(tuple(int(value) for value in row) for row in confusion),
         reliability=reliability,
         coverage_curve=tuple(coverage_at(t, confidence, correct) for t in CURVE_THRESHOLDS),
-        at_threshold=None if threshold is None else coverage_at(threshold, confidence, correct, novel),
+        at_threshold=None if threshold is None else coverage_at(threshold, confidence, correct, novel, not_fruit),
     )
 
 
@@ -233,13 +237,15 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray) -> tuple[Relia
 
 
 def coverage_at(threshold: float, confidence: np.ndarray, correct: np.ndarray,
-                novel: np.ndarray | None = None) -> CoveragePoint:
+                novel: np.ndarray | None = None, not_fruit: np.ndarray | None = None) -> CoveragePoint:
     answered = confidence >= threshold
-    if novel is not None:
-        answered = answered & ~np.asarray(novel, dtype=bool)
+    for rejected in (novel, not_fruit):
+        if rejected is not None:
+            answered = answered & ~np.asarray(rejected, dtype=bool)
     count = int(answered.sum())
     return CoveragePoint(threshold, count / len(confidence), float(correct[answered].mean()) if count else None, count,
-                         None if novel is None else int(np.sum(novel)))
+                         None if novel is None else int(np.sum(novel)),
+                         None if not_fruit is None else int(np.sum(not_fruit)))
 
 
 def per_class_csv(rows: list[ClassScores]) -> bytes:

@@ -41,7 +41,7 @@ TOP_K_HELP = "how many classes to return, most probable first (capped at the num
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
             "form-action 'self'; frame-ancestors 'none'")
 HEALTH_KEYS = ("model", "weights_sha256", "onnx_sha256", "feature_dim", "input_size", "k", "classifier",
-               "classes", "created", "temperature", "threshold", "tta", "novelty_threshold")
+               "classes", "created", "temperature", "threshold", "tta", "novelty_threshold", "not_fruit")
 PREDICT_BODY = {  # the multipart body is parsed by hand (to bound it), so OpenAPI is told its shape here
     "required": True,
     "content": {"multipart/form-data": {"schema": {
@@ -115,6 +115,8 @@ def create_app(bundle: Predictor, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYT
             "unknown": bool(answer.unknown),  # not sure (low confidence or unlike training): the guesses follow
             **({"unknown_reason": answer.reason} if answer.unknown else {}),
             "predictions": [{"label": p.label, "probability": p.probability} for p in answer.predictions],
+            # a model trained with outlier photos: the probability of "not a fruit" (the fruit share the rest)
+            **({"not_fruit": answer.not_fruit} if answer.not_fruit is not None else {}),
             "filename": filename,
             "bytes": len(data),
             "inference_ms": round(seconds * 1000.0, 3),  # decode + CNN + classifier, without the wait for a slot
@@ -230,7 +232,8 @@ def warm_up(bundle: Predictor) -> None:
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
           max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, threads: int = 1, concurrency: int | None = None,
-          threshold: float | None = None, tta: int | None = None, novelty_threshold: float | None = None) -> None:
+          threshold: float | None = None, tta: int | None = None, novelty_threshold: float | None = None,
+          not_fruit: bool = True) -> None:
     """Load the bundle, bind, and run uvicorn until interrupted; `threshold` and `tta` replace the bundle's own.
 
     Defaults: one ONNX Runtime thread per inference and one inference per core. On the 2-core
@@ -240,7 +243,8 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
 
     from fruitpipe.recognise.bundle import Bundle
 
-    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold, tta=tta, novelty_threshold=novelty_threshold)
+    bundle = Bundle.load(model_dir, threads=threads, threshold=threshold, tta=tta, novelty_threshold=novelty_threshold,
+                         not_fruit=not_fruit)
     app = create_app(bundle, max_upload_bytes=max_upload_bytes, concurrency=concurrency or os.cpu_count() or 1)
     sock = bind_socket(host, port)
     warm_up(bundle)

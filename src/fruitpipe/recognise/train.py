@@ -25,17 +25,17 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from fruitpipe import sparkapi, storage
-from fruitpipe.batch import plots, sinks
+from fruitpipe.batch import plots, sinks, sources
 from fruitpipe.batch.manifest import ModelEntry, RunManifest
 from fruitpipe.batch.pipeline import StageTimer
 from fruitpipe.batch.session import spark_session
-from fruitpipe.config import DecodeLimits, TrainConfig
+from fruitpipe.config import BUNDLED_OUTLIERS, DecodeLimits, TrainConfig
 from fruitpipe.executor.parquet import URI_COLUMN, ReadTask, read_parts
-from fruitpipe.executor.worker import VIEW
+from fruitpipe.executor.worker import ERROR_STAGE, VIEW
 from fruitpipe.image import models
-from fruitpipe.ml import CentredPCAModel, save_logistic_regression
+from fruitpipe.ml import CentredPCAModel, ImageFeaturizer, save_logistic_regression
 from fruitpipe.progress import Reporter
-from fruitpipe.recognise import bundle, calibration, evaluation, novelty
+from fruitpipe.recognise import bundle, calibration, evaluation, novelty, outliers
 from fruitpipe.recognise.contracts import (
     BundleDescription,
     BundlePca,
@@ -43,6 +43,7 @@ from fruitpipe.recognise.contracts import (
     Classifier,
     Metrics,
     Novelty,
+    Outliers,
     Scores,
     Selection,
     SourceRun,
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 TRAINING, TEST = "Training", "Test"
 CLASSIFIER, METRICS, PER_CLASS, CONFUSION = "classifier", "metrics.json", "per_class.csv", "confusion_matrix.png"
 LABEL_INDEX, VECTOR = "label_index", "pca_vector"
+FEATURE_COLUMNS = ("path", "label", "split", VIEW, "pca")  # what training reads of a run's rows
 FEATURE_TYPES = {"path": "string", "label": "string", "split": "string", VIEW: "int", "pca": "array<float>",
                  "features": "array<float>"}
 
@@ -93,6 +95,16 @@ class NoveltyGate:
 
     settings: Novelty
     centroids: np.ndarray  # (n_classes, k), from all of Training
+
+
+@dataclass(frozen=True)
+class OutlierRows:
+    """The outlier photos as training rows (path, label, split, view, pca), and how many could be used."""
+
+    rows: DataFrame
+    source: str
+    photos: int
+    unreadable: int
 
 
 @dataclass(frozen=True)
@@ -183,47 +195,57 @@ def read_features(spark: SparkSession, run_output: str, task: ReadTask) -> DataF
 
 def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, source: Source,
                       spec: models.ModelSpec, onnx: str, timer: StageTimer) -> TrainManifest:
-    prepared: DataFrame | None = None  # persisted in "read", released however the stages end
+    persisted: list[DataFrame] = []  # released however the stages end
     try:
         with timer.stage("read"):
             data = _read_with_views(spark, config.features, source, store)
             classes = _classes(data, storage.redact(config.features))
-            indexer = StringIndexerModel.from_labels(classes, inputCol="label", outputCol=LABEL_INDEX)
-            prepared = indexer.transform(data.where(F.col("split").isin(TRAINING, TEST))
+            extra = read_outliers(spark, store, config, source, spec, persisted) if config.outliers else None
+            fruit = len(classes)
+            outlier_index = fruit if extra else None
+            indexer = StringIndexerModel.from_labels(classes + ([outliers.OUTLIER_LABEL] if extra else []),
+                                                     inputCol="label", outputCol=LABEL_INDEX)
+            rows = data.where(F.col("split").isin(TRAINING, TEST)).select(*FEATURE_COLUMNS)
+            prepared = indexer.transform((rows.unionByName(extra.rows) if extra else rows)
                                          .withColumn(VECTOR, array_to_vector(F.col("pca")))).persist()
+            persisted.append(prepared)
             training = prepared.where(F.col("split") == TRAINING)
             test = prepared.where((F.col("split") == TEST) & (F.col(VIEW) == 0))
             fit_part, validation = validation_split(training, config.validation_fraction, config.seed)
-            counts = TrainCounts(training=training.where(F.col(VIEW) == 0).count(),
-                                 validation=validation.where(F.col(VIEW) == 0).count(),
+            counts = TrainCounts(training=_photos(training, fruit), validation=_photos(validation, fruit),
                                  test=test.count())
         with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
-            chosen, fitted, scores = (_choose(fit_part, validation, len(classes)) if counts.validation
-                                      else (CANDIDATES[0], None, {}))
+            chosen, fitted, scores = (_choose(fit_part, validation, fruit + int(extra is not None))
+                                      if counts.validation else (CANDIDATES[0], None, {}))
         with timer.stage("calibrate"):  # no validation images: no temperature (T = 1), no threshold, no gate
-            calibrated = calibrate(fitted, validation, config.target_precision) if fitted is not None else None
-            gate = novelty_gate(fit_part, validation, training, len(classes)) if fitted is not None else None
+            calibrated = (calibrate(fitted, validation, config.target_precision, outlier_index)
+                          if fitted is not None else None)
+            gate = (novelty_gate(_fruit(fit_part, fruit), _fruit(validation, fruit), _fruit(training, fruit), fruit)
+                    if fitted is not None else None)
+            exposure = outlier_summary(extra, fitted, validation, fruit) if extra else None
         with timer.stage("fit"):
             classifier = chosen.estimator().fit(training)
         with timer.stage("evaluate"):
-            metrics = metrics_from_confusion(confusion_matrix(classifier, test, len(classes)), classes)
+            metrics = metrics_from_confusion(confusion_matrix(classifier, test, fruit, outlier_index), classes)
             if calibrated is not None:
-                metrics["calibration"] = selective_metrics(classifier, test, calibrated, gate)
+                metrics["calibration"] = selective_metrics(classifier, test, calibrated, gate, outlier_index)
     finally:
-        if prepared is not None:
-            prepared.unpersist()
+        for frame in persisted:
+            frame.unpersist()
     headline = Metrics(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
     with timer.stage("write"):
         _write_evaluation(store, config.output, metrics, classes)
         save_logistic_regression(classifier, storage.join(config.output, CLASSIFIER), store=store)
-        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline, calibrated, gate)
+        _write_bundle(store, config, source, spec, onnx, classifier, chosen, classes, headline, calibrated, gate,
+                      exposure)
+    note = f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"
     manifest = TrainManifest(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         source=source.fingerprint(),
         model=ModelEntry.of(spec, source.runtime()),
         classifier=replace(chosen.describe(), spark_model=CLASSIFIER,
                            load_with="fruitpipe.ml.load_logistic_regression", features_col=VECTOR,
-                           note=f"input: array_to_vector(pca) as {VECTOR}; prediction indexes classes"),
+                           note=note + (f"; index {fruit} is 'not a fruit' (outlier photos)" if extra else "")),
         selection=Selection(metric="validation accuracy, then macro-F1, then log-loss",
                             validation_fraction=config.validation_fraction,
                             seed=config.seed, candidates=scores, chosen=chosen.name),
@@ -233,10 +255,62 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         timings_s=timer.timings(),
         calibration=calibrated,
         novelty=gate.settings if gate else None,
+        outliers=exposure,
     )
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.commit(store, config.output, counts.to_json())
     return manifest
+
+
+def _fruit(rows: DataFrame, fruit: int) -> DataFrame:
+    """The fruit rows (the outlier class, when there is one, is the index after the fruit classes)."""
+    return rows.where(F.col(LABEL_INDEX) < fruit)
+
+
+def _photos(rows: DataFrame, fruit: int) -> int:
+    """Fruit photos among the rows (views and outlier photos not counted)."""
+    return _fruit(rows, fruit).where(F.col(VIEW) == 0).count()
+
+
+def read_outliers(spark: SparkSession, store: Store, config: TrainConfig, source: Source, spec: models.ModelSpec,
+                  persisted: list[DataFrame]) -> OutlierRows:
+    """`--outliers` photos through the run's own featurization (same model, input size and precision) and PCA,
+    as Training rows of the outlier label; photos that cannot be read or decoded are counted and left out."""
+    uri = outliers.source_uri(str(config.outliers))
+    listing = sources.list_images(store, uri)
+    featurizer = ImageFeaturizer(modelName=spec.name, imageSize=spec.preprocessing.input_size,
+                                 precision=source.runtime().precision, s3Options=store.options.to_wire())
+    featurized = featurizer.transform(sources.to_dataframe(spark, listing)).persist()
+    persisted.append(featurized)
+    usable = featurized.where(F.col(ERROR_STAGE).isNull())
+    photos = usable.count()
+    if photos < 2:
+        raise ValueError(f"--outliers {storage.redact(uri)} holds {photos} usable photo(s); give at least 2, "
+                         "or --outliers none")
+    pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL))
+    rows = pca.transform(usable.select("path", featurizer.getOutputCol())).select(
+        "path", F.lit(outliers.OUTLIER_LABEL).alias("label"), F.lit(TRAINING).alias("split"),
+        F.lit(0).alias(VIEW), F.col("pca"))
+    unreadable = listing.count - photos
+    if unreadable:
+        logger.warning("%d outlier photos could not be read or decoded: left out", unreadable)
+    name = "bundled" if config.outliers == BUNDLED_OUTLIERS else storage.redact(uri)
+    return OutlierRows(rows, name, photos, unreadable)
+
+
+def outlier_summary(extra: OutlierRows, model: LogisticRegressionModel | None, validation: DataFrame,
+                    fruit: int) -> Outliers:
+    """How the fit-part model does on the held-out outlier photos and fruit rows (only counts reach the driver)."""
+    if model is None:  # no validation part: nothing held out to say it with
+        return Outliers(extra.source, extra.photos, extra.unreadable, 0, 0.0, 0.0)
+    is_outlier = (F.col(LABEL_INDEX) == fruit).alias("outlier")
+    rejected = (F.col("prediction") == fruit).cast("int")
+    found = {row["outlier"]: (row["rows"], row["rejected"] or 0) for row in model.transform(validation).groupBy(
+        is_outlier).agg(F.count(F.lit(1)).alias("rows"), F.sum(rejected).alias("rejected")).collect()}
+    held, held_rejected = found.get(True, (0, 0))
+    fruit_rows, fruit_rejected = found.get(False, (0, 0))
+    return Outliers(extra.source, extra.photos, extra.unreadable, int(held),
+                    held_rejected / held if held else 0.0, fruit_rejected / fruit_rows if fruit_rows else 0.0)
 
 
 def _classes(data: DataFrame, run_output: str) -> list[str]:
@@ -306,7 +380,8 @@ def _choose(fit_part: DataFrame, validation: DataFrame,
     return chosen, chosen_model, scores
 
 
-def calibrate(model: LogisticRegressionModel, validation: DataFrame, target_precision: float) -> Calibration:
+def calibrate(model: LogisticRegressionModel, validation: DataFrame, target_precision: float,
+              outlier_index: int | None = None) -> Calibration:
     """Temperature and "not sure" threshold of the chosen candidate, fitted on validation only.
 
     The margins come from the candidate fitted on the fit part during the choice (the model that has not
@@ -316,7 +391,7 @@ def calibrate(model: LogisticRegressionModel, validation: DataFrame, target_prec
                                               F.col(LABEL_INDEX).cast("int").alias("label")).collect()
     margins = np.array([row["margins"] for row in rows], dtype=np.float64)
     labels = np.array([row["label"] for row in rows], dtype=np.int64)
-    calibrated = calibration.calibrate(margins, labels, target_precision)
+    calibrated = calibration.calibrate(margins, labels, target_precision, outlier_index)
     logger.info("calibration on %d validation rows: temperature %.4g (ECE %.4f -> %.4f), threshold %.4f answers "
                 "%.1f%% at precision %.3f", len(labels), calibrated.temperature, calibrated.ece_before,
                 calibrated.ece_after, calibrated.threshold, 100 * calibrated.coverage_at_threshold,
@@ -398,29 +473,37 @@ def calibrated_probability(temperature: float) -> Column:
 
 
 def selective_metrics(model: LogisticRegressionModel, data: DataFrame, calibrated: Calibration,
-                      gate: NoveltyGate | None = None) -> dict[str, Any]:
+                      gate: NoveltyGate | None = None, outlier_index: int | None = None) -> dict[str, Any]:
     """Calibrated ECE, and coverage and accuracy of the answered rows at the threshold (and, with the
-    novelty gate, not unlike the training photos), aggregated in Spark (15 bins of counts reach the
-    driver). Reported for Test; never used for a choice."""
+    novelty gate, not unlike the training photos; with outlier photos, not "not a fruit"), aggregated in
+    Spark (15 bins of counts reach the driver). Reported for Test; never used for a choice."""
+    probabilities = calibrated_probability(calibrated.temperature)
+    fruit = probabilities if outlier_index is None else F.slice(probabilities, 1, outlier_index)
+    predicted = F.col("prediction") if outlier_index is None else fruit_prediction(outlier_index)
+    not_fruit = (F.lit(False) if outlier_index is None
+                 else F.element_at(probabilities, outlier_index + 1) >= F.array_max(fruit))
     scored = model.transform(data).select(
-        F.array_max(calibrated_probability(calibrated.temperature)).alias("confidence"),
-        (F.col("prediction") == F.col(LABEL_INDEX)).cast("double").alias("correct"), "pca")
+        F.array_max(fruit).alias("confidence"), (predicted == F.col(LABEL_INDEX)).cast("double").alias("correct"),
+        not_fruit.alias("not_fruit"), "pca")
     if gate is None:
         scored = scored.drop("pca").withColumn("novel", F.lit(False))
     else:
         scored = scored.mapInArrow(functools.partial(_novelty_batches, gate.centroids),
-                                   "confidence double, correct double, novelty double") \
+                                   "confidence double, correct double, not_fruit boolean, novelty double") \
             .withColumn("novel", F.col("novelty") > F.lit(gate.settings.threshold))
-    answering = (F.col("confidence") >= calibrated.threshold) & ~F.col("novel")
+    answering = (F.col("confidence") >= calibrated.threshold) & ~F.col("novel") & ~F.col("not_fruit")
     bins = F.least(F.floor(F.col("confidence") * calibration.ECE_BINS), F.lit(calibration.ECE_BINS - 1))
     per_bin = scored.groupBy(bins.cast("int").alias("bin")).agg(
         F.count(F.lit(1)).alias("rows"), F.sum("confidence").alias("confidence"), F.sum("correct").alias("correct"),
         F.sum(answering.cast("int")).alias("answered"), F.sum(F.col("novel").cast("int")).alias("novel"),
+        F.sum(F.col("not_fruit").cast("int")).alias("not_fruit"),
         F.sum(F.when(answering, F.col("correct"))).alias("answered_correct"),
     ).collect()
     rows, answered = sum(row["rows"] for row in per_bin), sum(row["answered"] for row in per_bin)
     answered_correct = sum(row["answered_correct"] or 0.0 for row in per_bin)
     novel = {"unlike_training": sum(row["novel"] for row in per_bin)} if gate else {}
+    if outlier_index is not None:
+        novel["not_fruit"] = sum(row["not_fruit"] for row in per_bin)
     return {**novel, "temperature": calibrated.temperature, "threshold": calibrated.threshold,
             "ece": calibration.ece_from_bins(np.array([row["rows"] for row in per_bin]),
                                              np.array([row["confidence"] for row in per_bin]),
@@ -438,13 +521,22 @@ def log_loss(model: LogisticRegressionModel, data: DataFrame) -> float:
     return float(row[0])
 
 
-def confusion_matrix(model: LogisticRegressionModel, data: DataFrame, n_classes: int) -> np.ndarray:
-    """Counts[true, predicted], aggregated in Spark."""
+def confusion_matrix(model: LogisticRegressionModel, data: DataFrame, n_classes: int,
+                     outlier_index: int | None = None) -> np.ndarray:
+    """Counts[true, predicted], aggregated in Spark. With `outlier_index` (a model with the "not a fruit"
+    class, scored on fruit rows): predicted is the most probable *fruit*, as evaluate's top-1 is."""
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)
-    rows = model.transform(data).groupBy(LABEL_INDEX, "prediction").count().collect()
+    predicted = F.col("prediction") if outlier_index is None else fruit_prediction(outlier_index)
+    rows = model.transform(data).groupBy(LABEL_INDEX, predicted.alias("predicted")).count().collect()
     for row in rows:
-        counts[int(row[LABEL_INDEX]), int(row["prediction"])] += int(row["count"])
+        counts[int(row[LABEL_INDEX]), int(row["predicted"])] += int(row["count"])
     return counts
+
+
+def fruit_prediction(fruit: int) -> Column:
+    """The index of the highest of the first `fruit` margins (the first of equals, as numpy's argmax)."""
+    margins = F.slice(vector_to_array(F.col("rawPrediction")), 1, fruit)
+    return (F.array_position(margins, F.array_max(margins)) - 1).cast("double")
 
 
 def metrics_from_confusion(counts: np.ndarray, classes: list[str] | None = None) -> dict[str, Any]:
@@ -478,7 +570,8 @@ def _write_evaluation(store: Store, output: str, metrics: dict[str, Any], classe
 
 def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: models.ModelSpec, onnx: str,
                   classifier: LogisticRegressionModel, chosen: Candidate, classes: list[str],
-                  metrics: Metrics, calibrated: Calibration | None, gate: NoveltyGate | None) -> None:
+                  metrics: Metrics, calibrated: Calibration | None, gate: NoveltyGate | None,
+                  exposure: Outliers | None) -> None:
     """numpy arrays out of the two models, written as a bundle locally, then copied to MODEL_DIR/bundle."""
     pca = CentredPCAModel.read().using(store).load(storage.join(config.features, sinks.PCA_MODEL)).arrays()
     arrays = bundle.Arrays(mean=pca.mean, components=pca.components,
@@ -497,6 +590,7 @@ def _write_bundle(store: Store, config: TrainConfig, source: Source, spec: model
         calibration=calibrated,
         tta=config.tta,
         novelty=gate.settings if gate else None,
+        outliers=exposure,
     )
     with tempfile.TemporaryDirectory(prefix="fruitpipe-bundle-") as folder:
         bundle.write(folder, onnx, description, arrays)

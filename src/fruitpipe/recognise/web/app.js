@@ -92,14 +92,16 @@ async function classify(file) {
   $("status").classList.toggle("unsure", Boolean(body.unknown));
 }
 
-// The headline: the best guess, or (below the model's threshold) "Not sure" with the two best guesses.
+// The headline: the best guess, or (below the model's threshold, unlike the training photos, or more likely
+// no fruit at all) "Not sure" with the two best guesses.
 // Said in words, so it does not depend on colour.
 function statusText(body) {
   const [first, second] = body.predictions;
   if (!first) return "No prediction";
   if (body.unknown) {
     const guesses = [first, second].filter(Boolean).map((p) => `${p.label} (${percent(p.probability)})`);
-    return `Not sure: maybe ${guesses.join(" or ")}`;
+    const why = body.unknown_reason === "not a fruit" ? " (it does not look like a fruit)" : "";
+    return `Not sure: maybe ${guesses.join(" or ")}${why}`;
   }
   return `Most likely: ${first.label} (${percent(first.probability)})`;
 }

@@ -1,0 +1,39 @@
+"""Outlier exposure: photos of things that are not fruit, trained as one more class, "not a fruit".
+
+A classifier that has only seen fruit spreads a cat's probability over fruit; the novelty gate (cosine
+distance to the class centroids) cannot see a cat that lands near some fruit's centroid, and augmented
+views, which widen every class, let more of them through. Training a "not a fruit" class on photos of
+other things teaches the classifier where those are (Hendrycks et al., "Deep Anomaly Detection with
+Outlier Exposure", 2019). `fruitpipe train` featurizes the outlier photos through the run's own model
+and PCA (the same Spark path), adds them as the class after the fruit classes, and the bundle answers
+"unknown" ("not a fruit") when that class is at least as probable as the most probable fruit.
+
+The bundled photos (data/outliers, LICENSE.md there) are hand tools, renewable-energy installations and
+fishes; animals, people, monuments, household objects and the other non-fruit photos of the recognition
+benchmark are never trained on, so its unknown rate measures kinds of things the class has not seen.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from fruitpipe.config import BUNDLED_OUTLIERS
+
+OUTLIER_LABEL = "/not fruit"  # the outlier rows' label while training: a slash is never in a folder name
+
+
+def bundled_outliers_dir() -> Path:
+    """fruitpipe's own outlier photos, found through package resources so it works once installed."""
+    try:
+        found = resources.files("fruitpipe") / "data" / "outliers"
+    except (ModuleNotFoundError, TypeError):  # not importable as a package (e.g. run from a checkout)
+        found = None
+    path = found if isinstance(found, Path) else Path(__file__).resolve().parents[1] / "data" / "outliers"
+    if not path.is_dir():
+        raise FileNotFoundError(f"bundled outlier photos not found at {path}: is the package data installed?")
+    return path
+
+
+def source_uri(outliers: str) -> str:
+    """`train --outliers` -> the folder or prefix to list (BUNDLED_OUTLIERS: the bundled photos)."""
+    return str(bundled_outliers_dir()) if outliers == BUNDLED_OUTLIERS else outliers
