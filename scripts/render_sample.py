@@ -86,7 +86,7 @@ def main() -> None:
         sprites = [("noto-color", render_glyph(font, char)), *others]
         for split_index, (split, count) in enumerate(SPLITS.items()):
             first = 0
-            for style_index, (style_name, sprite) in enumerate(sprites):
+            for style_index, (_, sprite) in enumerate(sprites):
                 frames = PER_STYLE[split] if style_index else count - PER_STYLE[split] * len(others)
                 rng = np.random.default_rng([args.seed, class_index, split_index, style_index])
                 write_frames(sprite, args.out / split / name, frames, rng, first=first)

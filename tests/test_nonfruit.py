@@ -151,12 +151,12 @@ def test_gcompris_listing_is_public_domain_or_cc0_and_names_are_unique() -> None
 
 def test_bundled_outliers_are_the_listed_outlier_side_only() -> None:
     """data/outliers holds exactly the GCompris photos listed on the outlier side (by kind and name), each
-    credited in its LICENSE.md; none of the report-side photos is there."""
+    credited in its LICENSE.md, and the drawn outliers; none of the report-side photos is there."""
     from fruitpipe.recognise.outliers import bundled_outliers_dir
 
     listed = json.loads(nonfruit.GCOMPRIS_LIST.read_text(encoding="utf-8"))["photos"]
     folder = bundled_outliers_dir()
-    bundled = {path.relative_to(folder).as_posix() for path in folder.glob("*/*.jpg")}
+    bundled = {path.relative_to(folder).as_posix() for path in folder.glob("*/*.jpg") if path.parent.name != "drawings"}
     expected = {f"{Path(p['resource']).parent.name}/{Path(p['resource']).stem}.jpg"
                 for p in listed if p["side"] == nonfruit.OUTLIER_SIDE}
     reported = {f"{Path(p['resource']).parent.name}/{Path(p['resource']).stem}.jpg"
@@ -164,3 +164,6 @@ def test_bundled_outliers_are_the_listed_outlier_side_only() -> None:
     assert bundled == expected and not bundled & reported
     credits = (folder / "LICENSE.md").read_text(encoding="utf-8")
     assert all(f"`{name}`" in credits for name in bundled)
+    drawings = sorted((folder / "drawings").glob("*.jpg"))
+    assert drawings and {path.name.split("-")[0] for path in drawings} == {"noto", "twemoji"}
+    assert "CC-BY 4.0" in credits and "Open Font License" in credits

@@ -90,7 +90,11 @@ class SvgFiles:
     template: str
 
     def sprite(self, root: Path, label: str) -> Image.Image | None:
-        path = root / self.template.format(cp=CODEPOINTS[label])
+        return self.glyph(root, CODEPOINTS[label])
+
+    def glyph(self, root: Path, codepoint: int) -> Image.Image | None:
+        """Any emoji of the set by its code point (None when the set has no such file)."""
+        path = root / self.template.format(cp=codepoint)
         return rasterise_svg(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -119,8 +123,12 @@ class FontGlyphs:
     colour: bool = False
 
     def sprite(self, root: Path, label: str) -> Image.Image | None:
+        return self.glyph(root, CODEPOINTS[label])
+
+    def glyph(self, root: Path, codepoint: int) -> Image.Image | None:
+        """Any glyph of the font by its code point (None when the font has none)."""
         font = ImageFont.truetype(str(root / self.path), size=self.size)
-        char = chr(CODEPOINTS[label])
+        char = chr(codepoint)
         drawn = font.getmask(char)
         missing = font.getmask(NOT_A_CHARACTER)  # the font's "no such glyph" box (Symbola has no mango)
         if drawn.getbbox() is None or (drawn.size == missing.size and bytes(drawn) == bytes(missing)):
