@@ -8,9 +8,12 @@ Outlier Exposure", 2019). `fruitpipe train` featurizes the outlier photos throug
 and PCA (the same Spark path), adds them as the class after the fruit classes, and the bundle answers
 "unknown" ("not a fruit") when that class is at least as probable as the most probable fruit.
 
-The bundled photos (data/outliers, LICENSE.md there) are hand tools, renewable-energy installations and
-fishes; animals, people, monuments, household objects and the other non-fruit photos of the recognition
-benchmark are never trained on, so its unknown rate measures kinds of things the class has not seen.
+The bundled pictures (data/outliers, LICENSE.md there) are photos of hand tools, renewable-energy
+installations and fishes, and emoji drawings of tools, vehicles, sports balls, stationery, clothes and fishes
+in two of the sample's own styles (with photos only, the class learns "a photograph" rather than "no fruit":
+the sample's fruit are all drawings). Animals, people, monuments, household objects and the other non-fruit
+photos of the recognition benchmark are never trained on, so its unknown rate measures kinds of things the
+class has not seen.
 """
 from __future__ import annotations
 
