@@ -311,6 +311,27 @@ def serve_p95(model_dir: Path, tta: int) -> float:
     return float(result["points"][0]["latency_ms"]["p95"])
 
 
+def measure_serve(row: dict[str, Any]) -> None:
+    """serve p95 of the row's model and TTA, with the load average just before (the figure is only as quiet
+    as the machine)."""
+    row["serve_load_average"] = round(os.getloadavg()[0], 2)
+    row["serve_p95_ms"] = serve_p95(Path(row["model_dir"]), int(row["tta"]))
+
+
+def serve_all(results_path: Path, doc: Path) -> int:
+    """serve p95 for every recipe of a finished measurement, one after the other (the TTA rows show what
+    averaging views costs per photo); the results file and the doc are rewritten."""
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    for row in results["recipes"]:
+        logger.info("serve p95 of %s ...", row["recipe"])
+        measure_serve(row)
+    results["serve_measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_doc(results, doc)
+    sys.stdout.write(table(results) + "\n")
+    return 0
+
+
 def table(results: dict[str, Any]) -> str:
     rows = results["recipes"]
     families = list(rows[0]["suite"])
@@ -396,8 +417,13 @@ def main(argv: list[str] | None = None) -> int:
                         "(e.g. an earlier sample, for a before/after row; the suite stays the bundled Test's)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--doc", default=str(DOC))
+    parser.add_argument("--serve-all", action="store_true",
+                        help="measure serve p95 for every recipe of --results (its models), rewrite it and the doc, "
+                             "then stop (a full measurement times the baseline and the chosen recipe only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.serve_all:
+        return serve_all(Path(args.results), Path(args.doc))
     chosen_names = set(args.recipes.split(",")) if args.recipes else {recipe.name for recipe in RECIPES}
     recipes = [recipe for recipe in RECIPES if recipe.name in chosen_names]
     work, sample = Path(args.work), args.sample or bundled_sample_dir()
@@ -417,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = choose(rows)
     for row in rows:
         if row["recipe"] in {"baseline", chosen}:
-            row["serve_load_average"] = round(os.getloadavg()[0], 2)  # the figure is only as quiet as the machine
-            row["serve_p95_ms"] = serve_p95(Path(row["model_dir"]), int(row["tta"]))
+            measure_serve(row)
     command = " ".join(["python -m fruitpipe.benchmark.recognition", *sys.argv[1:]])
     results = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
                "machine": {"cpu": cpu_name(), "cpus": os.cpu_count()}, "chosen": chosen,
