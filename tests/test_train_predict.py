@@ -123,9 +123,11 @@ def test_bundle_matches_the_spark_batch_path(bundle: Bundle, stored: pd.DataFram
     assert scored.outlier is not None
     np.testing.assert_allclose(scored.outlier, spark_scored["not_fruit"], atol=1e-5)
     np.testing.assert_allclose(bundle_probabilities.sum(axis=1) + scored.outlier, 1.0, atol=1e-12)
-    # fruit photos: Spark's own prediction (all classes) is never "not a fruit" here, nor is the bundle's answer
-    assert (spark_scored["prediction"].astype(int) < len(bundle.classes)).all()
-    assert (scored.outlier < bundle_probabilities.max(axis=1)).all()
+    # fruit photos: Spark's own prediction (all classes) is "not a fruit" for at most 1% of them, and the bundle
+    # says "not a fruit" for exactly the same photos
+    spark_not_fruit = (spark_scored["prediction"].astype(int) == len(bundle.classes)).to_numpy()
+    assert spark_not_fruit.mean() <= 0.01, stored["path"][spark_not_fruit].tolist()
+    np.testing.assert_array_equal(scored.outlier > bundle_probabilities.max(axis=1), spark_not_fruit)
 
 
 def test_predict_bytes_top_k(bundle: Bundle, stored: pd.DataFrame, bundle_probabilities: np.ndarray) -> None:
@@ -165,7 +167,8 @@ def test_exif_rotated_copy_predicts_like_the_upright_photo(bundle: Bundle, sampl
     tagged = encode(rotated, "PNG", exif=exif.tobytes())
     upright_p, tagged_p, untagged_p = bundle.probabilities([encode(upright, "PNG"), tagged, encode(rotated, "PNG")])
     np.testing.assert_allclose(tagged_p, upright_p, atol=1e-12)
-    assert np.abs(untagged_p - upright_p).max() > 1e-3  # the rotation matters: without EXIF it is another picture
+    # the rotation matters: without EXIF it is another picture (log-probabilities: the top one saturates near 1)
+    assert np.abs(np.log(untagged_p) - np.log(upright_p)).max() > 1e-2
     jpeg_tagged = encode(rotated, "JPEG", quality=95, exif=exif.tobytes())
     assert bundle.predict_bytes(jpeg_tagged, 1)[0].label == "Banana"
 

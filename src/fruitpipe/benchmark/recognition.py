@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -302,6 +303,21 @@ def measure_recipe(recipe: Recipe, work: Path, sample: Path, sticks: Yardsticks)
     }
 
 
+def measured_row(recipe: Recipe, work: Path, sample: Path, sticks: Yardsticks, remeasure: bool) -> dict[str, Any]:
+    """The recipe's row, kept in `work/rows/` once measured: an interrupted measurement (each recipe takes
+    minutes) resumes at the first recipe it had not finished. Kept rows are reused only for the same sample."""
+    kept = work / "rows" / (re.sub(r"[^A-Za-z0-9]+", "_", recipe.name).strip("_") + ".json")
+    if kept.exists() and not remeasure:
+        stored = json.loads(kept.read_text(encoding="utf-8"))
+        if stored["sample"] == str(sample):
+            logger.info("recipe %s: measured before, kept in %s (--remeasure to measure again)", recipe.name, kept)
+            return dict(stored["row"])
+    row = measure_recipe(recipe, work, sample, sticks)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps({"sample": str(sample), "row": row}, indent=2) + "\n", encoding="utf-8")
+    return row
+
+
 def serve_p95(model_dir: Path, tta: int) -> float:
     """p95 latency (ms) of one client posting bundled Test photos to `fruitpipe serve` of this model."""
     from fruitpipe.benchmark.extra import serve_latency
@@ -415,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", help="comma-separated recipe names (default: all)")
     parser.add_argument("--sample", type=Path, help="train on this Fruits 360 folder instead of the bundled sample "
                         "(e.g. an earlier sample, for a before/after row; the suite stays the bundled Test's)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure every recipe again (default: reuse the rows kept in --work by an earlier, "
+                             "interrupted measurement of the same sample)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--doc", default=str(DOC))
     parser.add_argument("--serve-all", action="store_true",
@@ -438,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for recipe in recipes:
         logger.info("recipe %s ...", recipe.name)
-        rows.append(measure_recipe(recipe, work, sample, sticks))
+        rows.append(measured_row(recipe, work, sample, sticks, args.remeasure))
         logger.info("recipe %s: %s", recipe.name, {k: v for k, v in rows[-1].items() if k != "suite"})
     chosen = choose(rows)
     for row in rows:
