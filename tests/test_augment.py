@@ -87,7 +87,7 @@ def test_train_on_an_augmented_run(runs: dict[str, Path], tmp_path: Path) -> Non
     from fruitpipe.recognise.contracts import TrainManifest
     from trained import train_on
 
-    model_dir = train_on(runs["first"], tmp_path / "model")
+    model_dir = train_on(runs["first"], tmp_path / "model", outliers=None)  # the views, not the outliers
     manifest = TrainManifest.loads((model_dir / "manifest.json").read_bytes(), "train manifest")
     features = _features(runs["first"])
     assert manifest.counts.training == int(((features.split == "Training") & (features.view == 0)).sum())
