@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -91,9 +92,25 @@ def _run_killed(source: Path | str, output: Path | str, fault: str, tmp_path: Pa
     out, err = process.communicate(timeout=600)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    time.sleep(1)
+    _wait_until_dead(process.pid)
     fired = mark.read_text().splitlines() if mark.exists() else []
     return subprocess.CompletedProcess(process.args, process.returncode, out, err), fired
+
+
+def _wait_until_dead(group: int, timeout: float = 30) -> None:
+    """Until no process of process group `group` is alive (a zombie left for init to reap writes nothing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for proc in psutil.process_iter(["pid", "status", "cmdline"]):
+            with contextlib.suppress(OSError):  # gone since the listing
+                if os.getpgid(proc.info["pid"]) == group and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    alive.append(proc.info["cmdline"])
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"still running {timeout:.0f} s after SIGKILL to their group: {alive}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
