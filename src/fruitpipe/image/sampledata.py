@@ -31,16 +31,22 @@ _JPEG = (".jpg", ".jpeg")
 INK = 240  # a pixel darker than this in any channel belongs to the fruit (or its shadow)
 
 
-def bundled_sample_dir() -> Path:
-    """Folder of the bundled sample, found through package resources so it works once installed."""
+def package_data_dir(name: str, what: str, marker: str = "") -> Path:
+    """fruitpipe's own `data/<name>` folder (holding `marker`), found through package resources so it works
+    once installed; FileNotFoundError naming `what` when the package data is missing."""
     try:
-        found = resources.files("fruitpipe") / "data" / "sample"
+        found = resources.files("fruitpipe") / "data" / name
     except (ModuleNotFoundError, TypeError):  # not importable as a package (e.g. run from a checkout)
         found = None
-    path = found if isinstance(found, Path) else Path(__file__).resolve().parents[1] / "data" / "sample"
-    if not (path / SPLITS[0]).is_dir():
-        raise FileNotFoundError(f"bundled sample images not found at {path}: is the package data installed?")
+    path = found if isinstance(found, Path) else Path(__file__).resolve().parents[1] / "data" / name
+    if not (path / marker).is_dir():
+        raise FileNotFoundError(f"{what} not found at {path}: is the package data installed?")
     return path
+
+
+def bundled_sample_dir() -> Path:
+    """Folder of the bundled sample (Fruits 360 layout)."""
+    return package_data_dir("sample", "bundled sample images", SPLITS[0])
 
 
 @dataclass(frozen=True)

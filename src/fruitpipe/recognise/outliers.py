@@ -17,24 +17,17 @@ class has not seen.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from fruitpipe.config import BUNDLED_OUTLIERS
+from fruitpipe.image.sampledata import package_data_dir
 
 OUTLIER_LABEL = "/not fruit"  # the outlier rows' label while training: a slash is never in a folder name
 
 
 def bundled_outliers_dir() -> Path:
-    """fruitpipe's own outlier photos, found through package resources so it works once installed."""
-    try:
-        found = resources.files("fruitpipe") / "data" / "outliers"
-    except (ModuleNotFoundError, TypeError):  # not importable as a package (e.g. run from a checkout)
-        found = None
-    path = found if isinstance(found, Path) else Path(__file__).resolve().parents[1] / "data" / "outliers"
-    if not path.is_dir():
-        raise FileNotFoundError(f"bundled outlier photos not found at {path}: is the package data installed?")
-    return path
+    """fruitpipe's own outlier photos (`data/outliers/`)."""
+    return package_data_dir("outliers", "bundled outlier photos")
 
 
 def source_uri(outliers: str) -> str:
