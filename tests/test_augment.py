@@ -200,7 +200,7 @@ def test_view_settings_are_checked_recorded_and_part_of_the_identity() -> None:
     with pytest.raises(ValueError, match="--augment-strength must be a number in"):
         RunConfig(input="in", output="out", augment=2, augment_strength=2.5)
     entry = ModelEntry.of(models.resolve("efficientnet-lite0"), resolve("fp32", None))
-    default = Identity.of(entry, 2, shifts.TRAINING_SIDE, 1.0)
+    default = Identity.of(entry, 2, shifts.DEFAULT_VIEWS, 1.0)
     assert default == Identity.of(entry, 2)  # every family named counts as none named
     # a journal written before the view settings existed keeps its fingerprint and reads back equal
     import dataclasses

@@ -35,7 +35,7 @@ def test_selection_data_keeps_holdout_out_of_fitting(small_sample: Path, tmp_pat
     for relative in sorted(held):
         photo = small_sample / relative
         pixels = np.asarray(Image.open(photo).convert("RGB"))
-        own, other = (shifts.augmented_view(pixels, f"holdout:{relative}", v, shifts.TRAINING_SIDE) for v in (1, 2))
+        own, other = (shifts.augmented_view(pixels, f"holdout:{relative}", v, shifts.DEFAULT_VIEWS) for v in (1, 2))
         written = np.asarray(Image.open(holdout / photo.parent.name / f"{photo.stem}_v1.jpg").convert("RGB"))
         to_own, to_other = (float(np.abs(written.astype(int) - v.astype(int)).mean()) for v in (own, other))
         assert to_own < 6 and to_own < to_other / 2, (to_own, to_other)  # JPEG q95 of that very view

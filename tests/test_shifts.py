@@ -152,3 +152,49 @@ def test_cli_shift_errors_and_listing(tmp_path: Path) -> None:
     done = fruitpipe_cli("sample-data", "--output", str(tmp_path / "y"), "--shift", "occlusion", "--per-class", "2")
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "y" / "Test").glob("*/*.jpg"))) == 2 * len(list((tmp_path / "y" / "Test").iterdir()))
+
+
+def test_opt_in_families_stay_out_of_the_default_mix() -> None:
+    """`sketch`, `scale_jitter` and `cutout` are used only when named: the default views (and so every model
+    and journal made before them) are unchanged."""
+    opt_in = {name for name, family in shifts.FAMILIES.items() if not family.default_mix}
+    assert opt_in == {"sketch", "scale_jitter", "cutout"}
+    assert opt_in <= set(shifts.TRAINING_SIDE)
+    assert shifts.view_families(()) == shifts.DEFAULT_VIEWS
+    assert not opt_in & set(shifts.DEFAULT_VIEWS)
+    assert shifts.view_families(["cutout", "geometry"]) == ("geometry", "cutout")
+
+
+def _non_white(pixels: np.ndarray) -> int:
+    return int((pixels.min(axis=2) < 235).sum())
+
+
+def test_scale_jitter_never_reaches_the_suites_extreme_scale(photo: np.ndarray) -> None:
+    """At the largest strength the shrunken fruit keeps >= 50% of its side (>= 25% of its area, with
+    resampling's margin); the suite's extreme_scale goes down to 25% of the side (6% of the area)."""
+    family = shifts.FAMILIES["scale_jitter"]
+    ratios = [_non_white(family.apply(photo, np.random.default_rng(seed), shifts.MAX_STRENGTH)) / _non_white(photo)
+              for seed in range(40)]
+    assert min(ratios) > 0.2, min(ratios)
+    assert any(ratio < 0.5 for ratio in ratios) and any(ratio > 1.0 for ratio in ratios)  # both branches drawn
+    suite = [_non_white(shifts.FAMILIES["extreme_scale"].apply(photo, np.random.default_rng(seed))) / _non_white(photo)
+             for seed in range(40)]
+    assert min(suite) < 0.2  # the yardstick above would catch an unclamped shrink
+
+
+def test_cutout_erases_one_rectangle_of_at_most_a_quarter(photo: np.ndarray) -> None:
+    family = shifts.FAMILIES["cutout"]
+    for seed in range(30):
+        out = family.apply(photo, np.random.default_rng(seed), shifts.MAX_STRENGTH)
+        ys, xs = np.nonzero((out != photo).any(axis=2))
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        assert box <= shifts.MAX_ERASED * photo.shape[0] * photo.shape[1] * 1.05, seed
+
+
+def test_sketch_is_strokes_on_white_not_the_fruits_colours(photo: np.ndarray) -> None:
+    untinted = [out for out in (shifts.FAMILIES["sketch"].apply(photo, np.random.default_rng(seed))
+                                for seed in range(12)) if np.array_equal(out[..., 0], out[..., 2])]
+    assert untinted, "half the sketches have no tint"
+    for out in untinted:
+        assert np.percentile(out, 50) > 200  # mostly paper
+        assert out.min() < 90  # with dark strokes

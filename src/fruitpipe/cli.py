@@ -396,7 +396,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also featurize N augmented views of every Training image (training-side shifts, "
                              "deterministic per path and view; rows carry view 0..N; 0-32, default: %(default)s)")
     parser.add_argument("--augment-families", type=_names, default=(), metavar="A,B",
-                        help="the training-side shift families the views draw from, comma-separated (default: all; "
+                        help="the training-side shift families the views draw from, comma-separated (default: the "
+                             "five of the default mix; sketch, scale_jitter and cutout are opt-in; "
                              "'fruitpipe sample-data --list-shifts' names them)")
     parser.add_argument("--augment-strength", type=_augment_strength, default=1.0, metavar="F",
                         help="scales each family's strength in the views, 0 < F <= 2 (default: %(default)s)")

@@ -141,7 +141,7 @@ class RunConfig:
     precision: str = DEFAULT_PRECISION  # fp32 | bf16 | auto (fruitpipe.runtime)
     remote: str | None = None  # Spark Connect server sc://HOST:PORT; None: a classic session on `master`
     augment: int = 0  # augmented views of every Training image besides the image (fruitpipe.image.shifts)
-    augment_families: tuple[str, ...] = ()  # the training-side families views draw from; (): all of them
+    augment_families: tuple[str, ...] = ()  # the training-side families views draw from; (): the default mix
     augment_strength: float = 1.0  # scales each family's strength in the views (0 < s <= 2)
     price_per_vcpu_hour: float = DEFAULT_PRICE_PER_VCPU_HOUR  # the cost estimate's assumed price (batch.cost)
     resume: bool = False  # continue an interrupted run in `output`, or bring a finished one up to date

@@ -28,7 +28,7 @@ from fruitpipe.batch import sources
 from fruitpipe.batch.manifest import Fields, ModelEntry
 from fruitpipe.executor.journal import KEY, PLAN_SCHEMA, SEGMENT_COLUMN, SOURCE_VERSION, VERSION, read_table
 from fruitpipe.executor.worker import PRIOR_SHA256, PRIOR_VERSION, SAME_AS, SHA256, VIEW
-from fruitpipe.image.shifts import TRAINING_SIDE
+from fruitpipe.image.shifts import DEFAULT_VIEWS
 from fruitpipe.storage import Store
 
 logger = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class Identity:
 
     @classmethod
     def of(cls, entry: ModelEntry, augment: int, families: tuple[str, ...] = (), strength: float = 1.0) -> Identity:
-        """`families` as `shifts.view_families` returns them (every training-side family counts as none named)."""
-        subset = "" if not augment or set(families) in (set(), set(TRAINING_SIDE)) else ",".join(families)
+        """`families` as `shifts.view_families` returns them (the default mix counts as none named)."""
+        subset = "" if not augment or set(families) in (set(), set(DEFAULT_VIEWS)) else ",".join(families)
         return cls(model=entry.name, weights_sha256=entry.weights_sha256, onnx_sha256=entry.onnx_sha256,
                    input_size=entry.input_size,
                    preprocessing=json.dumps(entry.preprocessing.to_json(), sort_keys=True),

@@ -100,6 +100,13 @@ RECIPES = (
     Recipe("lite2 + logits + augment-4", model="efficientnet-lite2+logits", augment=4),
     # added after the 2026-12-02 table: the two dimensions that helped there (Lite2, every component), crossed
     Recipe("lite2 + raw 1280-d", model="efficientnet-lite2", augment=4, pca=("--k", "1280")),
+    # added after the 2026-12-07 table (line art, small fruit and occlusion were the weak suite families): the
+    # opt-in training-side families on top of that table's choice; the rule alone decides whether they are used
+    Recipe("augment-4, strength 1.5, + sketch", augment=4,
+           views=("--augment-strength", "1.5", "--augment-families", ",".join((*shifts.DEFAULT_VIEWS, "sketch")))),
+    Recipe("augment-4, strength 1.5, + sketch, scale, cutout", augment=4,
+           views=("--augment-strength", "1.5", "--augment-families",
+                  ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout")))),
 )
 
 

@@ -24,7 +24,7 @@ from fruitpipe.config import DecodeLimits, ExecutorSettings
 from fruitpipe.image.decode import DecodeError, decode_for_model
 from fruitpipe.image.embed import embed
 from fruitpipe.image.models import Preprocessing
-from fruitpipe.image.shifts import TRAINING_SIDE, augmented_view
+from fruitpipe.image.shifts import DEFAULT_VIEWS, augmented_view
 from fruitpipe.runtime import Runtime
 from fruitpipe.storage import Store
 
@@ -70,7 +70,7 @@ class FeaturizeTask:
     store: Store = field(default_factory=Store)  # where the images are read from (pickled with the task)
     augment: int = 0  # augmented views per chosen image, besides the image itself
     augment_col: str | None = None  # boolean column choosing the images to augment; None: every image
-    augment_families: tuple[str, ...] = TRAINING_SIDE  # the shift families views draw from (shifts.view_families)
+    augment_families: tuple[str, ...] = DEFAULT_VIEWS  # the shift families views draw from (shifts.view_families)
     augment_strength: float = 1.0  # scales each family's strength in the views
     identify: bool = False  # hash the bytes read (sha256 column); skip images whose hash is their prior_sha256
 
