@@ -99,6 +99,8 @@ def test_validation_split_keeps_views_with_their_photo(spark) -> None:
     """A held-out photo's views go with it to validation (the shifted validation set), never to the fit
     part; a fitted photo's views are fitted on; every photo lands in exactly one part; a run without
     views splits as before (same held-out photos)."""
+    from pyspark.sql import functions as F
+
     from fruitpipe.recognise.train import validation_split
 
     rows = [(f"{label}/{i}.jpg", label, view) for label in ("a", "b") for i in range(10) for view in range(3)]
@@ -114,6 +116,11 @@ def test_validation_split_keeps_views_with_their_photo(spark) -> None:
     photos_only = data.where("view = 0")
     _, plain_validation = validation_split(photos_only, 0.3, seed=1)
     assert set(plain_validation.toPandas().path) == held
+    moved = data.withColumn("path", F.concat(F.lit("s3://bucket/elsewhere/Training/"), "path"))
+    _, moved_validation = validation_split(moved, 0.3, seed=1)  # the same photos in another place
+    assert {path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in moved_validation.toPandas().path} == held
+    _, other_seed = validation_split(photos_only, 0.3, seed=2)
+    assert set(other_seed.toPandas().path) != held
 
 
 def test_worker_rejects_an_image_once_and_augments_only_chosen_rows(tmp_path: Path, small_sample: Path) -> None:

@@ -347,11 +347,14 @@ def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[D
     more) is held out with its augmented views. The fit part keeps its photos' views; the validation part
     is the held-out photos *and* their views (made by the training-side shift families), so the choice of
     classifier, the temperature and the threshold are all made on a validation set shifted the way the
-    issue asks, and no view of a validation photo is ever fitted on. Without --augment: photos only."""
+    issue asks, and no view of a validation photo is ever fitted on. Without --augment: photos only.
+    A photo is drawn by a hash of its file name within its class, never of its full path: the same photos
+    in another folder or bucket give the same split, so the same model, temperature and threshold."""
     photos = training.where(F.col(VIEW) == 0)
     by_class = Window.partitionBy("label")
     size = F.count(F.lit(1)).over(by_class)
-    rank = F.row_number().over(by_class.orderBy(F.xxhash64("path", F.lit(seed))))
+    name = F.element_at(F.split(F.col("path"), "/"), -1)
+    rank = F.row_number().over(by_class.orderBy(F.xxhash64(name, F.lit(seed)), F.col("path")))
     quota = F.when(size >= 2, F.greatest(F.lit(1), F.floor(size * fraction))).otherwise(0)
     held = photos.select("path", (rank <= quota).alias("__held"))
     ranked = training.join(held, on="path", how="inner")
