@@ -54,7 +54,7 @@ recognition-data: install
 	  else echo "fruitpipe: recognition-data needs the apt lists: run 'apt-get update' as root"; exit 1; fi; }
 	$(PY) -m fruitpipe.benchmark.recognition --fetch
 
-# the recognition table of docs/recognition.md (1-3 hours on 2 cores; an interrupted one resumes from the rows kept in --work): RECOGNITION_ARGS="--recipes baseline,..."
+# the recognition table of docs/recognition.md (1-3 hours on 2 cores; an interrupted one resumes from the rows kept in --work): RECOGNITION_ARGS="--recipes 'baseline;augment-4'"
 RECOGNITION_ARGS ?=
 recognition: recognition-data java
 	$(PY) -m fruitpipe.benchmark.recognition $(RECOGNITION_ARGS)

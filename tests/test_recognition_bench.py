@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fruitpipe.benchmark import recognition
@@ -90,3 +91,15 @@ def test_choice_is_lowest_selection_log_loss_then_accuracy_then_listed_order() -
     assert recognition.choose(rows) == "sure"
     assert recognition.choose([rows[0], rows[2]]) == "sure-but-wrong-more"  # log-loss first
     assert recognition.choose([rows[3], rows[1]]) == "sure-later"  # full tie: the first listed
+
+
+def test_recipes_are_picked_by_their_full_names() -> None:
+    """Recipe names hold commas: `--recipes` separates them with ';', and a name it does not know is an error
+    (a silently dropped recipe would leave the rule choosing among fewer)."""
+    from fruitpipe.benchmark.recognition import RECIPES, pick_recipes
+
+    assert pick_recipes(None) == list(RECIPES)
+    picked = pick_recipes("augment-4, strength 1.5; baseline")
+    assert [recipe.name for recipe in picked] == ["baseline", "augment-4, strength 1.5"]
+    with pytest.raises(ValueError, match="unknown recipe 'baseline,augment-4, strength 1.5'.*the recipes are: baseline"):
+        pick_recipes("baseline,augment-4, strength 1.5")  # commas do not separate

