@@ -118,7 +118,7 @@ def test_validation_split_keeps_views_with_their_photo(spark) -> None:
     assert set(plain_validation.toPandas().path) == held
     moved = data.withColumn("path", F.concat(F.lit("s3://bucket/elsewhere/Training/"), "path"))
     _, moved_validation = validation_split(moved, 0.3, seed=1)  # the same photos in another place
-    assert {path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1] for path in moved_validation.toPandas().path} == held
+    assert {"/".join(path.rsplit("/", 2)[-2:]) for path in moved_validation.toPandas().path} == held
     _, other_seed = validation_split(photos_only, 0.3, seed=2)
     assert set(other_seed.toPandas().path) != held
 

@@ -101,5 +101,5 @@ def test_recipes_are_picked_by_their_full_names() -> None:
     assert pick_recipes(None) == list(RECIPES)
     picked = pick_recipes("augment-4, strength 1.5; baseline")
     assert [recipe.name for recipe in picked] == ["baseline", "augment-4, strength 1.5"]
-    with pytest.raises(ValueError, match="unknown recipe 'baseline,augment-4, strength 1.5'.*the recipes are: baseline"):
+    with pytest.raises(ValueError, match=r"unknown recipe 'baseline,augment-4, strength 1\.5'.*recipes are: baseline"):
         pick_recipes("baseline,augment-4, strength 1.5")  # commas do not separate
