@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fruitpipe import cli
-from fruitpipe.batch import lock, pipeline, sinks
+from fruitpipe.batch import lock, pipeline, sinks, watch
 from fruitpipe.batch.manifest import RunManifest
 from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, S3Options, WatchSchedule
 from fruitpipe.ml import CentredPCAModel
@@ -129,14 +130,49 @@ def reference(spark, photos: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return output
 
 
-def test_a_finished_run_resumed_featurizes_nothing_and_republishes_the_same(spark, photos: Path, reference: Path,
-                                                                            tmp_path: Path) -> None:
+def _published_files(output: Path) -> dict[str, int]:
+    """Every published file (the journal and the lock apart) and its modification time."""
+    return {str(path.relative_to(output)): path.stat().st_mtime_ns for path in output.rglob("*")
+            if path.is_file() and "_fruitpipe" not in path.relative_to(output).parts}
+
+
+def test_a_finished_run_resumed_with_nothing_new_rewrites_nothing(spark, photos: Path, reference: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    """Up to date: no pass, nothing rewritten (every published file keeps its time), one line. Rewritten
+    instead when a setting of the outputs differs (--k) or when a pass featurized and died before
+    publishing: its photo is in the journal, not in the outputs (a restarted `watch` publishes it too)."""
     output = tmp_path / "out"
     shutil.copytree(reference, output)
+    published = _published_files(output)
     manifest = pipeline.run(_config(photos, output, resume=True))
     assert (manifest.counts.featurized, manifest.counts.reused, manifest.counts.removed) == (0, 56, 0)
     assert manifest.counts.listed == manifest.counts.ok + manifest.counts.rejected
+    assert manifest.publication == "unchanged"
+    assert manifest.run_id == json.loads((reference / "manifest.json").read_text())["run_id"]
+    assert _published_files(output) == published
     assert_same_output(output, reference)
+    capsys.readouterr()
+    assert cli.main(["run", "--input", str(photos), "--output", str(output), "--k", "3", "--resume"]) == 0
+    assert "is up to date (56 listed: nothing new, changed or removed since" in capsys.readouterr().out
+    assert _published_files(output) == published
+
+    other_k = pipeline.run(replace(_config(photos, output, resume=True), pca=PcaSettings(k=4)))
+    assert (other_k.publication, other_k.pca.k, other_k.counts.featurized) == ("rewritten", 4, 0)
+
+    source = tmp_path / "in"
+    shutil.copytree(photos, source)
+    pipeline.run(_config(source, output, overwrite=True))
+    folder = sorted((source / "Training").iterdir())[0]
+    shutil.copy(sorted((source / "Test" / folder.name).glob("*.jpg"))[0], folder / "late.jpg")
+    result, fired = _run_killed(source, output, "driver-before-publish", tmp_path, resume=True)
+    assert result.returncode == -signal.SIGKILL and [mark.rsplit(":", 1)[0] for mark in fired] == [
+        "driver-before-publish:1"], result.stderr[-2000:]
+    assert (output / "_SUCCESS").exists() and "late.jpg" not in str(_published(output)[0])  # the old version
+    reports: list[watch.PassReport] = []
+    watch.watch(_config(source, output), WatchSchedule(interval_s=0, max_passes=1), reports.append)
+    assert reports[0].manifest is not None, "a restarted watch must publish what the dead pass featurized"
+    assert (reports[0].manifest.counts.featurized, reports[0].manifest.counts.listed) == (0, 57)
+    assert any(path.endswith("late.jpg") for path, _ in _published(output)[0])
 
 
 def test_incremental_pass_featurizes_only_new_and_changed_images(spark, sample_dir: Path, tmp_path: Path) -> None:

@@ -519,7 +519,12 @@ def _bundled_sample() -> str:
 
 def summary(manifest: RunManifest) -> str:
     """The few lines a user wants after a run."""
+    from fruitpipe.batch.manifest import UNCHANGED
+
     counts, pca, timings = manifest.counts, manifest.pca, manifest.timings_s
+    if manifest.publication == UNCHANGED:
+        return (f"fruitpipe run: {manifest.output} is up to date ({counts.listed} listed: nothing new, changed or "
+                f"removed since {manifest.run_id}); nothing rewritten, {timings.total:.1f} s")
     return "\n".join([
         f"fruitpipe run {manifest.run_id} done",
         f"  input     {manifest.input} ({manifest.layout} layout, {len(manifest.classes)} classes)",

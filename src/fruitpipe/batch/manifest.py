@@ -369,6 +369,7 @@ class RunCost:
 
 
 REWRITTEN, APPENDED = "rewritten", "appended"  # RunManifest.publication
+UNCHANGED = "unchanged"  # what `run --resume` returns for an up-to-date output (never written to a manifest)
 
 
 @dataclass(frozen=True)

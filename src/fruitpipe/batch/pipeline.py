@@ -28,6 +28,7 @@ from fruitpipe.batch.journal import Identity, Index, Journal, Plan
 from fruitpipe.batch.manifest import (
     APPENDED,
     REWRITTEN,
+    UNCHANGED,
     ClassCount,
     Executor,
     ModelEntry,
@@ -107,10 +108,45 @@ def run(config: RunConfig, progress: Reporter | None = None) -> RunManifest:
     prepared, listing = prepare(config, timer)
     with lock.held(prepared.store, config.output, run_id):
         journal = open_journal(prepared)
+        entries = journal.index() if prepared.mode == sinks.RESUME else None
+        published = None if entries is None else up_to_date(prepared, listing, journal, journal.plan(listing, entries))
+        if published is not None:
+            logger.info("%s is up to date (%d listed: nothing new, changed or removed since %s): nothing rewritten",
+                        storage.redact(config.output), listing.listed, published.run_id)
+            return unchanged(published, listing, timer)
         publication = sinks.Publication()
         with sinks.unpublished_if_interrupted(prepared.store, config.output, publication), ExitStack() as stack:
             spark = start_spark(stack, config, timer)
-            return run_pass(spark, Job(prepared, listing, journal, timer, run_id, publication))
+            return run_pass(spark, Job(prepared, listing, journal, timer, run_id, publication, entries=entries))
+
+
+def up_to_date(prepared: Prepared, listing: sources.ImageListing, journal: Journal, plan: Plan) -> RunManifest | None:
+    """The published manifest when the output already holds what a pass would publish, else None: nothing
+    to featurize or remove; the version made of exactly the journal's segment folders (no pass died after
+    featurizing since: its rows are in the journal, not yet in the outputs) with no photo due for a retry;
+    the same listing (unsafe paths included), input, PCA settings and CSV choice."""
+    config, store = prepared.config, prepared.store
+    if plan.pending.num_rows or plan.removed:
+        return None
+    state = journal.published()
+    if (state is None or state.transient or state.passes != journal.passes()
+            or not store.exists(storage.join(config.output, sinks.SUCCESS))):
+        return None
+    where = storage.join(config.output, sinks.MANIFEST)
+    manifest = RunManifest.loads(store.read_bytes(where), storage.redact(where))
+    same = (manifest.counts.listed == listing.listed and manifest.input == storage.redact(listing.root)
+            and manifest.pca.variance_target == config.pca.variance_target
+            and config.pca.k in (None, manifest.pca.k)
+            and store.exists(storage.join(config.output, sinks.CSV)) == config.csv)
+    return manifest if same else None
+
+
+def unchanged(published: RunManifest, listing: sources.ImageListing, timer: StageTimer) -> RunManifest:
+    """What `run --resume` reports for an up-to-date output: the published version (its run id, counts,
+    model, PCA) with this invocation's counts (nothing featurized or removed) and time; nothing is written."""
+    counts = replace(published.counts, featurized=0, reused=listing.count, removed=0)
+    return replace(published, counts=counts, timings_s=Timings({**timer.seconds, "featurize": 0.0}, timer.total()),
+                   throughput_img_s=None, featurize_img_s=0.0, cost=None, publication=UNCHANGED)
 
 
 def new_run_id() -> str:

@@ -79,10 +79,10 @@ def _one_pass(spark: SparkSession, prepared: pipeline.Prepared, journal: Journal
     began = timer.started
     entries = journal.index()
     plan = journal.plan(listing, entries)
-    published = prepared.store.exists(storage.join(prepared.config.output, sinks.SUCCESS))
-    if published and not plan.pending.num_rows and not plan.removed:
+    if pipeline.up_to_date(prepared, listing, journal, plan) is not None:
         return PassReport(number, None, listing.listed, round(time.perf_counter() - began, 3))
     frozen = None
+    published = prepared.store.exists(storage.join(prepared.config.output, sinks.SUCCESS))
     if fit.fitted_rows is not None and published and not schedule.refit_now(fit.passes_since + 1):
         frozen = pipeline.FrozenPca(_published_pca(prepared), fit.fitted_rows, schedule.refit_at(fit.fitted_rows))
     job = pipeline.Job(prepared, listing, journal, timer, pipeline.new_run_id(), sinks.Publication(), frozen, entries)
