@@ -451,14 +451,20 @@ def _feature_parts(output: Path) -> dict[str, int]:
     return {part.name: part.stat().st_mtime_ns for part in (output / "features").glob("*.parquet")}
 
 
+def _one_batch_per_task(source: Path, output: Path, resume: bool = False) -> RunConfig:
+    """`_config` with the default batch size: one segment per task on these inputs (few journal files)."""
+    return replace(_config(source, output, resume=resume), executor=ExecutorSettings())
+
+
 def test_a_pass_that_only_adds_appends_and_equals_a_rewrite(spark, photos: Path, tmp_path: Path) -> None:
     """Under a frozen PCA a pass that only adds photos (3 new, 1 undecodable) writes new parts next to the
     old ones and rewrites nothing else but the manifest, sample and report; its output equals a pass that
     rewrites everything with the same PCA (rows, projections, errors, counts, sample). A pass after one
-    that died once it had featurized, or after a deletion, rewrites and compacts."""
+    that died once it had featurized rewrites; it compacts the journal only when due (not then: few files,
+    nothing stale; then yes, once 8 of 61 photos went)."""
     source, appended, rewritten = tmp_path / "in", tmp_path / "appended", tmp_path / "rewritten"
     shutil.copytree(photos, source)
-    pipeline.run(_config(source, appended))
+    pipeline.run(_one_batch_per_task(source, appended))
     shutil.copytree(appended, rewritten)
     for published in rewritten.glob("_fruitpipe/journal-*/published.json"):
         published.unlink()  # no record of what the version is made of: that pass must rewrite
@@ -467,8 +473,8 @@ def test_a_pass_that_only_adds_appends_and_equals_a_rewrite(spark, photos: Path,
     for index, photo in enumerate(sorted((source / "Test" / folder.name).glob("*.jpg"))[:3]):
         shutil.copy(photo, folder / f"new-{index}.jpg")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    added = _frozen_pass(spark, _config(source, appended, resume=True), appended)
-    full = _frozen_pass(spark, _config(source, rewritten, resume=True), appended)
+    added = _frozen_pass(spark, _one_batch_per_task(source, appended, resume=True), appended)
+    full = _frozen_pass(spark, _one_batch_per_task(source, rewritten, resume=True), appended)
     assert (added.counts.featurized, added.counts.reused, added.counts.listed) == (4, 56, 60)
     assert added.counts == full.counts and added.class_counts == full.class_counts
     assert (added.pca.refitted, full.pca.refitted) == (False, False)
@@ -488,16 +494,28 @@ def test_a_pass_that_only_adds_appends_and_equals_a_rewrite(spark, photos: Path,
     success = json.loads((appended / "_SUCCESS").read_text())
     assert {name for name in success["files"] if name.startswith("features/")} == {f"features/{n}" for n in parts}
     journal = next((appended / "_fruitpipe").glob("journal-*"))
-    assert len(list((journal / "segments").iterdir())) == 2  # the first run's compaction and this pass's
+    assert len(list((journal / "segments").iterdir())) == 2  # the first run's segments and this pass's
 
     dead = journal / "segments" / "29991231T000000Z-dead"  # a pass that featurized, then died
     dead.mkdir()
     shutil.copy(next((journal / "segments" / added.run_id).glob("*.parquet")), dead / "p00000-a00-b00000.parquet")
     shutil.copy(sorted((source / "Test" / folder.name).glob("*.jpg"))[3], folder / "new-3.jpg")
-    after_death = _frozen_pass(spark, _config(source, appended, resume=True), appended)
+    after_death = _frozen_pass(spark, _one_batch_per_task(source, appended, resume=True), appended)
     assert not any(after_death.run_id in name for name in _feature_parts(appended))  # rewritten
-    assert [p.name for p in (journal / "segments").iterdir()] == [after_death.run_id + "-compact"]
+    assert after_death.publication == "rewritten"
     assert after_death.counts.listed == 61 and after_death.counts.featurized == 1
+    folders = sorted(p.name for p in (journal / "segments").iterdir())  # few files, nothing stale: not compacted
+    assert dead.name in folders and after_death.run_id in folders and len(folders) == 4
+    published = json.loads(next(journal.parent.glob("journal-*/published.json")).read_text())
+    assert sorted(published["passes"]) == folders  # the next pass may append to this version
+
+    for photo in sorted(folder.glob("*.jpg"))[:8]:  # 8 of 61 gone: the journal's stale share passes 10%
+        photo.unlink()
+    pruned = pipeline.run(_one_batch_per_task(source, appended, resume=True))
+    assert (pruned.publication, pruned.counts.removed, pruned.counts.listed) == ("rewritten", 8, 53)
+    assert [p.name for p in (journal / "segments").iterdir()] == [pruned.run_id + "-compact"]
+    assert journal_keys(appended) == {str(p.relative_to(source)) for p in source.rglob("*.jpg")}
+    assert "journal_compact" in pruned.timings_s.stages
 
 
 def test_watch_schedule_refits_on_growth_or_every_n_passes() -> None:

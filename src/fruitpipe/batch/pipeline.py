@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -263,11 +264,12 @@ class FrozenPca:
 def run_pass(spark: SparkSession, job: Job) -> RunManifest:
     """One pass, the Spark part, its jobs tagged with the run (a shared session's other jobs are not its cost);
     the report is written after the manifest and before _SUCCESS, which lists it; the journal is
-    compacted before and cleaned after it (a pass that appended keeps its segments as they are)."""
+    compacted before it when due (`_compaction_due`) and cleaned after it (a pass that appended or did not
+    compact keeps its segments as they are)."""
     tag = f"fruitpipe-run-{job.run_id}"
     config, store = job.config, job.store
     with sparkapi.tagged_jobs(spark, tag):
-        manifest, sample = _featurize_and_summarise(spark, job, tag)
+        manifest, sample, compacted = _featurize_and_summarise(spark, job, tag)
     sinks.write_json(store, storage.join(config.output, sinks.MANIFEST), manifest.to_json())
     sinks.write_json(store, storage.join(config.output, sinks.REPORT_SAMPLE), sample.to_json())
     began = time.perf_counter()
@@ -276,7 +278,7 @@ def run_pass(spark: SparkSession, job: Job) -> RunManifest:
     logger.info("report.html written in %.2f s", time.perf_counter() - began)
     faults.reached("driver-before-success")
     sinks.commit(store, config.output, manifest.counts.to_json())
-    job.journal.clean_up(job.run_id, compacted=manifest.publication == REWRITTEN,
+    job.journal.clean_up(job.run_id, compacted=compacted,
                          transient=job.journal.transient_count(job.run_id))
     return manifest
 
@@ -320,7 +322,9 @@ def _appendable(job: Job, plan: Plan, entries: Index) -> Published | None:
     return Published(manifest, ReportSample.loads(store.read_bytes(sample_uri), storage.redact(sample_uri)), frozen)
 
 
-def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[RunManifest, ReportSample]:
+def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[RunManifest, ReportSample, bool]:
+    """Featurize what the journal lacks, then publish from the journal's current rows: (manifest, report
+    sample, whether the journal was compacted)."""
     config, timer, listing = job.config, job.timer, job.listing
     meter = sparkapi.cpu_meter(spark)
     entries = job.journal.index() if job.entries is None else job.entries
@@ -335,7 +339,11 @@ def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[R
     same_bytes = this_pass.aliases
     if published is not None and job.journal.segment_files(job.journal.transient(job.run_id)):
         published = None  # a photo to retry next pass: this version must say so in errors/ and be rewritten then
-    featurized = _current_rows(spark, job, this_pass if published is not None else entries.merged(this_pass))
+    index = this_pass if published is not None else entries.merged(this_pass)
+    plan_rows = job.journal.current(job.listing, index)
+    partitions = _readback_partitions(spark, job, plan_rows.num_rows)
+    featurized = _current_rows(spark, job, plan_rows, partitions)
+    compacted = published is None and _compaction_due(index, plan_rows.num_rows, partitions)
     featurized = featurized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if published is None:
@@ -349,7 +357,7 @@ def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[R
             photos = featurized.where(F.col(ERROR_STAGE).isNull() & (F.col(VIEW) == 0))
             sample = (sampling.stratified_sample(photos, pca, per_class) if published is None
                       else sampling.extended_sample(published.sample, photos, pca, per_class))
-        if published is None:
+        if compacted:
             with timer.stage("journal_compact"):
                 _compact(featurized.where(~F.col(TRANSIENT_COL)), job)
     finally:  # also when a stage fails: a notebook's or a test's session keeps running
@@ -363,7 +371,7 @@ def _featurize_and_summarise(spark: SparkSession, job: Job, tag: str) -> tuple[R
     cores = manifest.spark.default_parallelism
     return replace(manifest, class_counts=per_class, publication=REWRITTEN if published is None else APPENDED,
                    cost=cost.estimate(cpu, counts.listed, manifest.timings_s.total, cores,
-                                      config.price_per_vcpu_hour)), sample
+                                      config.price_per_vcpu_hour)), sample, compacted
 
 
 PENDING_SCHEMA = StructType([*sources.SCHEMA.fields, StructField(KEY, StringType(), False),
@@ -397,12 +405,33 @@ def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | No
     logger.info("featurize pass: %s (a retried task reports only what its last attempt did)", outcomes)
 
 
-def _current_rows(spark: SparkSession, job: Job, entries: Index) -> DataFrame:
-    """Every listed image's rows from the journal (planned on the driver, read in executors), plus this
-    pass's passing read failures (reported, not remembered): the run's featurized rows."""
-    rows = job.journal.current(job.listing, entries)
+def _readback_partitions(spark: SparkSession, job: Job, rows: int) -> int:
+    """Partitions of the current rows read back from the journal (a compaction writes one segment each)."""
     cores = max(1, sparkapi.default_parallelism(spark))
-    partitions = sources.partition_count(max(1, rows.num_rows), cores, job.config.executor.rows_per_partition)
+    return sources.partition_count(max(1, rows), cores, job.config.executor.rows_per_partition)
+
+
+COMPACT_FILES_PER_PARTITION = 4  # a fresh run writes ~5 per partition (a small first chunk, then full batches)
+STALE_SHARE = 0.1  # journal pairs no listed image stands on (removed, replaced), past which a rewrite compacts
+
+
+def _compaction_due(index: Index, current_rows: int, partitions: int) -> bool:
+    """Compaction rewrites every row of the journal, so a rewriting pass does it only when it pays: more
+    than COMPACT_FILES_PER_PARTITION times the segment files it would write (reads of many small files),
+    MAX_SEGMENT_FOLDERS folders (appending stops there), or more than STALE_SHARE of the journal's pairs
+    standing for no listed image."""
+    folders = {uri.rsplit("/", 2)[-2] for uri in index.segments}
+    stale = len(index) - current_rows
+    due = (len(index.segments) > COMPACT_FILES_PER_PARTITION * partitions or len(folders) >= MAX_SEGMENT_FOLDERS
+           or stale > STALE_SHARE * max(1, current_rows))
+    logger.info("journal: %d segment files in %d folders, %d of %d entries stale, %d partitions: compaction %s",
+                len(index.segments), len(folders), stale, len(index), partitions, "due" if due else "not due")
+    return due
+
+
+def _current_rows(spark: SparkSession, job: Job, rows: pa.Table, partitions: int) -> DataFrame:
+    """Every listed image's rows from the journal (`rows`: `Journal.current`'s read plan, read in executors),
+    plus this pass's passing read failures (reported, not remembered): the run's featurized rows."""
     plan = sparkapi.parallelize(spark, rows, from_arrow_schema(PLAN_SCHEMA), partitions)
     schema = from_arrow_schema(CURRENT_SCHEMA)
     current = plan.mapInArrow(functools.partial(read_current, CurrentTask(job.store)), schema)
