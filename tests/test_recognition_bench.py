@@ -52,6 +52,13 @@ def test_recipes_differing_only_in_tta_share_a_model() -> None:
     assert recognition.Recipe("d", model="efficientnet-lite0+logits", augment=4).folder() != plain.folder()
     weaker = recognition.Recipe("e", augment=4, views=("--augment-strength", "0.5"))
     assert weaker.folder() != plain.folder() and weaker.run_args()[-2:] == ["--augment-strength", "0.5"]
+    ridge = recognition.Recipe("f", augment=4, classifier="lr-l2-0.1-standardised")  # shares the run, not the model
+    assert ridge.folder() == plain.folder() and ridge.model_name() != plain.model_name() == "model"
+    assert ridge.train_args() == ["--classifier", "lr-l2-0.1-standardised"] and plain.train_args() == []
+    from fruitpipe.recognise.train import CANDIDATES
+
+    named = {recipe.classifier for recipe in recognition.RECIPES} - {None}
+    assert named <= {candidate.name for candidate in CANDIDATES}  # train would refuse any other
 
 
 def test_table_marks_the_chosen_recipe_and_doc_block_is_replaced(tmp_path: Path) -> None:

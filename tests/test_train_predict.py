@@ -345,6 +345,8 @@ def test_train_cli_refuses_what_it_cannot_use(trained_bundle: Path, tmp_path: Pa
         (["--features", str(run), "--output", str(trained_bundle)], "already exists"),
         (["--features", str(run), "--output", str(run / "model"), "--overwrite"], "overlaps the run output"),
         (["--features", str(run), "--output", str(run), "--overwrite"], "overlaps the run output"),
+        (["--features", str(run), "--output", str(tmp_path / "m"), "--classifier", "svm"],
+         "unknown --classifier 'svm'; choose one of lr-l2-0.01-standardised"),
     ):
         result = fruitpipe("train", *args)
         lines = result.stderr.strip().splitlines()
@@ -377,7 +379,7 @@ def test_train_cli_on_a_small_run(spark, small_sample: Path, tmp_path: Path,
     run, model = tmp_path / "run", tmp_path / "model"
     pipeline.run(RunConfig(input=str(small_sample), output=str(run), pca=PcaSettings(k=8)))
     assert main(["train", "--features", str(run), "--output", str(model), "--master", "local[2]", "--tta", "2",
-                 "--outliers", "none"]) == 0
+                 "--outliers", "none", "--classifier", "lr-l2-0.1-standardised"]) == 0
     out = capsys.readouterr().out
     metrics = json.loads((model / "metrics.json").read_text())
     assert f"accuracy {metrics['accuracy']:.2%}" in out and f"{model}/bundle" in out
@@ -385,6 +387,10 @@ def test_train_cli_on_a_small_run(spark, small_sample: Path, tmp_path: Path,
     assert set(metrics["per_class"]) == {p.name for p in (small_sample / "Training").iterdir()}
     assert Bundle.load(model).describe()["k"] == 8
     assert json.loads((model / "bundle" / "bundle.json").read_text())["tta"] == Bundle.load(model).tta == 2
+    manifest = json.loads((model / "manifest.json").read_text())  # the named classifier, no choice made
+    assert manifest["classifier"]["name"] == manifest["selection"]["chosen"] == "lr-l2-0.1-standardised"
+    assert list(manifest["selection"]["candidates"]) == ["lr-l2-0.1-standardised"]
+    assert manifest["classifier"]["regParam"] == 0.1
 
 
 def test_train_reads_and_writes_s3(spark, s3_endpoint: str, trained_bundle: Path, tmp_path: Path) -> None:

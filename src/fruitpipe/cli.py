@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="photos of things that are not fruit, trained as a 'not a fruit' class so that such "
                             "photos come out unknown (outlier exposure); 'bundled': fruitpipe's own (tools, "
                             "energy installations, fishes), 'none': no such class (default: %(default)s)")
+    train.add_argument("--classifier", metavar="NAME",
+                       help="use this classifier configuration instead of choosing one on the validation part "
+                            "(lr-l2-0.01-standardised, lr-l2-0.001-standardised, lr-l2-0.1-standardised, "
+                            "lr-l2-0.01-raw)")
     train.add_argument("--tta", type=int, default=1, metavar="N",
                        help="test-time views per photo recorded in bundle.json for predict, serve and evaluate "
                             "(1..16; default: %(default)s, the photo alone)")
@@ -603,7 +607,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                        master=master, spark_conf=parse_spark_conf(args.conf),
                                        s3=_s3_options(args), remote=remote,
                                        target_precision=args.target_precision, tta=args.tta,
-                                       outliers=None if args.outliers == "none" else args.outliers), _progress(args))
+                                       outliers=None if args.outliers == "none" else args.outliers,
+                                       classifier=args.classifier), _progress(args))
     print(json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) if args.json
           else train_summary(manifest, args.output))
     return 0

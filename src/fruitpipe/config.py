@@ -227,6 +227,9 @@ class TrainConfig:
     # photos that are not fruit, trained as a "not a fruit" class (outlier exposure): a folder or s3:// prefix,
     # BUNDLED_OUTLIERS (fruitpipe's own, data/outliers) or None (none: no such class)
     outliers: str | None = BUNDLED_OUTLIERS
+    # one classifier configuration by name (recognise.train.CANDIDATES), e.g. chosen on shifted data by the
+    # recognition benchmark; None: the one that does best on the validation part
+    classifier: str | None = None
 
     def __post_init__(self) -> None:
         check_remote(self.remote)

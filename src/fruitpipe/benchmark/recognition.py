@@ -68,14 +68,22 @@ class Recipe:
     pca: tuple[str, ...] = ()  # extra `fruitpipe run` PCA flags, e.g. ("--variance", "0.99")
     tta: int = 1  # views averaged per photo at prediction time (evaluate/predict/serve --tta)
     views: tuple[str, ...] = ()  # extra `fruitpipe run` view flags, e.g. ("--augment-strength", "0.5")
+    classifier: str | None = None  # `fruitpipe train --classifier` (None: train chooses on its validation part)
 
     def run_args(self) -> list[str]:
         return ["--model", self.model, *(["--augment", str(self.augment)] if self.augment else []), *self.pca,
                 *self.views]
 
     def folder(self) -> str:
-        """Where its models live: recipes that differ only in TTA share the trained model."""
+        """Where its run and models live: recipes that differ only in TTA share the trained model, recipes that
+        differ only in the classifier share the run (`model_name`)."""
         return "_".join([self.model, f"aug{self.augment}", *self.pca, *self.views]).replace("+", "-").replace(",", "-")
+
+    def model_name(self) -> str:
+        return "model" if self.classifier is None else f"model-{self.classifier}"
+
+    def train_args(self) -> list[str]:
+        return [] if self.classifier is None else ["--classifier", self.classifier]
 
     def tta_args(self) -> list[str]:
         return ["--tta", str(self.tta)]
@@ -201,13 +209,15 @@ class Yardsticks:
 
 def make_model(recipe: Recipe, sample: Path, folder: Path) -> tuple[Path, float]:
     """`fruitpipe run` + `fruitpipe train` for one recipe; (model dir, seconds). A finished model in
-    `folder` (from an interrupted measurement of the same recipe) is reused: seconds then 0."""
+    `folder` (from an interrupted measurement of the same recipe) is reused: seconds then 0; so is a finished
+    run (`_SUCCESS`: the same run flags, as the folder says), for recipes that differ in the classifier only."""
     started = time.perf_counter()
-    run_output, model_dir = folder / "run", folder / "model"
+    run_output, model_dir = folder / "run", folder / recipe.model_name()
     if (model_dir / "_SUCCESS").is_file():
         return model_dir, 0.0
-    cli("run", "--input", str(sample), "--output", str(run_output), "--overwrite", *recipe.run_args())
-    cli("train", "--features", str(run_output), "--output", str(model_dir), "--overwrite")
+    if not (run_output / "_SUCCESS").is_file():
+        cli("run", "--input", str(sample), "--output", str(run_output), "--overwrite", *recipe.run_args())
+    cli("train", "--features", str(run_output), "--output", str(model_dir), "--overwrite", *recipe.train_args())
     return model_dir, time.perf_counter() - started
 
 

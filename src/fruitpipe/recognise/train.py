@@ -129,6 +129,7 @@ def train(config: TrainConfig, progress: Reporter | None = None) -> TrainManifes
     the stages while they run (default: nothing shown)."""
     timer = StageTimer(progress)
     store = Store(config.s3)
+    candidates_for(config.classifier)  # an unknown name: refused before anything starts
     _refuse_overlap(config.features, config.output)
     source = read_source(store, config.features)
     spec = _model_spec(source.manifest)
@@ -215,8 +216,9 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
             counts = TrainCounts(training=_photos(training, fruit), validation=_photos(validation, fruit),
                                  test=test.count())
         with timer.stage("select"):  # no validation images (one per class): nothing to compare, the default stands
-            chosen, fitted, scores = (_choose(fit_part, validation, fruit + int(extra is not None))
-                                      if counts.validation else (CANDIDATES[0], None, {}))
+            candidates = candidates_for(config.classifier)
+            chosen, fitted, scores = (_choose(fit_part, validation, fruit + int(extra is not None), candidates)
+                                      if counts.validation else (candidates[0], None, {}))
         with timer.stage("calibrate"):  # no validation images: no temperature (T = 1), no threshold, no gate
             calibrated = (calibrate(fitted, validation, config.target_precision, outlier_index)
                           if fitted is not None else None)
@@ -246,7 +248,8 @@ def _train_in_session(spark: SparkSession, store: Store, config: TrainConfig, so
         classifier=replace(chosen.describe(), spark_model=CLASSIFIER,
                            load_with="fruitpipe.ml.load_logistic_regression", features_col=VECTOR,
                            note=note + (f"; index {fruit} is 'not a fruit' (outlier photos)" if extra else "")),
-        selection=Selection(metric="validation accuracy, then macro-F1, then log-loss",
+        selection=Selection(metric=(f"given (--classifier {config.classifier})" if config.classifier
+                                    else "validation accuracy, then macro-F1, then log-loss"),
                             validation_fraction=config.validation_fraction,
                             seed=config.seed, candidates=scores, chosen=chosen.name),
         classes=tuple(classes),
@@ -362,13 +365,24 @@ def validation_split(training: DataFrame, fraction: float, seed: int) -> tuple[D
     return ranked.where(~F.col("__held")).drop("__held"), validation.drop("__held")
 
 
-def _choose(fit_part: DataFrame, validation: DataFrame,
-            n_classes: int) -> tuple[Candidate, LogisticRegressionModel, dict[str, Scores]]:
-    """The best candidate on validation, its model fitted on the fit part (calibration's input), all scores."""
+def candidates_for(name: str | None) -> tuple[Candidate, ...]:
+    """Every candidate (None), or the one called `name`; ValueError naming the valid ones otherwise."""
+    if name is None:
+        return CANDIDATES
+    named = tuple(candidate for candidate in CANDIDATES if candidate.name == name)
+    if not named:
+        raise ValueError(f"unknown --classifier {name!r}; choose one of {', '.join(c.name for c in CANDIDATES)}")
+    return named
+
+
+def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int, candidates: tuple[Candidate, ...]
+            ) -> tuple[Candidate, LogisticRegressionModel, dict[str, Scores]]:
+    """The best of `candidates` on validation, its model fitted on the fit part (calibration's input), all
+    scores."""
     scores: dict[str, Scores] = {}
     best: tuple[float, float, float] | None = None
-    chosen, chosen_model = CANDIDATES[0], None
-    for candidate in CANDIDATES:
+    chosen, chosen_model = candidates[0], None
+    for candidate in candidates:
         model = candidate.estimator().fit(fit_part)
         metrics = metrics_from_confusion(confusion_matrix(model, validation, n_classes))
         loss = log_loss(model, validation)
