@@ -115,6 +115,16 @@ RECIPES = (
     Recipe("augment-4, strength 1.5, + sketch, scale, cutout", augment=4,
            views=("--augment-strength", "1.5", "--augment-families",
                   ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout")))),
+    # stage 2 (2026-12-07): around the recipe the rule chose among the rows above (selection data only), the
+    # table's other dimensions: the classifier (`train --classifier`, instead of train's in-domain choice) and
+    # more views; the rule then chooses among every row
+    *(Recipe(f"augment-4, strength 1.5, + sketch, scale, cutout, {name}", augment=4, classifier=name,
+             views=("--augment-strength", "1.5", "--augment-families",
+                    ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout"))))
+      for name in ("lr-l2-0.01-standardised", "lr-l2-0.001-standardised", "lr-l2-0.1-standardised")),
+    Recipe("augment-8, strength 1.5, + sketch, scale, cutout", augment=8,
+           views=("--augment-strength", "1.5", "--augment-families",
+                  ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout")))),
 )
 
 
