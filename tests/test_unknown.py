@@ -66,9 +66,12 @@ def test_train_records_the_calibration_it_fitted_on_validation(trained_bundle: P
     labels = test_rows["label"].map(bundle.classes.index).to_numpy()
     assert scored.novelty is not None and bundle.novelty_threshold is not None
     novel = scored.novelty > bundle.novelty_threshold  # the novelty gate also makes a photo unknown
-    answered = (probabilities.max(axis=1) >= bundle.threshold) & ~novel
+    assert scored.outlier is not None  # trained with the bundled outlier photos
+    not_fruit = scored.outlier >= probabilities.max(axis=1)  # and so does "not a fruit" winning
+    answered = (probabilities.max(axis=1) >= bundle.threshold) & ~novel & ~not_fruit
     assert reported["coverage"] == pytest.approx(answered.mean(), abs=1e-12)
     assert reported["unknown"] == int((~answered).sum()) and reported["unlike_training"] == int(novel.sum())
+    assert reported["not_fruit"] == int(not_fruit.sum())
     assert reported["ece"] == pytest.approx(calibration.expected_calibration_error(probabilities, labels), abs=1e-6)
     right = probabilities.argmax(axis=1) == labels
     assert reported["accuracy_answered"] == pytest.approx(right[answered].mean(), abs=1e-12)
