@@ -89,6 +89,14 @@ class Recipe:
         return ["--tta", str(self.tta)]
 
 
+OPT_IN = ("sketch", "scale_jitter", "cutout")
+
+
+def _strong_views(*opt_in: str) -> tuple[str, ...]:
+    """`run` view flags: strength 1.5, the default families plus the named opt-in ones."""
+    return ("--augment-strength", "1.5", "--augment-families", ",".join((*shifts.DEFAULT_VIEWS, *opt_in)))
+
+
 RECIPES = (
     Recipe("baseline"),  # today's recogniser: no views
     Recipe("augment-2", augment=2),
@@ -110,21 +118,15 @@ RECIPES = (
     Recipe("lite2 + raw 1280-d", model="efficientnet-lite2", augment=4, pca=("--k", "1280")),
     # added after the 2026-12-07 table (line art, small fruit and occlusion were the weak suite families): the
     # opt-in training-side families on top of that table's choice; the rule alone decides whether they are used
-    Recipe("augment-4, strength 1.5, + sketch", augment=4,
-           views=("--augment-strength", "1.5", "--augment-families", ",".join((*shifts.DEFAULT_VIEWS, "sketch")))),
-    Recipe("augment-4, strength 1.5, + sketch, scale, cutout", augment=4,
-           views=("--augment-strength", "1.5", "--augment-families",
-                  ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout")))),
+    Recipe("augment-4, strength 1.5, + sketch", augment=4, views=_strong_views("sketch")),
+    Recipe("augment-4, strength 1.5, + sketch, scale, cutout", augment=4, views=_strong_views(*OPT_IN)),
     # stage 2 (2026-12-07): around the recipe the rule chose among the rows above (selection data only), the
     # table's other dimensions: the classifier (`train --classifier`, instead of train's in-domain choice) and
     # more views; the rule then chooses among every row
     *(Recipe(f"augment-4, strength 1.5, + sketch, scale, cutout, {name}", augment=4, classifier=name,
-             views=("--augment-strength", "1.5", "--augment-families",
-                    ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout"))))
+             views=_strong_views(*OPT_IN))
       for name in ("lr-l2-0.01-standardised", "lr-l2-0.001-standardised", "lr-l2-0.1-standardised")),
-    Recipe("augment-8, strength 1.5, + sketch, scale, cutout", augment=8,
-           views=("--augment-strength", "1.5", "--augment-families",
-                  ",".join((*shifts.DEFAULT_VIEWS, "sketch", "scale_jitter", "cutout")))),
+    Recipe("augment-8, strength 1.5, + sketch, scale, cutout", augment=8, views=_strong_views(*OPT_IN)),
 )
 
 
