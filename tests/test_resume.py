@@ -540,3 +540,15 @@ def test_watch_flags_are_checked_in_one_line(capsys: pytest.CaptureFixture[str],
         cli.main(["watch", "--output", "/nonexistent/out", *flags])
     lines = capsys.readouterr().err.strip().splitlines()
     assert stopped.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_rows_are_read_back_in_tasks_sized_by_their_bytes_not_by_the_cnn() -> None:
+    """10k photos of 1280-d features on 2 cores: 4 read-back tasks (the floor of 2 per core), not the 40
+    the CNN's 256 images per task would give; 2280-d (+logits) rows make smaller tasks; the CNN's setting
+    stays the floor."""
+    lite0 = pipeline.readback_rows_per_partition(1280, ExecutorSettings().rows_per_partition)
+    assert lite0 * 1280 * 4 <= pipeline.READBACK_BYTES_PER_PARTITION < (lite0 + 1) * 1280 * 4
+    assert pipeline.sources.partition_count(10_000, 2, lite0) == 4
+    assert pipeline.sources.partition_count(90_000, 2, lite0) == 14
+    assert pipeline.readback_rows_per_partition(2280, 256) < lite0
+    assert pipeline.readback_rows_per_partition(1280, 10_000) == 10_000
