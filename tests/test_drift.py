@@ -155,6 +155,23 @@ def _derive(combined: Path, target: Path, variants: dict[str, str], spark, fit_p
     return derive_run(combined, target, pa.concat_tables(parts), spark, fit_pca)
 
 
+def _with_views(photos: list[Path]) -> None:
+    """Each non-fruit photo also mirrored and cropped to its left and right 70%: an unseen class of 68
+    rows, 32% of the current side. The 17 photos alone (10.6% of it) put the reconstruction share (0.087)
+    on the reference halves' 99th percentile (0.081), so the verdict flipped between runs (drift / warning);
+    docs/drift.md measures the small shares apart."""
+    from PIL import Image, ImageOps
+
+    for photo in photos:
+        with Image.open(photo) as image:
+            rgb = image.convert("RGB")
+        width, height = rgb.size
+        views = {"mirror": ImageOps.mirror(rgb), "left": rgb.crop((0, 0, int(width * 0.7), height)),
+                 "right": rgb.crop((int(width * 0.3), 0, width, height))}
+        for name, view in views.items():
+            view.save(photo.with_name(f"{photo.stem}-{name}.jpg"), quality=95)
+
+
 @pytest.fixture(scope="module")
 def runs(spark, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fruitpipe.batch import pipeline
@@ -169,7 +186,7 @@ def runs(spark, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     _subset(sample_dir / "Test", images / "test", TEST_PER_CLASS)
     for name in PHOTO_SHIFTS:
         write_variant(images / "test", images / name, name)
-    non_fruit_photos(images / "unseen" / "Not a fruit")
+    _with_views(non_fruit_photos(images / "unseen" / "Not a fruit"))
     (images / "unseen" / "Not a fruit" / "LICENSES.json").unlink()
     for seed in (1, 2):
         sampledata.synthesize(root / f"seed{seed}", 10, seed=seed)
