@@ -166,3 +166,12 @@ def test_fanned_listing_equals_the_sequential_one_and_lists_each_class_on_its_ow
                                     for label in ("Apple Red", "Kiwi", "Lemon"))
     walked = sorted(relative for _, relative, _ in store._walk("s3://fanned/photos"))
     assert walked == sorted(key[len("photos/"):] for key in keys if key.startswith("photos/") and not key.endswith("/"))
+    one_ahead = {row for table in store.object_tables(location, threads=1)  # one folder listed ahead at most
+                 for row in zip(*(table.column(name).to_pylist() for name in ("key", "size", "etag")), strict=True)}
+    assert one_ahead == sequential
+    # Training/loose.jpg is met before the class folders (not in key order): the table is sorted all the same;
+    # one class folder alone comes in key order
+    for prefix in ("photos", "photos/Training/Kiwi"):
+        relatives = store.list_table(f"s3://fanned/{prefix}", (".jpg",)).column("relative").to_pylist()
+        assert relatives == sorted(key[len(prefix) + 1:] for key in keys
+                                   if key.startswith(prefix + "/") and key.endswith(".jpg"))

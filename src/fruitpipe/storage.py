@@ -21,8 +21,9 @@ import shutil
 import threading
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -111,11 +112,19 @@ def unsafe_reason(relative: str) -> str | None:
         return "absolute path or empty path segment ('//')"
     if any(part in (".", "..") for part in parts):
         return "'.' or '..' path segment"
-    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in relative):
-        return "control or invisible formatting character in the path"
-    if any(len(part.encode("utf-8")) > MAX_SEGMENT_BYTES for part in parts):
+    if not relative.isprintable() and any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") for char in relative):
+        return "control or invisible formatting character in the path"  # isprintable(): none of these (C speed)
+    if (len(relative) * 4 > MAX_SEGMENT_BYTES  # 4 bytes a character at most: short paths need no encoding
+            and any(len(part.encode("utf-8")) > MAX_SEGMENT_BYTES for part in parts)):
         return f"a path segment longer than {MAX_SEGMENT_BYTES} bytes"
     return None
+
+
+def _hidden(relative: str) -> bool:
+    """A segment starting with '.' (not '.' or '..' themselves: `unsafe_reason` refuses those)."""
+    if not relative.startswith(".") and "/." not in relative:
+        return False  # the usual path, decided at C speed
+    return any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))
 
 
 def redact(uri: str) -> str:
@@ -254,7 +263,9 @@ class Store:
         never one Python object per key beyond a chunk and the pages in flight. When there is more than
         one page, the folders `depth` levels down (Training/ and Test/, then their class folders) are found
         with delimiter listings and paginated concurrently: one sequential chain of 1,000-key pages becomes
-        one per folder. Order is not the key order (callers sort)."""
+        one per folder. Folders are taken in order and at most `threads` of them are listed ahead of the
+        caller, so a slow caller does not keep every folder's objects waiting in memory. Objects met above
+        the folders come first, so the order is not always the key order (callers sort)."""
         first = self.with_retries(lambda: self.client().list_objects_v2(Bucket=location.bucket,
                                                                        Prefix=location.prefix),
                                   f"listing {location.uri}")
@@ -266,9 +277,16 @@ class Store:
         if not folders:
             return
         with ThreadPoolExecutor(max_workers=min(threads, len(folders))) as pool:
-            for tables in pool.map(lambda folder: list(_object_chunks(self.list_objects(
-                    S3Location(location.bucket, folder)))), folders):
-                yield from tables
+            ahead: deque[Future[list[pa.Table]]] = deque()  # folders listed, not yet taken: `threads` at most
+            for folder in folders:
+                ahead.append(pool.submit(self._folder_tables, S3Location(location.bucket, folder)))
+                if len(ahead) > threads:
+                    yield from ahead.popleft().result()
+            while ahead:
+                yield from ahead.popleft().result()
+
+    def _folder_tables(self, location: S3Location) -> list[pa.Table]:
+        return list(_object_chunks(self.list_objects(location)))
 
     def _folders(self, prefix: str, location: S3Location, depth: int,
                  threads: int) -> tuple[list[str], list[dict[str, Any]]]:
@@ -321,12 +339,14 @@ class Store:
         chunks = []
         for chunk in self._walk_chunks(uri):
             kept = [(full, unicodedata.normalize("NFC", relative), version) for full, relative, version in chunk
-                    if relative.lower().endswith(wanted)
-                    and not any(part.startswith(".") and part not in (".", "..") for part in relative.split("/"))]
+                    if relative.lower().endswith(wanted) and not _hidden(relative)]
             chunks.append(pa.table([pa.array(column, pa.string()) for column in zip(*kept, strict=True)]
                                    if kept else [pa.array([], pa.string())] * 3, names=list(LISTED_COLUMNS)))
         table = pa.concat_tables(chunks) if chunks else _empty_listing()
-        del chunks  # the concatenation shares their buffers; only the sorted copy below stays
+        del chunks  # the concatenation shares their buffers; only a sorted copy below would not
+        relative = table.column("relative")
+        if len(relative) < 2 or pc.all(pc.less_equal(relative[:-1], relative[1:])).as_py():
+            return table  # S3 lists folders in key order: usually sorted already, no copy of a million rows
         return table.take(pc.sort_indices(table, [("relative", "ascending")]))
 
     def _walk_chunks(self, uri: str) -> Iterator[list[tuple[str, str, str]]]:
