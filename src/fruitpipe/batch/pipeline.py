@@ -412,7 +412,7 @@ def readback_rows_per_partition(feature_dim: int, rows_per_partition: int) -> in
     """Rows per task when the current rows are read back from the journal (each task becomes one features/
     part, and one segment when compacted): sized by the features' bytes, not by the CNN's images per task
     (`rows_per_partition`, its floor). A row read back costs microseconds, a task tenths of a second
-    (measured, 10k rows on 2 cores: 40 tasks took 6.0 s to read back and count, 4 tasks 2.5 s), and parts
+    (measured, 10k rows on 2 cores: 40 tasks took 5.9-6.1 s to read back and count, 4 tasks 2.5-3.3 s), and parts
     of a few MB make slow readers downstream."""
     return max(rows_per_partition, READBACK_BYTES_PER_PARTITION // (4 * feature_dim))  # float32 features
 
