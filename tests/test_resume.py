@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fruitpipe import cli
-from fruitpipe.batch import lock, pipeline, sinks, watch
+from fruitpipe.batch import lock, pipeline, sinks, sources, watch
 from fruitpipe.batch.manifest import RunManifest
 from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, S3Options, WatchSchedule
 from fruitpipe.ml import CentredPCAModel
@@ -548,7 +548,7 @@ def test_rows_are_read_back_in_tasks_sized_by_their_bytes_not_by_the_cnn() -> No
     stays the floor."""
     lite0 = pipeline.readback_rows_per_partition(1280, ExecutorSettings().rows_per_partition)
     assert lite0 * 1280 * 4 <= pipeline.READBACK_BYTES_PER_PARTITION < (lite0 + 1) * 1280 * 4
-    assert pipeline.sources.partition_count(10_000, 2, lite0) == 4
-    assert pipeline.sources.partition_count(90_000, 2, lite0) == 14
+    assert sources.partition_count(10_000, 2, lite0) == 4
+    assert sources.partition_count(90_000, 2, lite0) == 14
     assert pipeline.readback_rows_per_partition(2280, 256) < lite0
     assert pipeline.readback_rows_per_partition(1280, 10_000) == 10_000

@@ -286,6 +286,7 @@ class Store:
                 yield from ahead.popleft().result()
 
     def _folder_tables(self, location: S3Location) -> list[pa.Table]:
+        """One folder's objects, paginated, as (key, size, etag) tables (a listing thread's work)."""
         return list(_object_chunks(self.list_objects(location)))
 
     def _folders(self, prefix: str, location: S3Location, depth: int,
