@@ -45,6 +45,18 @@ def test_a_dump_whose_jvm_has_exited_becomes_the_archive(folder: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [archive.name]
 
 
+def test_a_second_finished_dump_is_removed_and_the_archive_kept(folder: Path) -> None:
+    """Two first runs at once each dump: the one adopted later must not stay behind (~170 MB)."""
+    folder.mkdir()
+    archive = folder / "spark-x-java17-abc.jsa"
+    archive.write_bytes(b"archive")
+    dump = folder / "spark-x-java17-abc.456.dump"
+    dump.write_bytes(b"other")
+    Path(f"{dump}.jvm").write_text(str(dead_pid()), encoding="utf-8")
+    assert session.class_data_sharing({})[0] == f"-XX:SharedArchiveFile={archive}"
+    assert archive.read_bytes() == b"archive" and sorted(p.name for p in folder.iterdir()) == [archive.name]
+
+
 def test_a_dump_still_being_written_is_left_alone(folder: Path) -> None:
     folder.mkdir()
     dump = folder / "spark-x-java17-abc.123.dump"
@@ -64,23 +76,61 @@ def test_no_archive_when_switched_off(folder: Path, monkeypatch: pytest.MonkeyPa
     assert session.class_data_sharing({}) == []
 
 
+def test_the_key_changes_with_a_jar_s_mtime(tmp_path: Path) -> None:
+    """The JVM refuses an archive made from a jar with another mtime (a reinstalled pyspark), so such a jar
+    must name another archive."""
+    jar = tmp_path / "spark-core.jar"
+    jar.write_bytes(b"jar")
+    os.utime(jar, ns=(1_000_000_000, 1_000_000_000))
+    before = session._cds_key(tmp_path)
+    assert session._cds_key(tmp_path) == before
+    os.utime(jar, ns=(2_000_000_000, 2_000_000_000))
+    assert session._cds_key(tmp_path) != before
+
+
+def test_only_the_most_recently_used_archives_are_kept(folder: Path) -> None:
+    folder.mkdir()
+    for age, name in enumerate(["c", "b", "a"]):  # a: used longest ago
+        (folder / f"{name}.jsa").write_bytes(b"x")
+        os.utime(folder / f"{name}.jsa", (1_000_000 - age, 1_000_000 - age))
+    current = folder / "spark-x-java17-abc.jsa"
+    current.write_bytes(b"archive")
+    assert session.class_data_sharing({})[0] == f"-XX:SharedArchiveFile={current}"
+    assert sorted(p.name for p in folder.iterdir()) == ["c.jsa", current.name]
+
+
+def _spark_classes_from_the_archive(logs: Path) -> int:
+    """Spark classes the driver JVM took from the class-data-sharing archive, from -Xlog:class+load files."""
+    return sum(1 for log in logs.glob("classes-*.log") for line in log.read_text(errors="replace").splitlines()
+               if " org.apache.spark." in line and "source: shared objects file" in line)
+
+
 def test_a_real_spark_start_records_then_maps_the_archive(tmp_path: Path) -> None:
-    """Two throwaway Spark starts in child processes with their own cache: the first dumps, the second maps."""
+    """Two throwaway Spark starts in child processes with their own cache: the first dumps, the second maps,
+    seen in the JVM's own class-loading log (the options alone do not say the JVM accepted the archive)."""
     env = {**os.environ, "FRUITPIPE_CACHE": str(tmp_path)}
     code = ("from fruitpipe.batch.session import spark_session\n"
             "with spark_session('local[1]') as spark:\n"
             "    print(spark.sparkContext.getConf().get('spark.driver.extraJavaOptions'))\n")
-    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
+
+    def start(logs: Path) -> subprocess.CompletedProcess[str]:
+        logs.mkdir()
+        options = f"-Xlog:class+load=info:file={logs}/classes-%p.log"
+        done = subprocess.run([sys.executable, "-c", code], env={**env, "JDK_JAVA_OPTIONS": options},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    first = start(tmp_path / "first")
     assert "-XX:ArchiveClassesAtExit=" in first.stdout
+    assert _spark_classes_from_the_archive(tmp_path / "first") == 0
     deadline = time.time() + 120
     while not list((tmp_path / "jvm").glob("*.dump")) or any(
             session._alive(int(p.read_text())) for p in (tmp_path / "jvm").glob("*.jvm")):
         assert time.time() < deadline, "the JVM never wrote its archive"
         time.sleep(0.5)
-    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-2000:]
+    second = start(tmp_path / "second")
     assert "-XX:SharedArchiveFile=" in second.stdout
     archives = list((tmp_path / "jvm").glob("*.jsa"))
     assert len(archives) == 1 and archives[0].stat().st_size > 10_000_000
-    assert "[warning][cds]" not in second.stdout + second.stderr
+    assert _spark_classes_from_the_archive(tmp_path / "second") > 1000

@@ -46,19 +46,31 @@ JAVA_HINT = ("Java 17 or newer is required: install it (Debian/Ubuntu: apt-get i
 
 def java_version() -> int:
     """Major version of the java Spark will launch; ValueError when there is none."""
+    text = _java_version_text()
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
+    if not match:
+        raise ValueError(f"cannot read the version of {_java()}. {JAVA_HINT}")
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def _java() -> str:
     home = os.environ.get("JAVA_HOME")
     java = os.path.join(home, "bin", "java") if home else shutil.which("java")
     if not java or not os.path.exists(java):
         raise ValueError(f"no Java found. {JAVA_HINT}")
+    return java
+
+
+def _java_version_text() -> str:
+    """What `java -version` prints: the version and the build (a JDK update changes the build), without the
+    "Picked up JDK_JAVA_OPTIONS: ..." notes of the environment's options."""
+    java = _java()
     try:
         result = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
     except OSError as exc:
         raise ValueError(f"cannot run {java}: {exc}. {JAVA_HINT}") from exc
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
-    if not match:
-        raise ValueError(f"cannot read the version of {java}. {JAVA_HINT}")
-    major = int(match.group(1))
-    return int(match.group(2)) if major == 1 and match.group(2) else major
+    return "\n".join(line for line in (result.stderr + result.stdout).splitlines() if "Picked up " not in line)
 
 
 def check_java() -> None:
@@ -186,9 +198,9 @@ def class_data_sharing(conf: dict[str, str]) -> list[str]:
         logger.debug("no class-data-sharing archive: %s", exc)
         return []
     archive = folder / f"{key}.jsa"
-    if not archive.is_file():
-        _adopt_finished_dump(folder, key, archive)
+    _adopt_finished_dump(folder, key, archive)
     if archive.is_file():
+        _mark_used(archive)
         return [f"-XX:SharedArchiveFile={archive}", *CDS_QUIET]
     return [f"-XX:ArchiveClassesAtExit={folder / f'{key}.{os.getpid()}.dump'}", *CDS_QUIET]
 
@@ -204,20 +216,40 @@ def _cds_folder() -> Path:
     return cache_dir().parent / "jvm"
 
 
-def _cds_key() -> str:
+def _cds_key(jars: Path | None = None) -> str:
+    """Names the archive after what the JVM checks before it maps one: the JDK build and each jar of the
+    classpath with its size and modification time (a reinstalled pyspark has new mtimes, and the JVM
+    silently refuses an archive made from the old files: every start would load every class again)."""
     import hashlib
 
     import pyspark
 
-    jars = Path(pyspark.__file__).parent / "jars"
-    listing = "\n".join(sorted(f"{p.name}:{p.stat().st_size}" for p in jars.glob("*.jar")))
-    digest = hashlib.sha256(listing.encode()).hexdigest()[:12]
+    jars = jars or Path(pyspark.__file__).parent / "jars"
+    listing = "\n".join(sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in jars.glob("*.jar")))
+    digest = hashlib.sha256(f"{_java_version_text()}\n{listing}".encode()).hexdigest()[:12]
     return f"spark-{pyspark.__version__}-java{java_version()}-{digest}"
+
+
+ARCHIVES_KEPT = 2  # the most recently used archives (~170 MB each); older ones are made for jars long gone
+
+
+def _mark_used(archive: Path) -> None:
+    """The archive's mtime says when a run last mapped it; archives past the ARCHIVES_KEPT most recently
+    used are removed (each reinstall of pyspark or the JDK leaves one behind)."""
+    try:
+        os.utime(archive)
+        archives = sorted(archive.parent.glob("*.jsa"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for stale in archives[ARCHIVES_KEPT:]:
+            stale.unlink(missing_ok=True)
+            logger.info("removed the unused class-data-sharing archive %s", stale)
+    except OSError as exc:  # an optimisation only: a read-only cache keeps what it has
+        logger.debug("class-data-sharing archives left as they are: %s", exc)
 
 
 def _adopt_finished_dump(folder: Path, key: str, archive: Path) -> None:
     """A dump becomes the archive once the JVM that wrote it has exited (it writes the dump at exit, after
-    the Python process is gone: its pid is in the `.jvm` file next to the dump)."""
+    the Python process is gone: its pid is in the `.jvm` file next to the dump); other finished dumps (two
+    first runs at once each write one) are removed."""
     for marker in sorted(folder.glob(f"{key}.*.dump.jvm")):
         dump = marker.with_suffix("")
         pid = marker.read_text(encoding="utf-8").strip()
