@@ -518,6 +518,92 @@ def test_a_pass_that_only_adds_appends_and_equals_a_rewrite(spark, photos: Path,
     assert "journal_compact" in pruned.timings_s.stages
 
 
+WARM_WATCH = """
+import json, sys
+from pathlib import Path
+from fruitpipe.batch import watch
+from fruitpipe.benchmark.incremental import add_new_images
+from fruitpipe.config import ExecutorSettings, PcaSettings, RunConfig, WatchSchedule
+source, output = Path(sys.argv[1]), Path(sys.argv[2])
+def on_pass(report):
+    counts = report.manifest.counts if report.manifest else None
+    print(json.dumps({"pass": report.number, "featurized": counts.featurized if counts else 0}), flush=True)
+    if report.number == 1:
+        add_new_images(source, 3)  # new bytes: each costs a model call in pass 2
+config = RunConfig(input=str(source), output=str(output), pca=PcaSettings(k=3), master="local[2]",
+                   executor=ExecutorSettings(batch_size=8))
+watch.watch(config, WatchSchedule(interval_s=3, keep_warm_s=0.5, max_passes=2), on_pass,
+            on_warm=lambda job: print(json.dumps({"warm": job.workers}), flush=True))
+"""
+
+
+def test_watch_keeps_the_python_workers_and_their_model_between_passes(sample_dir: Path, tmp_path: Path) -> None:
+    """A watch in its own local[2] session: while it waits, keep-warm jobs run every 0.5 s on the same two
+    Python workers, which hold the model; the next pass featurizes in those workers (Spark would end
+    workers idle for a minute: `bench/incremental.json` measures that at `--interval 90`)."""
+    source = copy_subset(sample_dir, tmp_path / "in", 2, {"Training": 6, "Test": 2})
+    batches = tmp_path / "batches.jsonl"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "FRUITPIPE_BATCH_LOG": str(batches)}
+    done = subprocess.run([sys.executable, "-c", WARM_WATCH, str(source), str(tmp_path / "out")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    passes = [line["featurized"] for line in lines if "pass" in line]
+    warm = [line["warm"] for line in lines if "warm" in line]
+    assert passes == [16, 3], lines
+    assert len(warm) >= 2, lines  # a 3 s wait, a job every 0.5 s of idleness
+    pids = {pid for job in warm for pid, _ in job}
+    assert len(pids) == 2 and all(len(job) == 2 for job in warm), warm  # the same two workers, never replaced
+    assert all(had for _, had in warm[-1]), warm  # they hold the model
+    pass_two = [json.loads(line)["pid"] for line in batches.read_text().splitlines()][-1]
+    assert pass_two in pids
+
+
+class _CountingFeaturizer:
+    """Stands in for ImageFeaturizer.warm: records when it was called."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def warm(self, spark, tasks: int) -> list[tuple[int, bool]]:
+        self.calls.append(time.monotonic())
+        return [(1, True)] * tasks
+
+
+def _keep_warm(every_s: float, monkeypatch: pytest.MonkeyPatch) -> tuple[watch._KeepWarm, _CountingFeaturizer]:
+    monkeypatch.setattr(watch.sparkapi, "default_parallelism", lambda spark: 2)
+    featurizer = _CountingFeaturizer()
+    return watch._KeepWarm(None, featurizer, every_s, lambda job: None), featurizer  # type: ignore[arg-type]
+
+
+def test_keep_warm_runs_when_workers_are_idle_and_never_when_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cold workers are warmed at once, then after every `every_s` of idleness; a pass that used them
+    restarts the count; 0 never runs a job; a stop request ends the wait at once."""
+    from fruitpipe import signals
+
+    warmth, featurizer = _keep_warm(0.2, monkeypatch)
+    began = time.monotonic()
+    warmth.wait(signals.StopRequest(), 0.5)
+    assert time.monotonic() - began >= 0.5
+    assert 2 <= len(featurizer.calls) <= 3 and featurizer.calls[0] - began < 0.15, featurizer.calls
+    assert all(b - a >= 0.2 for a, b in zip(featurizer.calls, featurizer.calls[1:], strict=False))
+    warmth.used()  # a pass just ran Python tasks
+    featurizer.calls.clear()
+    warmth.wait(signals.StopRequest(), 0.15)
+    assert featurizer.calls == []
+
+    off, featurizer = _keep_warm(0, monkeypatch)
+    off.wait(signals.StopRequest(), 0.3)
+    assert featurizer.calls == []
+
+    warmth, featurizer = _keep_warm(0.2, monkeypatch)
+    stop = signals.StopRequest()
+    stop.event.set()
+    began = time.monotonic()
+    warmth.wait(stop, 10)
+    assert time.monotonic() - began < 1 and featurizer.calls == []
+
+
 def test_watch_schedule_refits_on_growth_or_every_n_passes() -> None:
     growth = WatchSchedule()  # default: 10% more photos than the fit
     assert growth.refit_at(56) == 62 and not growth.refit_now(100)
@@ -532,6 +618,7 @@ def test_watch_schedule_refits_on_growth_or_every_n_passes() -> None:
     (["--refit-every", "2", "--refit-growth", "0.2"], "not allowed with argument"),
     (["--refit-every", "0"], "expected a positive integer"),
     (["--interval", "-1"], "expected a number >= 0"),
+    (["--keep-warm", "60"], "expected 0 (off) or from 0.5 to under 60 seconds"),
     (["--overwrite"], "unrecognized arguments: --overwrite"),
 ])
 def test_watch_flags_are_checked_in_one_line(capsys: pytest.CaptureFixture[str], flags: list[str],

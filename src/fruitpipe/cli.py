@@ -21,11 +21,13 @@ from fruitpipe.config import (
     DEFAULT_MASTER,
     DEFAULT_MODEL,
     DEFAULT_PRICE_PER_VCPU_HOUR,
+    KEEP_WARM_RANGE,
     MAX_AUGMENT_STRENGTH,
     PcaSettings,
     RunConfig,
     S3Options,
     WatchSchedule,
+    keep_warm_allowed,
     parse_spark_conf,
 )
 from fruitpipe.progress import Mode, Reporter
@@ -84,6 +86,10 @@ def _positive_number(text: str) -> float:
 
 def _non_negative_number(text: str) -> float:
     return _number(text, lambda value: 0 <= value < float("inf"), "a number >= 0")
+
+
+def _keep_warm_seconds(text: str) -> float:
+    return _number(text, keep_warm_allowed, KEEP_WARM_RANGE)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -202,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--refit-growth", type=_positive_number, metavar="F",
                        help="refit PCA once the photos grew by the fraction F since its fit (default 0.1)")
     watch.add_argument("--max-passes", type=_positive_int, metavar="N", help="stop after N passes")
+    watch.add_argument("--keep-warm", type=_keep_warm_seconds, default=WatchSchedule.keep_warm_s,
+                       metavar="SECONDS", help="while waiting, a tiny job every SECONDS keeps the Python workers and "
+                       "their loaded model (Spark ends workers idle for a minute); 0: let them go, e.g. with "
+                       "dynamic allocation so that idle executors are released (default %(default)s)")
     watch.set_defaults(handler=_cmd_watch)
 
     report = commands.add_parser("report", help="rebuild a run's report.html (one self-contained page), "
@@ -431,7 +441,8 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from fruitpipe.batch import watch
 
     schedule = WatchSchedule(interval_s=args.interval, refit_every=args.refit_every,
-                             refit_growth=args.refit_growth, max_passes=args.max_passes)
+                             refit_growth=args.refit_growth, max_passes=args.max_passes,
+                             keep_warm_s=args.keep_warm)
     stop = watch.watch(_run_config(args, overwrite=False, resume=True), schedule,
                        lambda report: print(pass_line(report), flush=True), _progress(args))
     if stop.signum is not None:

@@ -174,16 +174,29 @@ class RunConfig:
 DEFAULT_REFIT_GROWTH = 0.1  # `watch` refits PCA once the photos grew by 10% since its fit (unless told otherwise)
 
 
+MIN_KEEP_WARM_S = 0.5
+SPARK_IDLE_WORKER_S = 60.0  # PythonWorkerFactory's idle timeout: a fixed minute, no setting changes it
+KEEP_WARM_RANGE = (f"0 (off) or from {MIN_KEEP_WARM_S:g} to under {SPARK_IDLE_WORKER_S:g} seconds "
+                   "(Spark ends Python workers idle for a minute)")
+
+
+def keep_warm_allowed(seconds: float) -> bool:
+    return seconds == 0 or MIN_KEEP_WARM_S <= seconds < SPARK_IDLE_WORKER_S
+
+
 @dataclass(frozen=True)
 class WatchSchedule:
     """When `fruitpipe watch` passes and refits: every `interval_s` seconds; PCA refitted every
     `refit_every` passes, or once the photos grew by `refit_growth` (a fraction) since the fit
-    (default 0.1); `max_passes` ends the watch (None: until SIGTERM/Ctrl-C)."""
+    (default 0.1); `max_passes` ends the watch (None: until SIGTERM/Ctrl-C). While it waits, a tiny job every
+    `keep_warm_s` seconds keeps the Python workers and their loaded model (Spark ends workers idle for a
+    minute); 0 lets them go (with dynamic allocation, so that idle executors are released)."""
 
     interval_s: float = 60.0
     refit_every: int | None = None
     refit_growth: float | None = None
     max_passes: int | None = None
+    keep_warm_s: float = 40.0
 
     def __post_init__(self) -> None:
         if not self.interval_s >= 0:
@@ -196,6 +209,8 @@ class WatchSchedule:
             raise ValueError(f"--refit-growth must be a fraction > 0 (0.1 = 10% more photos), got {self.refit_growth}")
         if self.max_passes is not None and self.max_passes < 1:
             raise ValueError(f"--max-passes must be >= 1, got {self.max_passes}")
+        if not keep_warm_allowed(self.keep_warm_s):
+            raise ValueError(f"--keep-warm must be {KEEP_WARM_RANGE}, got {self.keep_warm_s:g}")
 
     def refit_now(self, passes_since_fit: int) -> bool:
         """With --refit-every N: whether this pass, `passes_since_fit` publishing passes after the fit, refits."""

@@ -391,18 +391,23 @@ def _featurize_pass(spark: SparkSession, job: Job, plan: Plan, meter: Meter | No
     images = sparkapi.parallelize(spark, plan.pending, PENDING_SCHEMA, partitions)
     if config.augment:
         images = images.withColumn(AUGMENT_COL, F.coalesce(F.col("split") == TRAINING, F.lit(False)))
-    featurizer = ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
-                                 precision=job.prepared.runtime.precision, inferBatch=job.prepared.runtime.infer_batch,
-                                 batchSize=config.executor.batch_size,
-                                 readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
-                                 maxPixels=config.limits.max_pixels, s3Options=job.store.options.to_wire(),
-                                 augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "",
-                                 augmentFamilies=",".join(config.augment_families),
-                                 augmentStrength=config.augment_strength)
     task = JournalTask(job.journal.segments(job.run_id), job.journal.transient(job.run_id), job.store)
-    summary = featurizer.meter_cpu(meter).journal(images, task)
+    summary = featurizer(job.prepared).meter_cpu(meter).journal(images, task)
     outcomes = {row[OUTCOME]: int(row["count"]) for row in summary.groupBy(OUTCOME).count().collect()}
     logger.info("featurize pass: %s (a retried task reports only what its last attempt did)", outcomes)
+
+
+def featurizer(prepared: Prepared) -> ImageFeaturizer:
+    """The featurize stage of a run made with these settings (a pass, and `watch`'s keep-warm jobs)."""
+    config, runtime = prepared.config, prepared.runtime
+    return ImageFeaturizer(modelName=config.model, imageSize=config.image_size or 0,
+                           precision=runtime.precision, inferBatch=runtime.infer_batch,
+                           batchSize=config.executor.batch_size,
+                           readThreads=config.executor.read_threads, maxBytes=config.limits.max_bytes,
+                           maxPixels=config.limits.max_pixels, s3Options=prepared.store.options.to_wire(),
+                           augment=config.augment, augmentCol=AUGMENT_COL if config.augment else "",
+                           augmentFamilies=",".join(config.augment_families),
+                           augmentStrength=config.augment_strength)
 
 
 READBACK_BYTES_PER_PARTITION = 32 * 2**20  # features per task when rows are read back from the journal

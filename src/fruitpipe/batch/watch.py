@@ -3,12 +3,15 @@
 Each pass is `run --resume` without its start-up cost (the JVM, the Spark session, the model export and
 the writer lock are taken once): list, featurize what the journal lacks, publish a new version with
 `_SUCCESS` last. A pass with nothing new, changed or removed publishes nothing. PCA is frozen between
-refits (features of one pass project like the last's) and refitted on the schedule. The first SIGTERM
-or Ctrl-C lets the current pass finish and stops; a second one stops at once (nothing partial published).
+refits (features of one pass project like the last's) and refitted on the schedule. While it waits, tiny
+keep-warm jobs keep the Python workers and their loaded model alive (Spark ends workers idle for a
+minute, and the next pass would load the model again). The first SIGTERM or Ctrl-C lets the current pass
+finish and stops; a second one stops at once (nothing partial published).
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -16,12 +19,12 @@ from dataclasses import dataclass, replace
 
 from pyspark.sql import SparkSession
 
-from fruitpipe import signals, storage
+from fruitpipe import signals, sparkapi, storage
 from fruitpipe.batch import lock, pipeline, sinks, sources
 from fruitpipe.batch.journal import Journal
 from fruitpipe.batch.manifest import RunManifest
 from fruitpipe.config import RunConfig, WatchSchedule
-from fruitpipe.ml import CentredPCAModel
+from fruitpipe.ml import CentredPCAModel, ImageFeaturizer
 from fruitpipe.progress import Reporter
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,60 @@ class PassReport:
     seconds: float
 
 
+@dataclass(frozen=True)
+class WarmJob:
+    """One keep-warm job: its wall-clock seconds and, per task, the Python worker's pid and whether that
+    worker already had the model (False: it was loaded now, by a worker that is new or had been ended)."""
+
+    seconds: float
+    workers: tuple[tuple[int, bool], ...]
+
+
+def log_warm(job: WarmJob) -> None:
+    """The default listener: a worker that had to load the model again is worth a line; the rest is debug."""
+    loaded = sum(1 for _, had in job.workers if not had)
+    (logger.info if loaded else logger.debug)("keep-warm: %d of %d Python workers loaded the model, %.2f s",
+                                              loaded, len(job.workers), job.seconds)
+
+
+@dataclass
+class _KeepWarm:
+    """Waits between passes, running a keep-warm job whenever the Python workers have been idle for
+    `every_s` (0: never); `last` is when they last ran a task (-inf: not yet in this session)."""
+
+    spark: SparkSession
+    featurizer: ImageFeaturizer
+    every_s: float
+    on_warm: Callable[[WarmJob], None]
+    last: float = -math.inf
+
+    def used(self) -> None:
+        self.last = time.monotonic()
+
+    def wait(self, stop: signals.StopRequest, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.every_s and not stop.requested:
+            due = self.last + self.every_s if self.last > -math.inf else time.monotonic()
+            if due >= deadline or stop.wait(max(0.0, due - time.monotonic())):
+                break
+            self.warm()
+        stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def warm(self) -> None:
+        """One keep-warm job, a task per core; a failure is a warning (an optimisation only: the next pass
+        meets whatever broke, and says so)."""
+        began = time.perf_counter()
+        try:
+            workers = self.featurizer.warm(self.spark, max(1, sparkapi.default_parallelism(self.spark)))
+        except Exception as exc:
+            logger.warning("keep-warm job failed (%s); the next pass loads the model if it must",
+                           (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            workers = []
+        self.used()
+        if workers:
+            self.on_warm(WarmJob(round(time.perf_counter() - began, 3), tuple(workers)))
+
+
 @dataclass
 class _Fit:
     """The PCA in force: the photos it was fitted on and the passes since (None: refit on the next pass)."""
@@ -47,9 +104,9 @@ class _Fit:
 
 
 def watch(config: RunConfig, schedule: WatchSchedule, on_pass: Callable[[PassReport], None],
-          progress: Reporter | None = None) -> signals.StopRequest:
-    """Passes until `schedule.max_passes` or a stop signal; `on_pass` hears each one. Returns the stop
-    request (its signal says why the watch ended, None when the passes ran out)."""
+          progress: Reporter | None = None, on_warm: Callable[[WarmJob], None] = log_warm) -> signals.StopRequest:
+    """Passes until `schedule.max_passes` or a stop signal; `on_pass` hears each one, `on_warm` each keep-warm
+    job. Returns the stop request (its signal says why the watch ended, None when the passes ran out)."""
     config = replace(config, resume=True, overwrite=False)
     setup_timer = pipeline.StageTimer(progress)
     owner = pipeline.new_run_id()
@@ -59,18 +116,22 @@ def watch(config: RunConfig, schedule: WatchSchedule, on_pass: Callable[[PassRep
         spark = pipeline.start_spark(stack, config, setup_timer)
         stop = stack.enter_context(signals.stop_after_current())
         fit = _Fit(fitted_rows=_published_fit(prepared))
+        warmth = _KeepWarm(spark, pipeline.featurizer(prepared), schedule.keep_warm_s, on_warm)
         number = 0
         while not stop.requested:
             number += 1
             if number == 1:  # listed and timed before Spark started: the first pass's
-                on_pass(_one_pass(spark, prepared, journal, schedule, fit, number, setup_timer, listing))
+                report = _one_pass(spark, prepared, journal, schedule, fit, number, setup_timer, listing)
             else:
                 timer = pipeline.StageTimer(progress)
-                on_pass(_one_pass(spark, prepared, journal, schedule, fit, number, timer,
-                                  pipeline.list_input(prepared, timer)))
+                report = _one_pass(spark, prepared, journal, schedule, fit, number, timer,
+                                   pipeline.list_input(prepared, timer))
+            if report.manifest is not None:  # a publishing pass ran Python tasks (read-back, PCA, write)
+                warmth.used()
+            on_pass(report)
             if schedule.max_passes is not None and number >= schedule.max_passes:
                 break
-            stop.wait(schedule.interval_s)
+            warmth.wait(stop, schedule.interval_s)
         return stop
 
 

@@ -15,6 +15,9 @@ measured against an uninterrupted full run (`python -m fruitpipe.benchmark.incre
    images land between two listings; each such pass keeps the PCA (under the 10% growth) and appends
    (`publication: appended`). Its seconds (from the pass line) against the full run's wall time, and the
    latency from the last image landing to the pass line (the interval's wait included).
+6. watch after a long wait: `--interval 75` (Spark ends Python workers idle for a minute), 20 photos
+   featurized in pass 1 and 20 more in pass 2, with `--keep-warm 40` (the default) and `--keep-warm 0`:
+   pass 2's featurize seconds say what reloading the model in new workers costs.
 
 Every run is a child process (`python -m fruitpipe run ... --json`), timed around it, JVM start included,
 as a user would see it. Not a test: the times depend on the machine and on what else runs on it.
@@ -42,7 +45,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from fruitpipe import faults
-from fruitpipe.config import ExecutorSettings
+from fruitpipe.config import ExecutorSettings, WatchSchedule
 from fruitpipe.executor.journal import KEY
 from fruitpipe.executor.worker import FIRST_CHUNK, VIEW
 from fruitpipe.image import sampledata
@@ -58,6 +61,8 @@ SAMPLE_ROWS = 200  # rows whose features are compared
 ATOL = RTOL = 1e-5
 WATCH_ARRIVALS = (100, 20)  # images landing before watch passes 2 and 3
 WATCH_INTERVAL_S = 5.0  # between two listings: the arrivals (renames, milliseconds) land well inside one
+IDLE_INTERVAL_S = 75.0  # longer than the minute Spark keeps idle Python workers
+IDLE_ARRIVALS = 20
 TARGET_INCREMENTAL_RATIO = 0.15
 TARGET_WORK_RATIO = 1.1
 
@@ -318,6 +323,41 @@ def watch_passes(images: Path, output: Path, full: RunResult, work: Path) -> dic
             "ratio_vs_full": {str(p["arrived"]): round(p["pass_s"] / full.wall_s, 4) for p in passes if p["arrived"]}}
 
 
+def watch_idle(images: Path, output: Path, work: Path) -> dict[str, Any]:
+    """A pass after a wait longer than Spark keeps idle Python workers (a minute), keep-warm on and off:
+    IDLE_ARRIVALS photos land before the watch starts (pass 1 featurizes them: the workers hold the model)
+    and as many after pass 1; pass 2 comes IDLE_INTERVAL_S later. With `--keep-warm 0` Spark has ended the
+    workers by then and pass 2 starts new ones and loads the model again; with keep-warm it finds them."""
+    result: dict[str, Any] = {"interval_s": IDLE_INTERVAL_S, "arrivals": IDLE_ARRIVALS}
+    for index, keep_warm in enumerate((WatchSchedule.keep_warm_s, 0.0)):
+        name = f"keep_warm_{keep_warm:g}"
+        add_new_images(images, IDLE_ARRIVALS, prefix=f"w{20 + 2 * index}x", staging=work / "staging")
+        command = [sys.executable, "-m", "fruitpipe", "watch", "--input", str(images), "--output", str(output),
+                   "--k", str(K), "--interval", str(IDLE_INTERVAL_S), "--keep-warm", str(keep_warm)]
+        logger.info("watch (%s): %s", name, " ".join(command))
+        log = work / f"watch-{name}.log"
+        with log.open("w", encoding="utf-8") as errors:
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, start_new_session=True)
+            assert child.stdout is not None
+            try:
+                first = _pass_figures(_next_pass_line(child.stdout, 1, log), None, IDLE_ARRIVALS)
+                add_new_images(images, IDLE_ARRIVALS, prefix=f"w{21 + 2 * index}x", staging=work / "staging")
+                landed = time.perf_counter()
+                second = _next_pass_line(child.stdout, 2, log)
+                second_figures = _pass_figures(second, time.perf_counter() - landed, IDLE_ARRIVALS)
+            finally:
+                child.send_signal(signal.SIGTERM)
+                child.communicate(timeout=300)
+                _reap_group(f"watch {name}", child.pid)
+        manifest = json.loads((output / "manifest.json").read_text(encoding="utf-8"))
+        result[name] = {"pass_1": first, "pass_2": second_figures, "timings_s_pass_2": manifest["timings_s"],
+                        "keep_warm_lines": [line.strip() for line in log.read_text(encoding="utf-8").splitlines()
+                                            if "keep-warm" in line]}
+    on, off = (result[f"keep_warm_{k:g}"]["timings_s_pass_2"]["featurize"] for k in (WatchSchedule.keep_warm_s, 0))
+    result["featurize_s_pass_2"] = {"keep_warm_on": on, "keep_warm_off": off}
+    return result
+
+
 def _next_pass_line(stream: Any, number: int, log: Path) -> str:
     for line in stream:
         if line.startswith(f"watch pass {number}:"):
@@ -364,6 +404,7 @@ def measure(work: Path, images: int) -> dict[str, Any]:
     result["correctness"] = compare_outputs(work / "out", work / "out2", SAMPLE_ROWS)
     result["incremental"] = incremental(folder, work / "out", full)
     result["watch"] = watch_passes(folder, work / "out", full, work)
+    result["watch_idle"] = watch_idle(folder, work / "out", work)
     result["checks"] = checks(result)
     result["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
     result["commands"] = {"full": run_command(folder, work / "out", False),

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from fruitpipe.config import DecodeLimits, ExecutorSettings
 from fruitpipe.image.decode import DecodeError, decode_for_model
-from fruitpipe.image.embed import embed
+from fruitpipe.image.embed import embed, holds
 from fruitpipe.image.models import Preprocessing
 from fruitpipe.image.shifts import DEFAULT_VIEWS, augmented_view
 from fruitpipe.runtime import Runtime
@@ -163,6 +163,21 @@ def featurize_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) 
             pending = submitted
         if pending is not None:
             yield log.record(_finish(task, onnx_path, *pending))
+
+
+WARM_FIELDS = (pa.field("pid", pa.int64(), False), pa.field("had_model", pa.bool_(), False))
+
+
+def warm_partition(task: FeaturizeTask, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body of a keep-warm task: the worker's model loaded (if it was not) and run once on a blank
+    image, so the next featurize pays neither; one row: the worker's pid and whether it had the model."""
+    for _ in batches:
+        pass
+    onnx_path = model_path(task.model_file)
+    had_model = holds(onnx_path, task.runtime, task.threads)
+    side = task.preprocessing.input_size
+    embed(np.zeros((1, side, side, 3), np.uint8), task.preprocessing, onnx_path, task.threads, task.runtime)
+    yield pa.RecordBatch.from_pylist([{"pid": os.getpid(), "had_model": had_model}], schema=pa.schema(WARM_FIELDS))
 
 
 class BatchLog:

@@ -73,6 +73,12 @@ def engine_for(model_path: str, runtime: Runtime, threads: int) -> Engine:
         return _ENGINES[key]
 
 
+def holds(model_path: str, runtime: Runtime, threads: int) -> bool:
+    """Whether this process already holds the engine (a keep-warm task says if its worker had to load it)."""
+    with _LOCK:
+        return (model_path, runtime, threads) in _ENGINES
+
+
 def normalise(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     """uint8 [N, H, W, 3] -> float32 model input, (pixel / 255 - mean) / std in the declared layout."""
     scale = np.float32(1.0 / 255.0)

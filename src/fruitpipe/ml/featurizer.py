@@ -16,7 +16,7 @@ from pyspark import keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
@@ -31,7 +31,7 @@ from fruitpipe.config import (
 )
 from fruitpipe.executor.journal import SUMMARY_SCHEMA, JournalTask, journal_partition
 from fruitpipe.executor.metering import Meter, cpu_metered
-from fruitpipe.executor.worker import FeaturizeTask, featurize_partition, output_fields
+from fruitpipe.executor.worker import WARM_FIELDS, FeaturizeTask, featurize_partition, output_fields, warm_partition
 from fruitpipe.image import models, shifts
 from fruitpipe.ml.columns import HasColumns
 from fruitpipe.runtime import DEFAULT_PRECISION, Runtime, resolve
@@ -141,6 +141,15 @@ class ImageFeaturizer(Transformer, HasColumns, DefaultParamsReadable["ImageFeatu
         body = functools.partial(journal_partition, task, journal)
         schema = StructType([StructField(f.name, from_arrow_type(f.type), True) for f in SUMMARY_SCHEMA])
         return dataset.mapInArrow(self._metered(body), schema)
+
+    def warm(self, spark: SparkSession, tasks: int) -> list[tuple[int, bool]]:
+        """A job of `tasks` tiny tasks that load this featurizer's model in the Python workers that run them
+        and run it once: (worker pid, whether it already had the model) per task. Spark ends Python workers
+        idle for a minute; a job now and then keeps them, and their loaded model, for the next transform."""
+        dataset = spark.range(tasks, numPartitions=tasks)
+        body = functools.partial(warm_partition, self._task(dataset, identify=False))
+        schema = StructType([StructField(f.name, from_arrow_type(f.type), f.nullable) for f in WARM_FIELDS])
+        return [(int(row["pid"]), bool(row["had_model"])) for row in dataset.mapInArrow(body, schema).collect()]
 
     def _metered(self, body: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
                  ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
