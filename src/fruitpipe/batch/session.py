@@ -46,7 +46,11 @@ JAVA_HINT = ("Java 17 or newer is required: install it (Debian/Ubuntu: apt-get i
 
 def java_version() -> int:
     """Major version of the java Spark will launch; ValueError when there is none."""
-    text = _java_version_text()
+    return _major_version(_java_version_text())
+
+
+def _major_version(text: str) -> int:
+    """The major version in what `java -version` printed ("1.8.0" is 8)."""
     match = re.search(r'version "(\d+)(?:\.(\d+))?', text)
     if not match:
         raise ValueError(f"cannot read the version of {_java()}. {JAVA_HINT}")
@@ -135,12 +139,12 @@ def connect_session(remote: str, conf: tuple[tuple[str, str], ...] = ()) -> Iter
                 try:
                     spark.conf.set(key, value)
                 except Exception as exc:  # the server's own value stands; nothing a user asked for
-                    logger.debug("Spark Connect: %s not set: %s", key, _first_line(exc))
+                    logger.debug("Spark Connect: %s not set: %s", key, first_line(exc))
         for key, value in conf:
             try:
                 spark.conf.set(key, value)
             except Exception as exc:
-                raise ValueError(f"--conf {key} cannot apply to a Spark Connect session ({_first_line(exc)}); "
+                raise ValueError(f"--conf {key} cannot apply to a Spark Connect session ({first_line(exc)}); "
                                  "set it on the server") from None
         with cancel_on_interrupt(spark):
             yield spark
@@ -171,7 +175,7 @@ def _redact_url(remote: str) -> str:
     return remote.split(";", 1)[0]
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -226,8 +230,9 @@ def _cds_key(jars: Path | None = None) -> str:
 
     jars = jars or Path(pyspark.__file__).parent / "jars"
     listing = "\n".join(sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in jars.glob("*.jar")))
-    digest = hashlib.sha256(f"{_java_version_text()}\n{listing}".encode()).hexdigest()[:12]
-    return f"spark-{pyspark.__version__}-java{java_version()}-{digest}"
+    java = _java_version_text()
+    digest = hashlib.sha256(f"{java}\n{listing}".encode()).hexdigest()[:12]
+    return f"spark-{pyspark.__version__}-java{_major_version(java)}-{digest}"
 
 
 ARCHIVES_KEPT = 2  # the most recently used archives (~170 MB each); older ones are made for jars long gone

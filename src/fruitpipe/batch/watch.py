@@ -23,6 +23,7 @@ from fruitpipe import signals, sparkapi, storage
 from fruitpipe.batch import lock, pipeline, sinks, sources
 from fruitpipe.batch.journal import Journal
 from fruitpipe.batch.manifest import RunManifest
+from fruitpipe.batch.session import first_line
 from fruitpipe.config import RunConfig, WatchSchedule
 from fruitpipe.ml import CentredPCAModel, ImageFeaturizer
 from fruitpipe.progress import Reporter
@@ -74,7 +75,7 @@ class _KeepWarm:
     def wait(self, stop: signals.StopRequest, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while self.every_s and not stop.requested:
-            due = self.last + self.every_s if self.last > -math.inf else time.monotonic()
+            due = self.last + self.every_s  # -inf for workers not used yet: at once
             if due >= deadline or stop.wait(max(0.0, due - time.monotonic())):
                 break
             self.warm()
@@ -87,8 +88,7 @@ class _KeepWarm:
         try:
             workers = self.featurizer.warm(self.spark, max(1, sparkapi.default_parallelism(self.spark)))
         except Exception as exc:
-            logger.warning("keep-warm job failed (%s); the next pass loads the model if it must",
-                           (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+            logger.warning("keep-warm job failed (%s); the next pass loads the model if it must", first_line(exc))
             workers = []
         self.used()
         if workers:
