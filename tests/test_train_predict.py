@@ -432,15 +432,14 @@ def test_metrics_from_confusion_match_sklearn_with_absent_classes() -> None:
 
 
 def test_candidate_fits_run_concurrently_in_order_and_carry_the_callers_job_tags(spark) -> None:
-    """train's candidates go through sparkapi.concurrently: two items must be in flight at once (a barrier
-    that only opens for two threads), results come back in the items' order, and every job started in
-    the threads carries the caller's tag (cost accounting counts a run's jobs by it)."""
+    """train's candidate fits and drift's classifier fits go through sparkapi.concurrently: two items in
+    flight at once (a barrier only two threads open), results in the items' order, and every job the
+    threads start carries the caller's tag (cost accounting counts a run's jobs by it)."""
     import threading
 
     from fruitpipe import sparkapi
-    from fruitpipe.recognise import train
 
-    assert train.CONCURRENT_FITS >= 2
+    assert sparkapi.FIT_THREADS >= 2
     both_running = threading.Barrier(2, timeout=60)
     tag = "fruitpipe-test-concurrently"
 
@@ -449,6 +448,6 @@ def test_candidate_fits_run_concurrently_in_order_and_carry_the_callers_job_tags
         return spark.range(rows).count(), tag in spark.sparkContext.getJobTags()
 
     with sparkapi.tagged_jobs(spark, tag):
-        results = sparkapi.concurrently(spark, count, [7, 3], train.CONCURRENT_FITS)
+        results = sparkapi.concurrently(spark, count, [7, 3])
     assert results == [(7, True), (3, True)]
     assert sparkapi.task_cpu_seconds(spark, tag) > 0  # the status store found jobs with the tag

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_ONLY_CLASSIC = "needs a classic Spark session (Spark Connect has no JVM access): run it without --remote"
 _INDEX = "__fp_index"
+FIT_THREADS = 4  # small MLlib fits run at once by `concurrently`'s callers (train's candidates, drift's splits)
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 _shipped: set[tuple[str, str]] = set()
@@ -146,7 +147,7 @@ def cancel_all_jobs(spark: SparkSession) -> None:
 
 
 def concurrently(spark: SparkSession, work: Callable[[Item], Result], items: Sequence[Item],
-                 threads: int) -> list[Result]:
+                 threads: int = FIT_THREADS) -> list[Result]:
     """`work` on every item from up to `threads` driver threads, results in the items' order. Spark runs
     the jobs of different threads at once, as MLlib's tuning does with `parallelism`: work made of many
     small jobs (an L-BFGS fit is one job per iteration) then fills the cores its own jobs leave idle. The

@@ -81,11 +81,6 @@ class Candidate:
                           reg_param=self.reg_param, elastic_net_param=0.0, standardization=self.standardization)
 
 
-# candidates fitted at once: each L-BFGS iteration is a small Spark job whose scheduling, not its data, bounds
-# a fit at the sizes train sees, so one fit's jobs leave cores idle. On 2 local cores (AMD EPYC) selection
-# took 0.77-0.93x the time of one fit after the other (an eight-view run of the bundled sample, ~6,500 rows:
-# 33.9 s vs 44.1 s; the notebook's 52 photos: 17.0-18.3 s vs 19.6-22.2 s), same choice and coefficients
-CONCURRENT_FITS = 4
 CANDIDATES = (
     Candidate("lr-l2-0.01-standardised", 0.01),
     Candidate("lr-l2-0.001-standardised", 0.001),
@@ -383,8 +378,11 @@ def candidates_for(name: str | None) -> tuple[Candidate, ...]:
 def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int, candidates: tuple[Candidate, ...]
             ) -> tuple[Candidate, LogisticRegressionModel, dict[str, Scores]]:
     """The best of `candidates` on validation, its model fitted on the fit part (calibration's input), all
-    scores. The candidates are fitted and scored concurrently (`CONCURRENT_FITS`); the choice is the same
-    as one after the other."""
+    scores. The candidates are fitted and scored concurrently: each L-BFGS iteration is a small Spark job
+    whose scheduling, not its data, bounds a fit at the sizes train sees, so one fit's jobs leave cores
+    idle. On 2 local cores (AMD EPYC) selection took 0.77-0.93x the time of one fit after the other (an
+    eight-view run of the bundled sample, ~6,500 rows: 33.9 s vs 44.1 s; the notebook's 52 photos:
+    17.0-18.3 s vs 19.6-22.2 s), with the same choice and coefficients."""
 
     def scored(candidate: Candidate) -> tuple[LogisticRegressionModel, Scores]:
         model = candidate.estimator().fit(fit_part)
@@ -392,7 +390,7 @@ def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int, candidat
         return model, Scores(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
                              log_loss=log_loss(model, validation))
 
-    results = sparkapi.concurrently(fit_part.sparkSession, scored, candidates, CONCURRENT_FITS)
+    results = sparkapi.concurrently(fit_part.sparkSession, scored, candidates)
     scores: dict[str, Scores] = {}
     best: tuple[float, float, float] | None = None
     chosen, chosen_model = candidates[0], None
