@@ -429,25 +429,3 @@ def test_metrics_from_confusion_match_sklearn_with_absent_classes() -> None:
     assert [metrics["per_class"][f"c{i}"]["precision"] for i in range(7)] == pytest.approx(precision)
     assert [metrics["per_class"][f"c{i}"]["recall"] for i in range(7)] == pytest.approx(recall)
     assert [metrics["per_class"][f"c{i}"]["support"] for i in range(7)] == list(support)
-
-
-def test_candidate_fits_run_concurrently_in_order_and_carry_the_callers_job_tags(spark) -> None:
-    """train's candidate fits and drift's classifier fits go through sparkapi.concurrently: two items in
-    flight at once (a barrier only two threads open), results in the items' order, and every job the
-    threads start carries the caller's tag (cost accounting counts a run's jobs by it)."""
-    import threading
-
-    from fruitpipe import sparkapi
-
-    assert sparkapi.FIT_THREADS >= 2
-    both_running = threading.Barrier(2, timeout=60)
-    tag = "fruitpipe-test-concurrently"
-
-    def count(rows: int) -> tuple[int, bool]:
-        both_running.wait()  # BrokenBarrierError after 60 s if the items ran one after the other
-        return spark.range(rows).count(), tag in spark.sparkContext.getJobTags()
-
-    with sparkapi.tagged_jobs(spark, tag):
-        results = sparkapi.concurrently(spark, count, [7, 3])
-    assert results == [(7, True), (3, True)]
-    assert sparkapi.task_cpu_seconds(spark, tag) > 0  # the status store found jobs with the tag

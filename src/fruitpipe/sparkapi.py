@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
@@ -28,9 +27,6 @@ logger = logging.getLogger(__name__)
 
 CONNECT_ONLY_CLASSIC = "needs a classic Spark session (Spark Connect has no JVM access): run it without --remote"
 _INDEX = "__fp_index"
-FIT_THREADS = 4  # small MLlib fits run at once by `concurrently`'s callers (train's candidates, drift's splits)
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 _shipped: set[tuple[str, str]] = set()
 _parallelism: dict[str, int] = {}
 
@@ -144,20 +140,6 @@ def cancel_all_jobs(spark: SparkSession) -> None:
         spark.interruptAll()
     else:
         spark.sparkContext.cancelAllJobs()
-
-
-def concurrently(spark: SparkSession, work: Callable[[Item], Result], items: Sequence[Item],
-                 threads: int = FIT_THREADS) -> list[Result]:
-    """`work` on every item from up to `threads` driver threads, results in the items' order. Spark runs
-    the jobs of different threads at once, as MLlib's tuning does with `parallelism`: work made of many
-    small jobs (an L-BFGS fit is one job per iteration) then fills the cores its own jobs leave idle. The
-    threads carry the caller's job tags and local properties (classic) or its session and tags (Connect,
-    whose ML calls need an active session in the calling thread)."""
-    from pyspark.util import inheritable_thread_target
-
-    work = inheritable_thread_target(spark)(work)
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(items)))) as pool:
-        return list(pool.map(work, items))
 
 
 @contextmanager
