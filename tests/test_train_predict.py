@@ -429,3 +429,63 @@ def test_metrics_from_confusion_match_sklearn_with_absent_classes() -> None:
     assert [metrics["per_class"][f"c{i}"]["precision"] for i in range(7)] == pytest.approx(precision)
     assert [metrics["per_class"][f"c{i}"]["recall"] for i in range(7)] == pytest.approx(recall)
     assert [metrics["per_class"][f"c{i}"]["support"] for i in range(7)] == list(support)
+
+
+def test_candidate_fits_run_concurrently_in_order_and_carry_the_callers_job_tags(spark) -> None:
+    """train's candidate fits and drift's classifier fits go through sparkapi.concurrently: two items in
+    flight at once (a barrier only two threads open), results in the items' order, and every job the
+    threads start carries the caller's tag (cost accounting counts a run's jobs by it)."""
+    import threading
+
+    from fruitpipe import sparkapi
+
+    assert sparkapi.FIT_THREADS >= 2
+    both_running = threading.Barrier(2, timeout=60)
+    tag = "fruitpipe-test-concurrently"
+
+    def count(rows: int) -> tuple[int, bool]:
+        both_running.wait()  # BrokenBarrierError after 60 s if the items ran one after the other
+        return spark.range(rows).count(), tag in spark.sparkContext.getJobTags()
+
+    with sparkapi.tagged_jobs(spark, tag):
+        results = sparkapi.concurrently(spark, count, [7, 3])
+    assert results == [(7, True), (3, True)]
+    assert sparkapi.task_cpu_seconds(spark, tag) > 0  # the status store found jobs with the tag
+
+
+def test_an_interrupt_cancels_the_jobs_the_threads_run_or_start(spark) -> None:
+    """Ctrl-C while `concurrently` runs (simulated: `_thread.interrupt_main`, which, like a signal that hits
+    another thread, wakes no blocking wait): KeyboardInterrupt reaches the caller, and every job of the
+    threads is cancelled, the one running then and the one a thread starts after the interrupt (a fit goes
+    on to its next job); none runs its minute of sleep."""
+    import _thread
+    import threading
+    import time as clock
+
+    from fruitpipe import sparkapi
+
+    running = threading.Barrier(3, timeout=60)  # both items about to start their first job, and the interrupter
+    ended: list[str] = []
+
+    def sleeping_job() -> str:
+        try:
+            spark.sparkContext.parallelize([0], 1).map(lambda _: clock.sleep(60)).count()
+            return "finished"
+        except Exception as error:  # py4j's error for a cancelled job
+            return "cancelled" if "cancel" in str(error).lower() else f"other: {error}"
+
+    def work(item: int) -> int:
+        running.wait()
+        ended.append(sleeping_job())
+        ended.append(sleeping_job())  # started after the interrupt: cancelled too
+        return item
+
+    def interrupt() -> None:
+        running.wait()
+        clock.sleep(1.0)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        sparkapi.concurrently(spark, work, [1, 2])
+    assert ended == ["cancelled"] * 4

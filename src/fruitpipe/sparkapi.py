@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pyspark import Accumulator
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +29,10 @@ logger = logging.getLogger(__name__)
 
 CONNECT_ONLY_CLASSIC = "needs a classic Spark session (Spark Connect has no JVM access): run it without --remote"
 _INDEX = "__fp_index"
+FIT_THREADS = 4  # small MLlib fits run at once by `concurrently`'s callers (train's candidates, drift's splits)
+WAIT_SLICE_S = 0.2  # how long `concurrently` waits at a time, so that a Ctrl-C is seen and acted on
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 _shipped: set[tuple[str, str]] = set()
 _parallelism: dict[str, int] = {}
 
@@ -140,6 +146,70 @@ def cancel_all_jobs(spark: SparkSession) -> None:
         spark.interruptAll()
     else:
         spark.sparkContext.cancelAllJobs()
+
+
+def concurrently(spark: SparkSession, work: Callable[[Item], Result], items: Sequence[Item],
+                 threads: int = FIT_THREADS) -> list[Result]:
+    """`work` on every item from up to `threads` driver threads, results in the items' order. Spark runs
+    the jobs of different threads at once, as MLlib's tuning does with `parallelism`: work made of many
+    small jobs (an L-BFGS fit is one job per iteration) then fills the cores its own jobs leave idle. The
+    threads carry the caller's job tags and local properties (classic) or its session and tags (Connect,
+    whose ML calls need an active session in the calling thread).
+
+    Ctrl-C: the caller waits in short slices, so the interrupt surfaces whichever thread the signal hit
+    (a plain blocking wait sees it only when every item is done), then keeps cancelling the jobs the
+    threads run or start, by a tag of this call's own, until every thread has ended: a fit that was
+    between two of its jobs when the session's handler cancelled the running ones would go on."""
+    from pyspark.util import inheritable_thread_target
+
+    tag = f"fruitpipe-concurrently-{uuid.uuid4().hex[:12]}"
+
+    def tagged(item: Item) -> Result:
+        _add_tag(spark, tag)
+        try:
+            return work(item)
+        finally:
+            _remove_tag(spark, tag)
+
+    target = inheritable_thread_target(spark)(tagged)
+    pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(items))))
+    futures = [pool.submit(target, item) for item in items]
+    try:
+        while not all(future.done() for future in futures):
+            wait(futures, timeout=WAIT_SLICE_S)
+        return [future.result() for future in futures]
+    except KeyboardInterrupt:
+        for future in futures:
+            future.cancel()  # not started yet: never starts
+        while not all(future.done() for future in futures):
+            _cancel_tagged(spark, tag)
+            wait(futures, timeout=WAIT_SLICE_S)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _add_tag(spark: SparkSession, tag: str) -> None:
+    """Tag the jobs this thread starts from now on (Connect: the session's tags of this thread)."""
+    if is_connect(spark):
+        spark.addTag(tag)
+    else:
+        spark.sparkContext.addJobTag(tag)
+
+
+def _remove_tag(spark: SparkSession, tag: str) -> None:
+    if is_connect(spark):
+        spark.removeTag(tag)
+    else:
+        spark.sparkContext.removeJobTag(tag)
+
+
+def _cancel_tagged(spark: SparkSession, tag: str) -> None:
+    """Cancel the running and pending jobs tagged `tag` (Connect: this session's operations with it)."""
+    if is_connect(spark):
+        spark.interruptTag(tag)
+    else:
+        spark.sparkContext.cancelJobsWithTag(tag)
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from fruitpipe import storage
+from fruitpipe import sparkapi, storage
 from fruitpipe.batch import sinks
 from fruitpipe.batch.pipeline import StageTimer
 from fruitpipe.batch.session import spark_session
@@ -295,15 +295,19 @@ def _classifier_test(scored: DataFrame, config: DriftConfig, counts: dict[int, i
     """The classifier two-sample test on every row, and its calibration: the same test between block
     halves of the reference, the "current" half sized like the current run."""
     data = scored.select(SIDE, GROUP, F.coalesce(F.col("label"), F.lit("")).alias("label"), "pca")
-    auc, positives, negatives = _auc(data, config.seed)
-    p_value = statistics.auc_p_value(auc, positives, negatives) if positives and negatives else 1.0
     reference = data.where(F.col(SIDE) == REFERENCE)
     share = min(1.0, counts[CURRENT] / max(1.0, counts[REFERENCE] / 2))
-    calibration = []
-    for split in range(config.classifier_splits):
-        seed = config.seed * 1000 + split + 1
-        halves = _stratified_halves(reference, seed, share)
-        calibration.append(_auc(halves, seed)[0])
+
+    def measured(split: int) -> tuple[float, int, int]:  # split 0: reference vs current; then the self-splits
+        if split == 0:
+            return _auc(data, config.seed)
+        seed = config.seed * 1000 + split
+        return _auc(_stratified_halves(reference, seed, share), seed)
+
+    (auc, positives, negatives), *splits = sparkapi.concurrently(
+        data.sparkSession, measured, range(config.classifier_splits + 1))  # independent fits, run at once
+    p_value = statistics.auc_p_value(auc, positives, negatives) if positives and negatives else 1.0
+    calibration = [split_auc for split_auc, _, _ in splits]
     return decision.judge("classifier", auc, p_value, config.alpha, calibration, decision.AUC_FLOOR,
                           (counts[REFERENCE], counts[CURRENT]),
                           "held-out AUC of a logistic regression telling current from reference")

@@ -378,20 +378,29 @@ def candidates_for(name: str | None) -> tuple[Candidate, ...]:
 def _choose(fit_part: DataFrame, validation: DataFrame, n_classes: int, candidates: tuple[Candidate, ...]
             ) -> tuple[Candidate, LogisticRegressionModel, dict[str, Scores]]:
     """The best of `candidates` on validation, its model fitted on the fit part (calibration's input), all
-    scores."""
+    scores. The candidates are fitted and scored concurrently: each L-BFGS iteration is a small Spark job
+    whose scheduling, not its data, bounds a fit at the sizes train sees, so one fit's jobs leave cores
+    idle. On 2 local cores (AMD EPYC) selection took 0.77-0.93x the time of one fit after the other (an
+    eight-view run of the bundled sample, ~6,500 rows: 33.9 s vs 44.1 s; the notebook's 52 photos:
+    17.0-18.3 s vs 19.6-22.2 s), with the same choice and coefficients."""
+
+    def scored(candidate: Candidate) -> tuple[LogisticRegressionModel, Scores]:
+        model = candidate.estimator().fit(fit_part)
+        metrics = metrics_from_confusion(confusion_matrix(model, validation, n_classes))
+        return model, Scores(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+                             log_loss=log_loss(model, validation))
+
+    results = sparkapi.concurrently(fit_part.sparkSession, scored, candidates)
     scores: dict[str, Scores] = {}
     best: tuple[float, float, float] | None = None
     chosen, chosen_model = candidates[0], None
-    for candidate in candidates:
-        model = candidate.estimator().fit(fit_part)
-        metrics = metrics_from_confusion(confusion_matrix(model, validation, n_classes))
-        loss = log_loss(model, validation)
-        scores[candidate.name] = Scores(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"], log_loss=loss)
-        key = (metrics["accuracy"], metrics["macro_f1"], -round(loss, 6))
+    for candidate, (model, score) in zip(candidates, results, strict=True):
+        scores[candidate.name] = score
+        key = (score.accuracy, score.macro_f1, -round(score.log_loss, 6))
         if best is None or key > best:  # strictly better only: ties keep the earlier (default) candidate
             best, chosen, chosen_model = key, candidate, model
         logger.info("candidate %s: validation accuracy %.4f, macro-F1 %.4f, log-loss %.4f", candidate.name,
-                    metrics["accuracy"], metrics["macro_f1"], loss)
+                    score.accuracy, score.macro_f1, score.log_loss)
     if chosen_model is None:  # CANDIDATES is never empty: the first candidate always sets it
         raise RuntimeError("no classifier candidates to choose from")
     return chosen, chosen_model, scores
