@@ -83,7 +83,7 @@ def test_pca_is_fitted_on_the_photos_only(runs: dict[str, Path]) -> None:
     np.testing.assert_allclose(np.stack(features.pca), projected, atol=1e-3)
 
 
-def test_train_on_an_augmented_run(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_train_on_an_augmented_run(spark, runs: dict[str, Path], tmp_path: Path) -> None:
     from fruitpipe.recognise.contracts import TrainManifest
     from trained import train_on
 
@@ -93,6 +93,34 @@ def test_train_on_an_augmented_run(runs: dict[str, Path], tmp_path: Path) -> Non
     assert manifest.counts.training == int(((features.split == "Training") & (features.view == 0)).sum())
     assert manifest.counts.test == int((features.split == "Test").sum())
     assert manifest.metrics.accuracy >= 0.5
+    _check_gate_per_kind(spark, model_dir, features)
+
+
+def _check_gate_per_kind(spark, model_dir: Path, features: pd.DataFrame) -> None:
+    """The gate's centroids: per class of its photos, then per class of its views, from all of Training; its
+    threshold and photo share from the validation part against the fit part's, recomputed here in numpy."""
+    from fruitpipe.recognise import novelty
+    from fruitpipe.recognise.bundle import Bundle
+    from fruitpipe.recognise.train import validation_split
+
+    model = Bundle.load(model_dir)
+    gate, classes = model.description.novelty, list(model.classes)
+    training = features[features.split == "Training"]
+
+    def centroids(rows: pd.DataFrame) -> np.ndarray:
+        kinds = [rows[(rows.label == name) & kind] for kind in (rows.view == 0, rows.view > 0) for name in classes]
+        means = [novelty.unit_rows(np.stack(part.pca).astype(np.float64)).mean(axis=0) for part in kinds]
+        return novelty.unit_rows(np.stack(means))
+
+    assert gate is not None and gate.centroids == 2 * len(classes) and gate.centroid_rows == len(training)
+    np.testing.assert_allclose(model.arrays.centroids, centroids(training), atol=1e-9)
+    frame = spark.createDataFrame(training[["path", "label", "view"]])
+    fit_paths, held = (set(part.toPandas().path) for part in validation_split(frame, 0.2, 0))
+    fit, validation = training[training.path.isin(fit_paths)], training[training.path.isin(held)]
+    scores = novelty.novelty(np.stack(validation.pca).astype(np.float64), centroids(fit))
+    threshold = np.quantile(scores, novelty.NOVELTY_QUANTILE, method="higher")
+    assert gate.threshold == pytest.approx(threshold, abs=1e-9) and gate.validation_rows == len(validation)
+    assert gate.validation_photos_flagged == pytest.approx(np.mean(scores[validation.view.to_numpy() == 0] > threshold))
 
 
 def test_validation_split_keeps_views_with_their_photo(spark) -> None:

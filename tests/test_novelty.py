@@ -35,7 +35,24 @@ def test_centroids_are_the_normalised_means_of_the_unit_rows() -> None:
         unit = rows[labels == c] / np.linalg.norm(rows[labels == c], axis=1, keepdims=True)
         mean = unit.mean(axis=0)
         np.testing.assert_allclose(novelty.centroids(sums)[c], mean / np.linalg.norm(mean), atol=1e-12)
-    assert not novelty.centroids(sums)[3].any()  # a class without rows: a zero centroid, never nearest
+    assert not novelty.centroids(sums)[3].any()  # a class without rows: a zero centroid...
+    np.testing.assert_array_equal(novelty.centroids(sums, counts), novelty.centroids(sums)[:3])  # ...left out
+
+
+def test_photos_and_views_get_a_centroid_each() -> None:
+    """Group numbers: the class for a photo, classes + the class for a view; a mixed centroid sits between
+    the two and farther from the photos than their own."""
+    labels, views = np.array([0, 0, 1, 1, 2]), np.array([0, 3, 0, 1, 0])
+    assert novelty.group_of(labels, views, 3).tolist() == [0, 3, 1, 4, 2]
+    rng = np.random.default_rng(8)
+    class_direction, view_offset = 3.0 * np.eye(6)[1], 5.0 * np.eye(6)[0]  # views share an offset (new backgrounds...)
+    photos, views_rows = rng.normal(size=(10, 6)) + class_direction, rng.normal(size=(40, 6)) + view_offset
+    rows = np.vstack([photos, views_rows])
+    group = novelty.group_of(np.zeros(50, dtype=int), np.r_[np.zeros(10), np.ones(40)], 1)
+    sums, counts = novelty.class_sums(rows, group, 2)
+    per_kind, mixed = novelty.centroids(sums, counts), novelty.centroids(sums.sum(axis=0, keepdims=True))
+    assert per_kind.shape == (2, 6)
+    assert np.median(novelty.novelty(photos, per_kind)) < np.median(novelty.novelty(photos, mixed))
 
 
 def test_threshold_is_the_validation_quantile_and_bad_input_is_refused() -> None:

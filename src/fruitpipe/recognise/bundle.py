@@ -92,13 +92,15 @@ class Arrays:
     components: np.ndarray  # (d, k)
     coefficients: np.ndarray  # (n_classes, k), (n_classes + 1, k) with the "not a fruit" class last
     intercepts: np.ndarray  # (n_classes,) or (n_classes + 1,)
-    centroids: np.ndarray | None = None  # (n_classes, k): the novelty gate's unit class centroids
+    centroids: np.ndarray | None = None  # (Novelty.centroids, k): the novelty gate's unit centroids
 
-    def check(self, feature_dim: int, classes: int, outlier_class: bool = False) -> None:
+    def check(self, feature_dim: int, classes: int, outlier_class: bool = False, centroids: int | None = None) -> None:
+        """Shapes and finiteness; `centroids`: the gate's centroid rows (None: one per class)."""
         k = self.components.shape[-1] if self.components.ndim == 2 else 0
         rows = classes + int(outlier_class)
         expected = {"mean": (feature_dim,), "components": (feature_dim, k), "coefficients": (rows, k),
-                    "intercepts": (rows,), **({CENTROIDS: (classes, k)} if self.centroids is not None else {})}
+                    "intercepts": (rows,),
+                    **({CENTROIDS: (centroids or classes, k)} if self.centroids is not None else {})}
         for name, shape in expected.items():
             actual = getattr(self, name).shape
             if k < 1 or actual != shape:
@@ -182,7 +184,8 @@ class Bundle:
             raise ValueError(f"bundle {folder} is inconsistent: {CLASSES_FILE} differs from {DESCRIPTION}")
         arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
-            arrays.check(description.model.feature_dim, len(classes), description.outliers is not None)
+            arrays.check(description.model.feature_dim, len(classes), description.outliers is not None,
+                         description.novelty.centroids if description.novelty else None)
             bundle = cls(folder, description, arrays, threads or os.cpu_count() or 1, threshold, tta,
                          novelty_threshold, not_fruit)
         except (KeyError, TypeError, ValueError) as exc:

@@ -183,16 +183,20 @@ class Calibration:
 @dataclass(frozen=True)
 class Novelty:
     """The "unlike anything trained on" gate (recognise/novelty.py has the rules): a photo whose novelty
-    (1 - its highest cosine similarity to a class centroid) is above `threshold` is unknown. The threshold
-    is the `quantile` of the validation rows' novelty against the fit part's centroids; `validation_flagged`
-    is the share of validation rows above it, `centroid_rows` the Training rows the bundle's centroids
-    (arrays.npz `centroids`) are the means of."""
+    (1 - its highest cosine similarity to a centroid) is above `threshold` is unknown. The threshold is the
+    `quantile` of the validation rows' novelty against the fit part's centroids; `validation_flagged` is the
+    share of validation rows above it (`validation_photos_flagged` of its photos, view 0), `centroid_rows`
+    the Training rows the bundle's `centroids` (arrays.npz rows: one per class for its photos, then one per
+    class for its augmented views when it has any) are the means of. Files written before the last two
+    fields existed hold one centroid per class (photos and views mixed)."""
 
     threshold: float
     quantile: float
     validation_rows: int
     validation_flagged: float
     centroid_rows: int
+    centroids: int | None = None  # None: one per class (files written before centroids per kind)
+    validation_photos_flagged: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 2.0 or not 0.0 < self.quantile <= 1.0:
@@ -202,12 +206,17 @@ class Novelty:
     def to_json(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "quantile": self.quantile, "validation_rows": self.validation_rows,
                 "validation_flagged": self.validation_flagged, "centroid_rows": self.centroid_rows,
-                "score": "1 - max cosine similarity to a class centroid, in the classifier's input space"}
+                **({"centroids": self.centroids} if self.centroids is not None else {}),
+                **({"validation_photos_flagged": self.validation_photos_flagged}
+                   if self.validation_photos_flagged is not None else {}),
+                "score": "1 - max cosine similarity to a centroid (per class, of its photos and of its views), "
+                         "in the classifier's input space"}
 
     @classmethod
     def from_json(cls, fields: Fields) -> Novelty:
         return cls(fields.number("threshold"), fields.number("quantile"), fields.integer("validation_rows"),
-                   fields.number("validation_flagged"), fields.integer("centroid_rows"))
+                   fields.number("validation_flagged"), fields.integer("centroid_rows"),
+                   fields.optional_integer("centroids"), fields.optional_number("validation_photos_flagged"))
 
     @classmethod
     def optional(cls, fields: Fields) -> Novelty | None:

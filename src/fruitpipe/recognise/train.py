@@ -94,7 +94,7 @@ class NoveltyGate:
     """The novelty gate `train` writes into the bundle: its settings and the unit class centroids."""
 
     settings: Novelty
-    centroids: np.ndarray  # (n_classes, k), from all of Training
+    centroids: np.ndarray  # (Novelty.centroids, k), from all of Training
 
 
 @dataclass(frozen=True)
@@ -427,34 +427,39 @@ def calibrate(model: LogisticRegressionModel, validation: DataFrame, target_prec
 
 def novelty_gate(fit_part: DataFrame, validation: DataFrame, training: DataFrame, n_classes: int) -> NoveltyGate:
     """recognise/novelty.py's gate: the threshold from the validation rows' novelty against the fit part's
-    centroids, the bundle's centroids from all of Training. Per-class sums are aggregated in the executors
-    (at most partitions x classes rows of k numbers reach the driver); of validation, only its scores."""
+    centroids, the bundle's centroids from all of Training. Per-group sums are aggregated in the executors
+    (at most partitions x groups rows of k numbers reach the driver); of validation, only its scores."""
     fit_centroids, _ = class_centroids(fit_part, n_classes)
-    scores = validation.select("pca").mapInArrow(functools.partial(_novelty_batches, fit_centroids),
-                                                  "novelty double").toArrow().column("novelty").to_numpy()
+    scored = validation.select("pca", (F.col(VIEW) == 0).alias("photo")).mapInArrow(
+        functools.partial(_novelty_batches, fit_centroids), "photo boolean, novelty double").toArrow()
+    scores, photos = scored.column("novelty").to_numpy(), scored.column("photo").to_numpy(zero_copy_only=False)
     choice = novelty.choose_threshold(scores)
+    photos_flagged = float(np.mean(scores[photos] > choice.threshold)) if photos.any() else 0.0
     centroids, rows = class_centroids(training, n_classes)
-    logger.info("novelty gate: threshold %.4f (the %.0f%% quantile of %d validation rows; %.1f%% above it), "
-                "centroids of %d Training rows", choice.threshold, 100 * novelty.NOVELTY_QUANTILE, len(scores),
-                100 * choice.flagged, rows)
+    logger.info("novelty gate: threshold %.4f (the %.0f%% quantile of %d validation rows; %.1f%% above it, "
+                "%.1f%% of the photos), %d centroids of %d Training rows", choice.threshold,
+                100 * novelty.NOVELTY_QUANTILE, len(scores), 100 * choice.flagged, 100 * photos_flagged,
+                len(centroids), rows)
     return NoveltyGate(Novelty(threshold=choice.threshold, quantile=novelty.NOVELTY_QUANTILE,
-                               validation_rows=len(scores), validation_flagged=choice.flagged, centroid_rows=rows),
+                               validation_rows=len(scores), validation_flagged=choice.flagged, centroid_rows=rows,
+                               centroids=len(centroids), validation_photos_flagged=photos_flagged),
                        centroids)
 
 
 def class_centroids(data: DataFrame, n_classes: int) -> tuple[np.ndarray, int]:
-    """(unit centroids of each class's unit `pca` rows, rows used), the sums made per partition."""
-    parts = sparkapi.default_parallelism(data.sparkSession)  # coalesce: never more partial rows than cores x classes
-    partial = data.select(F.col(LABEL_INDEX).cast("int").alias("label"), "pca").coalesce(parts).mapInArrow(
+    """(unit centroids of each class's unit `pca` photos and, when there are any, of its views; rows used),
+    the sums made per partition (novelty.group_of numbers the groups)."""
+    parts = sparkapi.default_parallelism(data.sparkSession)  # coalesce: never more partial rows than cores x groups
+    partial = data.select(F.col(LABEL_INDEX).cast("int").alias("label"), VIEW, "pca").coalesce(parts).mapInArrow(
         functools.partial(_class_sum_batches, n_classes), "label int, rows long, sums array<double>").collect()
     if not partial:
         raise ValueError("no Training rows to make the novelty gate's centroids from")
-    sums = np.zeros((n_classes, len(partial[0]["sums"])))
-    rows = 0
+    sums = np.zeros((2 * n_classes, len(partial[0]["sums"])))
+    counts = np.zeros(2 * n_classes, dtype=np.int64)
     for row in partial:
         sums[row["label"]] += np.asarray(row["sums"], dtype=np.float64)
-        rows += int(row["rows"])
-    return novelty.centroids(sums), rows
+        counts[row["label"]] += int(row["rows"])
+    return novelty.centroids(sums, counts), int(counts.sum())
 
 
 def _pca_rows(batch: pa.RecordBatch) -> np.ndarray:
@@ -464,13 +469,16 @@ def _pca_rows(batch: pa.RecordBatch) -> np.ndarray:
 
 
 def _class_sum_batches(n_classes: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: one partition's per-class sums of unit rows, one output row per class present."""
+    """mapInArrow body: one partition's per-group sums of unit rows (novelty.group_of), one row per group
+    present (its number in `label`)."""
+    groups = 2 * n_classes
     sums: np.ndarray | None = None
-    counts = np.zeros(n_classes, dtype=np.int64)
+    counts = np.zeros(groups, dtype=np.int64)
     for batch in batches:
         if not len(batch):
             continue
-        batch_sums, batch_counts = novelty.class_sums(_pca_rows(batch), batch.column("label").to_numpy(), n_classes)
+        group = novelty.group_of(batch.column("label").to_numpy(), batch.column(VIEW).to_numpy(), n_classes)
+        batch_sums, batch_counts = novelty.class_sums(_pca_rows(batch), group, groups)
         sums = batch_sums if sums is None else sums + batch_sums
         counts += batch_counts
     present = np.flatnonzero(counts)
