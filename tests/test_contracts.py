@@ -190,3 +190,17 @@ def test_run_manifest_augment_fields_round_trip() -> None:
     written = through_json(current.to_json())
     assert written["augment"] == 2 and written["counts"]["views"] == 16
     assert RunManifest.from_json(Fields(written, "manifest.json")) == current
+
+
+def test_novelty_without_centroids_per_kind_loads_as_one_per_class() -> None:
+    """A gate written before the centroids per kind keeps loading (one centroid per class) and writes back
+    without the new keys; a current one round-trips with its centroid count and photo share."""
+    from fruitpipe.recognise.contracts import Novelty
+
+    older = {"threshold": 0.4, "quantile": 0.99, "validation_rows": 50, "validation_flagged": 0.0,
+             "centroid_rows": 200, "score": "1 - max cosine similarity to a class centroid"}
+    loaded = Novelty.from_json(Fields(older, "bundle.json"))
+    assert loaded.centroids is None and loaded.validation_photos_flagged is None
+    assert not {"centroids", "validation_photos_flagged"} & set(loaded.to_json())
+    current = replace(loaded, centroids=36, validation_photos_flagged=0.007)
+    assert Novelty.from_json(Fields(current.to_json(), "bundle.json")) == current
