@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pyspark import Accumulator
@@ -165,11 +165,8 @@ def concurrently(spark: SparkSession, work: Callable[[Item], Result], items: Seq
     tag = f"fruitpipe-concurrently-{uuid.uuid4().hex[:12]}"
 
     def tagged(item: Item) -> Result:
-        _add_tag(spark, tag)
-        try:
+        with job_tag(spark, tag):
             return work(item)
-        finally:
-            _remove_tag(spark, tag)
 
     target = inheritable_thread_target(spark)(tagged)
     pool = ThreadPoolExecutor(max_workers=max(1, min(threads, len(items))))
@@ -189,21 +186,6 @@ def concurrently(spark: SparkSession, work: Callable[[Item], Result], items: Seq
         pool.shutdown(wait=True)
 
 
-def _add_tag(spark: SparkSession, tag: str) -> None:
-    """Tag the jobs this thread starts from now on (Connect: the session's tags of this thread)."""
-    if is_connect(spark):
-        spark.addTag(tag)
-    else:
-        spark.sparkContext.addJobTag(tag)
-
-
-def _remove_tag(spark: SparkSession, tag: str) -> None:
-    if is_connect(spark):
-        spark.removeTag(tag)
-    else:
-        spark.sparkContext.removeJobTag(tag)
-
-
 def _cancel_tagged(spark: SparkSession, tag: str) -> None:
     """Cancel the running and pending jobs tagged `tag` (Connect: this session's operations with it)."""
     if is_connect(spark):
@@ -213,19 +195,22 @@ def _cancel_tagged(spark: SparkSession, tag: str) -> None:
 
 
 @contextmanager
-def tagged_jobs(spark: SparkSession, tag: str) -> Iterator[None]:
-    """Every Spark job this thread starts inside carries `tag` (classic: SparkContext job tags, kept in
-    the status store), so `task_cpu_seconds` counts this run's jobs and none of a shared session's
-    others. On Connect it does nothing: nothing here can read the server's status store."""
-    if is_connect(spark):
-        yield
-        return
-    context = spark.sparkContext
-    context.addJobTag(tag)
+def job_tag(spark: SparkSession, tag: str) -> Iterator[None]:
+    """Every Spark job (classic: SparkContext job tags) or operation (Connect: the session's tags) this
+    thread starts inside carries `tag`."""
+    add, remove = ((spark.addTag, spark.removeTag) if is_connect(spark)
+                   else (spark.sparkContext.addJobTag, spark.sparkContext.removeJobTag))
+    add(tag)
     try:
         yield
     finally:
-        context.removeJobTag(tag)
+        remove(tag)
+
+
+def tagged_jobs(spark: SparkSession, tag: str) -> AbstractContextManager[None]:
+    """`job_tag` for `task_cpu_seconds`: this run's jobs and none of a shared session's others, read from
+    the status store. On Connect it does nothing: nothing here can read the server's status store."""
+    return nullcontext() if is_connect(spark) else job_tag(spark, tag)
 
 
 def task_cpu_seconds(spark: SparkSession, tag: str) -> float | None:

@@ -451,14 +451,14 @@ def class_centroids(data: DataFrame, n_classes: int) -> tuple[np.ndarray, int]:
     the sums made per partition (novelty.group_of numbers the groups)."""
     parts = sparkapi.default_parallelism(data.sparkSession)  # coalesce: never more partial rows than cores x groups
     partial = data.select(F.col(LABEL_INDEX).cast("int").alias("label"), VIEW, "pca").coalesce(parts).mapInArrow(
-        functools.partial(_class_sum_batches, n_classes), "label int, rows long, sums array<double>").collect()
+        functools.partial(_class_sum_batches, n_classes), "group int, rows long, sums array<double>").collect()
     if not partial:
         raise ValueError("no Training rows to make the novelty gate's centroids from")
     sums = np.zeros((2 * n_classes, len(partial[0]["sums"])))
     counts = np.zeros(2 * n_classes, dtype=np.int64)
     for row in partial:
-        sums[row["label"]] += np.asarray(row["sums"], dtype=np.float64)
-        counts[row["label"]] += int(row["rows"])
+        sums[row["group"]] += np.asarray(row["sums"], dtype=np.float64)
+        counts[row["group"]] += int(row["rows"])
     return novelty.centroids(sums, counts), int(counts.sum())
 
 
@@ -470,7 +470,7 @@ def _pca_rows(batch: pa.RecordBatch) -> np.ndarray:
 
 def _class_sum_batches(n_classes: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: one partition's per-group sums of unit rows (novelty.group_of), one row per group
-    present (its number in `label`)."""
+    present."""
     groups = 2 * n_classes
     sums: np.ndarray | None = None
     counts = np.zeros(groups, dtype=np.int64)
@@ -485,7 +485,7 @@ def _class_sum_batches(n_classes: int, batches: Iterator[pa.RecordBatch]) -> Ite
     yield pa.RecordBatch.from_arrays(
         [pa.array(present, pa.int32()), pa.array(counts[present], pa.int64()),
          pa.array([sums[i].tolist() for i in present] if sums is not None else [], pa.list_(pa.float64()))],
-        names=["label", "rows", "sums"])
+        names=["group", "rows", "sums"])
 
 
 def _novelty_batches(centroids: np.ndarray, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
